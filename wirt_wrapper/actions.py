@@ -1,0 +1,257 @@
+"""The one table of actions, and the closed grammar of everything a user may write.
+
+Pure functions, no I/O, no privilege.  The user side parses a command file
+with :func:`parse_command`; the privileged side re-validates the result with
+the same function before it calls libvirt.  Adding an action is one row in
+:data:`ACTIONS`.  No accepted token can ever name a domain, a path or a URI:
+options are fixed words and option values come from fixed lists.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import libvirt
+
+__all__ = [
+    "ACTIONS",
+    "Action",
+    "Command",
+    "Option",
+    "Rejection",
+    "VM_NAME",
+    "check_vm_name",
+    "claimants",
+    "domain_for",
+    "lookup_action",
+    "owner_problem",
+    "parse_command",
+    "parse_params",
+]
+
+VM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+BLANKS = re.compile(r"[ \t]+")
+# File names that live in a VM folder but are never commands.
+RESERVED = frozenset({"config"})
+
+
+class Rejection(Exception):
+    """A user's input broke a rule; the message says which token and which rule."""
+
+
+@dataclass(frozen=True)
+class Option:
+    """``--name`` alone (a flag), or ``--name VALUE`` with VALUE from a fixed list."""
+
+    name: str
+    values: tuple[str, ...] = ()
+
+
+Params = Mapping[str, str]
+Call = Callable[[Any, Params], object]
+
+
+@dataclass(frozen=True)
+class Action:
+    name: str
+    aliases: tuple[str, ...]
+    options: tuple[Option, ...]
+    call: Call | None  # None: no libvirt effect, only a status refresh
+    summary: str
+
+    def option(self, name: str) -> Option | None:
+        return next((o for o in self.options if o.name == name), None)
+
+    def usage(self) -> str:
+        if not self.options:
+            return "takes no parameters"
+        forms = [f"{o.name} {'|'.join(o.values)}" if o.values else o.name for o in self.options]
+        return "accepted: " + ", ".join(forms)
+
+
+_MODE = Option("--mode", ("acpi", "agent"))
+
+
+def _flag_if(params: Params, option: str, flag: int) -> int:
+    return flag if option in params else 0
+
+
+def _mode(params: Params, acpi: int, agent: int) -> int:
+    return {"acpi": acpi, "agent": agent}.get(params.get("--mode", ""), 0)
+
+
+def _start(dom: Any, p: Params) -> object:
+    return dom.createWithFlags(
+        _flag_if(p, "--paused", libvirt.VIR_DOMAIN_START_PAUSED)
+        | _flag_if(p, "--force-boot", libvirt.VIR_DOMAIN_START_FORCE_BOOT)
+    )
+
+
+def _shutdown(dom: Any, p: Params) -> object:
+    return dom.shutdownFlags(_mode(p, libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN,
+                                   libvirt.VIR_DOMAIN_SHUTDOWN_GUEST_AGENT))
+
+
+def _reboot(dom: Any, p: Params) -> object:
+    return dom.reboot(_mode(p, libvirt.VIR_DOMAIN_REBOOT_ACPI_POWER_BTN,
+                            libvirt.VIR_DOMAIN_REBOOT_GUEST_AGENT))
+
+
+def _destroy(dom: Any, p: Params) -> object:
+    return dom.destroyFlags(_flag_if(p, "--graceful", libvirt.VIR_DOMAIN_DESTROY_GRACEFUL))
+
+
+# fmt: off
+ACTIONS: tuple[Action, ...] = (
+    Action("start", (), (Option("--paused"), Option("--force-boot")), _start,
+           "boot the defined domain"),
+    Action("shutdown", ("stop",), (_MODE,), _shutdown, "graceful shutdown"),
+    Action("destroy", ("kill",), (Option("--graceful"),), _destroy, "hard power-off"),
+    Action("reboot", (), (_MODE,), _reboot, "graceful reboot"),
+    Action("reset", (), (), lambda d, p: d.reset(0), "hard reset"),
+    Action("suspend", (), (), lambda d, p: d.suspend(), "pause the vCPUs"),
+    Action("resume", (), (), lambda d, p: d.resume(), "continue after suspend"),
+    Action("autostart", (), (Option("--disable"),),
+           lambda d, p: d.setAutostart(0 if "--disable" in p else 1),
+           "set (or with --disable clear) start on host boot"),
+    Action("status", (), (), None, "refresh status.xml now"),
+)
+# fmt: on
+
+_BY_NAME: dict[str, Action] = {n: a for a in ACTIONS for n in (a.name, *a.aliases)}
+
+
+def lookup_action(file_name: str) -> Action:
+    """The action a command file's name asks for, or a Rejection naming it."""
+    action = _BY_NAME.get(file_name)
+    if action is None:
+        known = ", ".join(sorted(_BY_NAME))
+        raise Rejection(f"'{_show(file_name)}' is not an action (known: {known})")
+    return action
+
+
+def _show(text: str, limit: int = 40) -> str:
+    """A token made safe to quote in a log line: ASCII, printable, short."""
+    safe = text.encode("ascii", "backslashreplace").decode("ascii")
+    safe = "".join(c if 0x20 <= ord(c) < 0x7F else f"\\x{ord(c):02x}" for c in safe)
+    return safe if len(safe) <= limit else safe[:limit] + "..."
+
+
+def parse_params(action: Action, tokens: Iterable[str]) -> dict[str, str]:
+    """Validate *tokens* against *action*'s grammar; returns ``{option: value}``.
+
+    A flag maps to ``""``.  Both ``--mode acpi`` and ``--mode=acpi`` are accepted.
+    """
+    params: dict[str, str] = {}
+    pending = list(tokens)
+    pending.reverse()
+    while pending:
+        token = pending.pop()
+        name, eq, value = token.partition("=")
+        option = action.option(name) if name.startswith("--") else None
+        if option is None:
+            raise Rejection(
+                f"token '{_show(token)}' is not accepted by '{action.name}' ({action.usage()})"
+            )
+        if name in params:
+            raise Rejection(f"token '{_show(name)}' is given twice")
+        if option.values:
+            if not eq:
+                if not pending:
+                    raise Rejection(f"'{name}' needs a value: one of {', '.join(option.values)}")
+                value = pending.pop()
+            if value not in option.values:
+                raise Rejection(
+                    f"token '{_show(value)}' is not a value of '{name}' "
+                    f"(one of {', '.join(option.values)})"
+                )
+        elif eq:
+            raise Rejection(f"token '{_show(token)}': '{name}' takes no value")
+        params[name] = value if option.values else ""
+    return params
+
+
+def _check_text(content: bytes, max_bytes: int) -> str:
+    if len(content) > max_bytes:
+        raise Rejection(f"the file has more than {max_bytes} bytes (the limit)")
+    if b"\0" in content:
+        raise Rejection(f"a NUL byte at position {content.index(0)}")
+    if content.endswith(b"\r\n"):
+        content = content[:-2]
+    elif content.endswith(b"\n"):
+        content = content[:-1]
+    if b"\n" in content or b"\r" in content:
+        raise Rejection("more than one line (a command file holds at most one line)")
+    for index, byte in enumerate(content):
+        if not (0x20 <= byte < 0x7F or byte == 0x09):
+            raise Rejection(
+                f"byte 0x{byte:02x} at position {index} is not printable ASCII"
+            )
+    return content.decode("ascii")
+
+
+@dataclass(frozen=True)
+class Command:
+    """A validated request: action and canonical parameters."""
+
+    action: Action
+    params: dict[str, str]
+
+    def tokens(self) -> list[str]:
+        """Canonical form, the same on both sides of the privilege boundary."""
+        return [f"{k}={v}" if v else k for k, v in sorted(self.params.items())]
+
+
+def parse_command(file_name: str, content: bytes, max_bytes: int) -> Command:
+    """Judge one command file: its name and its content, nothing else."""
+    action = lookup_action(file_name)
+    text = _check_text(content, max_bytes)
+    tokens = [t for t in BLANKS.split(text) if t]
+    return Command(action, parse_params(action, tokens))
+
+
+def check_vm_name(name: str) -> str:
+    if not VM_NAME.fullmatch(name):
+        raise Rejection(
+            f"VM folder name '{_show(name)}' is not allowed "
+            "(letters, digits, '_', '.', '-'; starts with a letter or digit; at most 63)"
+        )
+    return name
+
+
+def domain_for(template: str, user: str, vm: str) -> str:
+    return template.format(user=user, vm=check_vm_name(vm))
+
+
+def claimants(template: str, domain: str, members: Iterable[str]) -> list[tuple[str, str]]:
+    """Every (member, vm) pair whose VM folder would name *domain*."""
+    found = []
+    for member in members:
+        prefix, _, suffix = template.format(user=member, vm="\0").partition("\0")
+        if domain.startswith(prefix) and domain.endswith(suffix):
+            vm = domain[len(prefix) : len(domain) - len(suffix)]
+            if len(domain) >= len(prefix) + len(suffix) and VM_NAME.fullmatch(vm):
+                found.append((member, vm))
+    return found
+
+
+def owner_problem(user: str, domain: str, meta_owner: str | None,
+                  others: list[tuple[str, str]]) -> str | None:
+    """Why *user* may not drive *domain*, or None if they may (SPEC section 4).
+
+    *others* are the other members whose VM folder would name the same domain.
+    """
+    if meta_owner is not None:
+        if meta_owner == user:
+            return None
+        return f"domain '{domain}' is assigned to another user (libvirt owner metadata)"
+    if others:
+        who = ", ".join(f"user '{u}' VM '{v}'" for u, v in others)
+        return (
+            f"domain name '{domain}' is ambiguous: it could also be {who}; "
+            "ask the admin to assign it to you (owner metadata)"
+        )
+    return None

@@ -1,0 +1,116 @@
+"""Root-only records: the audit log and the in-flight journal (runs as root).
+
+The audit log gets one JSON object per line: one per command file with its
+outcome, plus a few pass-level events.  The journal makes "exactly one
+outcome" survive a kill: a command is journaled *before* its file is claimed
+and before libvirt is called, so the next pass can tell "never started"
+(file still pending: nothing to do) from "claimed or begun" (``interrupted``).
+Both files are written with plain ``write(2)`` on ``O_APPEND`` descriptors:
+a killed process loses nothing it wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import time
+from typing import Any
+
+from .errors import WirtError
+
+__all__ = ["AuditLog", "Journal", "open_root_file"]
+
+
+def open_root_file(path: str, flags: int, what: str) -> int:
+    """Open a root-only file (mode 0600, folder 0700 made if missing); refuse anything odd."""
+    folder = os.path.dirname(path)
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_CREAT, 0o600)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o077:
+        os.close(fd)
+        raise WirtError(f"{what} {path} must be a regular file owned by root with mode 0600")
+    return fd
+
+
+def _line(record: dict[str, Any]) -> bytes:
+    return (json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n").encode()
+
+
+class AuditLog:
+    def __init__(self, path: str, *, dry_run: bool = False) -> None:
+        self.path = path
+        self.fd = -1 if dry_run else open_root_file(path, os.O_WRONLY | os.O_APPEND, "audit log")
+
+    def write(self, event: str, **fields: Any) -> int:
+        """Append one record; returns the file offset where it starts."""
+        record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "event": event, **fields}
+        if self.fd < 0:
+            return 0
+        offset = os.lseek(self.fd, 0, os.SEEK_END)
+        os.write(self.fd, _line(record))
+        return offset
+
+    def contains(self, command_id: str, offset: int) -> bool:
+        """Whether a record for *command_id* was written at or after *offset*."""
+        needle = f'"id":"{command_id}"'.encode()
+        with open(self.path, "rb") as handle:
+            handle.seek(offset)
+            return needle in handle.read(1 << 20)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+
+
+class Journal:
+    """Commands between "intent" and "closed", keyed by command id."""
+
+    def __init__(self, state_dir: str, *, dry_run: bool = False) -> None:
+        self.path = os.path.join(state_dir, "journal.jsonl")
+        self.dry_run = dry_run
+        self.entries: dict[str, dict[str, Any]] = {}
+        if os.path.lexists(self.path):
+            fd = open_root_file(self.path, os.O_RDONLY, "journal")
+            with os.fdopen(fd, "rb") as handle:
+                for raw in handle:
+                    self._apply(raw)
+        self.fd = -1 if dry_run else open_root_file(
+            self.path, os.O_WRONLY | os.O_APPEND, "journal"
+        )
+
+    def _apply(self, raw: bytes) -> None:
+        try:
+            record = json.loads(raw)
+            cid = record["id"]
+        except (ValueError, KeyError, TypeError):
+            return  # a torn last line from a kill: the entry stays at its earlier stage
+        if record.get("stage") == "closed":
+            self.entries.pop(cid, None)
+        else:
+            self.entries.setdefault(cid, {}).update(record)
+
+    def record(self, cid: str, stage: str, **fields: Any) -> None:
+        record = {"id": cid, "stage": stage, **fields}
+        self._apply(_line(record))
+        if self.fd >= 0:
+            os.write(self.fd, _line(record))
+
+    def open_for(self, uid: int) -> list[dict[str, Any]]:
+        return [e for e in self.entries.values() if e.get("uid") == uid]
+
+    def compact(self) -> None:
+        """Rewrite the journal with only the entries still open."""
+        if self.fd < 0:
+            return
+        temp = self.path + ".new"
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        try:
+            os.write(fd, b"".join(_line(e) for e in self.entries.values()))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(temp, self.path)
+        os.close(self.fd)
+        self.fd = open_root_file(self.path, os.O_WRONLY | os.O_APPEND, "journal")

@@ -1,0 +1,175 @@
+"""Reading and validating ``/etc/wirt/wirt.toml`` (runs as root).
+
+The file decides which users are served and which libvirt is driven, so it
+must be root-owned and writable by root alone, all the way up to ``/``.
+Every key is optional; an unknown key or a value of the wrong type is an
+error that names the key, so a typo never silently weakens a limit.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+__all__ = ["Config", "Limits", "MailConfig", "check_root_owned", "load_config", "DEFAULT_PATH"]
+
+DEFAULT_PATH = "/etc/wirt/wirt.toml"
+LAYOUT_NAMES = ("wirt", "legacy")
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_files_per_user: int = 100
+    max_file_bytes: int = 4096
+    seconds_per_user: float = 30.0
+    libvirt_timeout: float = 60.0
+
+
+@dataclass(frozen=True)
+class MailConfig:
+    enabled: bool = True
+    sendmail: str = "/usr/sbin/sendmail"
+    admin: str = "root"
+
+
+@dataclass(frozen=True)
+class Config:
+    group: str = "vmguests"
+    uri: str = "qemu:///system"
+    layouts: tuple[str, ...] = ("wirt", "legacy")
+    domain_name: str = "{user}-{vm}"
+    pam_service: str = "wirt"
+    audit_log: str = "/var/log/wirt/audit.log"
+    lock_file: str = "/run/lock/wirt.lock"
+    state_dir: str = "/var/lib/wirt"
+    limits: Limits = field(default_factory=Limits)
+    mail: MailConfig = field(default_factory=MailConfig)
+    path: str = "(built-in defaults)"
+
+
+def _positive(key: str, value: Any, kind: type) -> Any:
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, (int, float)) or not isinstance(value, kind) \
+            or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"{key}: must be a positive {kind.__name__}, got {value!r}")
+    return value
+
+
+def _string(key: str, value: Any, *, absolute: bool = False, empty_ok: bool = False) -> str:
+    if not isinstance(value, str) or (not value and not empty_ok):
+        raise ConfigError(f"{key}: must be a non-empty string, got {value!r}")
+    if absolute and not value.startswith("/"):
+        raise ConfigError(f"{key}: must be an absolute path, got {value!r}")
+    if any(ord(c) < 0x20 for c in value):
+        raise ConfigError(f"{key}: contains a control character")
+    return value
+
+
+def _check_template(value: str) -> str:
+    try:
+        probe = value.format(user="u", vm="v")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ConfigError(f"domain_name: bad template {value!r} ({exc})") from None
+    if value.count("{user}") != 1 or value.count("{vm}") != 1:
+        raise ConfigError("domain_name: must contain {user} and {vm} exactly once each")
+    if "/" in probe:
+        raise ConfigError("domain_name: a domain name cannot contain '/'")
+    return value
+
+
+def _sub_table(key: str, raw: Any, cls: type, kinds: dict[str, type]) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"[{key}]: must be a table")
+    values: dict[str, Any] = {}
+    for name, value in raw.items():
+        if name not in kinds:
+            raise ConfigError(f"{key}.{name}: unknown key (known: {', '.join(sorted(kinds))})")
+        kind = kinds[name]
+        full = f"{key}.{name}"
+        if kind is bool:
+            if not isinstance(value, bool):
+                raise ConfigError(f"{full}: must be true or false, got {value!r}")
+        elif kind is str:
+            value = _string(full, value, empty_ok=True)
+        else:
+            value = _positive(full, value, kind)
+        values[name] = value
+    return cls(**values)
+
+
+def parse_config(data: dict[str, Any], path: str) -> Config:
+    """Build a Config from parsed TOML, naming the key of the first problem."""
+    known = {
+        "group", "uri", "layouts", "domain_name", "pam_service", "audit_log",
+        "lock_file", "state_dir", "limits", "mail",
+    }
+    values: dict[str, Any] = {"path": path}
+    for key, value in data.items():
+        if key not in known:
+            raise ConfigError(f"{key}: unknown key (known: {', '.join(sorted(known))})")
+        if key == "limits":
+            kinds = {"max_files_per_user": int, "max_file_bytes": int,
+                     "seconds_per_user": float, "libvirt_timeout": float}
+            values[key] = _sub_table(key, value, Limits, kinds)
+        elif key == "mail":
+            values[key] = _sub_table(
+                key, value, MailConfig, {"enabled": bool, "sendmail": str, "admin": str}
+            )
+        elif key == "layouts":
+            if (not isinstance(value, list) or not value
+                    or any(v not in LAYOUT_NAMES for v in value)):
+                raise ConfigError(f"layouts: must be a non-empty list of {LAYOUT_NAMES}")
+            values[key] = tuple(dict.fromkeys(value))
+        elif key == "domain_name":
+            values[key] = _check_template(_string(key, value))
+        elif key in ("audit_log", "lock_file", "state_dir"):
+            values[key] = _string(key, value, absolute=True)
+        elif key == "pam_service":
+            values[key] = _string(key, value, empty_ok=True)
+        else:
+            values[key] = _string(key, value)
+    return Config(**values)
+
+
+def check_root_owned(path: str, what: str) -> None:
+    """Refuse *path* unless it and every folder above it are root's alone.
+
+    Root-owned sticky folders (``/tmp``) are accepted: nobody else can rename
+    or replace root's entries in them.
+    """
+    current = Path(os.path.realpath(path))
+    for item in (current, *current.parents):
+        try:
+            st = os.stat(item)
+        except OSError as exc:
+            raise ConfigError(f"{what} {path}: cannot check {item}: {exc.strerror}") from None
+        if st.st_uid != 0:
+            raise ConfigError(f"{what} {path}: {item} is owned by uid {st.st_uid}, not root")
+        writable = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+        sticky = stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX
+        if writable and not sticky:
+            raise ConfigError(f"{what} {path}: {item} is writable by group or others")
+
+
+def load_config(path: str | None) -> Config:
+    """Load the config at *path* (default file, or built-in defaults when it is absent)."""
+    explicit = path is not None
+    path = path or DEFAULT_PATH
+    if not explicit and not os.path.lexists(path):
+        return Config()
+    check_root_owned(path, "config file")
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: not valid TOML: {exc}") from None
+    return parse_config(data, path)

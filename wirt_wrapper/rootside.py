@@ -1,0 +1,466 @@
+"""The privileged side of a pass (runs as root; distrusts every user side).
+
+For each member of the group it checks the account with PAM, forks a child
+that becomes the user (:mod:`privsep`), and answers that child's requests
+through one table, :data:`HANDLERS`.  Every request is re-validated here
+against the action table and the layouts before anything reaches libvirt;
+ownership is decided here from root-owned data (libvirt metadata and the
+group's member list), never from anything the user wrote.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import grp
+import json
+import os
+import pwd
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import libvirt
+
+from . import privsep
+from .actions import (
+    Rejection,
+    check_vm_name,
+    claimants,
+    domain_for,
+    lookup_action,
+    owner_problem,
+    parse_params,
+)
+from .audit import AuditLog, Journal, open_root_file
+from .config import Config
+from .errors import LockError, ProtocolError
+from .hypervisor import Hypervisor, Unreachable
+from .layouts import LAYOUTS
+from .userside import UserJob, user_main
+
+__all__ = ["Options", "Pass", "Summary", "acquire_lock", "members"]
+
+OUTCOMES = ("done", "failed", "rejected", "interrupted")
+
+
+@dataclass(frozen=True)
+class Options:
+    layouts: tuple[str, ...]
+    user: str | None = None
+    dry_run: bool = False
+    verbose: bool = False
+
+
+@dataclass
+class Summary:
+    users: int = 0
+    skipped: int = 0
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OUTCOMES, 0))
+    pending: bool = False
+    libvirt_down: str | None = None
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        counts = ", ".join(f"{v} {k}" for k, v in self.counts.items())
+        down = f"; libvirt unreachable: {self.libvirt_down}" if self.libvirt_down else ""
+        return (f"{self.users} users served, {self.skipped} skipped; commands: {counts}; "
+                f"{self.seconds:.2f} s{down}")
+
+
+def acquire_lock(path: str) -> int | None:
+    """The pass lock's descriptor, or None if another pass holds it."""
+    try:
+        fd = open_root_file(path, os.O_RDWR, "lock file")
+    except Exception as exc:
+        raise LockError(str(exc)) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def members(group: str) -> list[pwd.struct_passwd]:
+    """Members of *group*, supplementary and primary, sorted; never root."""
+    entry = grp.getgrnam(group)
+    names = set(entry.gr_mem)
+    names.update(p.pw_name for p in pwd.getpwall() if p.pw_gid == entry.gr_gid)
+    found = []
+    for name in sorted(names):
+        try:
+            user = pwd.getpwnam(name)
+        except KeyError:
+            continue
+        if user.pw_uid != 0:
+            found.append(user)
+    return found
+
+
+def account_problem(user: str, service: str) -> str | None:
+    """PAM account management for *user*; None if the account may act now."""
+    if not service:
+        return None
+    import pam
+
+    handle = pam.pam()
+    if handle.authenticate(user, "", service=service, resetcreds=False):
+        return None
+    return f"PAM ({service}): {handle.reason}"
+
+
+@dataclass
+class UserContext:
+    user: pwd.struct_passwd
+    others: list[str]
+    ids: set[str] = field(default_factory=set)
+
+
+class Pass:
+    """One pass over every member (or one, with --user)."""
+
+    def __init__(self, config: Config, options: Options) -> None:
+        self.config = config
+        self.options = options
+        self.summary = Summary()
+        self.hv = Hypervisor(config.uri, config.limits.libvirt_timeout)
+        self.audit = AuditLog(config.audit_log, dry_run=options.dry_run)
+        self.journal = Journal(config.state_dir, dry_run=options.dry_run)
+        self.reported_path = os.path.join(config.state_dir, "reported.json")
+        self.reported = self._load_reported()
+        self.seen: dict[str, set[str]] = {}
+        self.counter = 0
+        self.pass_id = f"{time.time_ns():x}"
+
+    # -- helpers -----------------------------------------------------------
+    def say(self, text: str) -> None:
+        if self.options.verbose or self.options.dry_run:
+            print(text, flush=True)
+
+    def _load_reported(self) -> dict[str, list[str]]:
+        if not os.path.lexists(self.reported_path):
+            return {}
+        fd = open_root_file(self.reported_path, os.O_RDONLY, "state file")
+        with os.fdopen(fd, "rb") as handle:
+            try:
+                data = json.load(handle)
+            except ValueError:
+                return {}
+        return data if isinstance(data, dict) else {}
+
+    def _save_reported(self) -> None:
+        if self.options.dry_run:
+            return
+        merged = dict(self.reported)
+        for uid, keys in self.seen.items():
+            merged[uid] = sorted(keys)
+        if merged == self.reported:
+            return
+        temp = self.reported_path + ".new"
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(merged, handle)
+        os.rename(temp, self.reported_path)
+
+    # -- the pass ------------------------------------------------------------
+    def run(self) -> Summary:
+        started = time.monotonic()
+        os.makedirs(self.config.state_dir, mode=0o700, exist_ok=True)
+        try:
+            self.hv.connect()
+        except Unreachable as exc:
+            self.summary.libvirt_down = str(exc)
+            self.audit.write("libvirt-unreachable", reason=str(exc))
+            print(f"wirt: libvirt unreachable, commands stay pending: {exc}", file=sys.stderr)
+        try:
+            group = members(self.config.group)
+        except KeyError:
+            print(f"wirt: group '{self.config.group}' does not exist", file=sys.stderr)
+            group = []
+        names = [u.pw_name for u in group]
+        for user in group:
+            if self.options.user and user.pw_name != self.options.user:
+                continue
+            problem = account_problem(user.pw_name, self.config.pam_service)
+            if problem:
+                self.summary.skipped += 1
+                self.audit.write("user-skipped", user=user.pw_name, uid=user.pw_uid,
+                                 reason=problem)
+                self.say(f"{user.pw_name}: skipped: {problem}")
+                continue
+            others = [n for n in names if n != user.pw_name]
+            self.serve(UserContext(user, others))
+        if self.options.user and self.options.user not in names:
+            print(f"wirt: {self.options.user} is not a member of {self.config.group}",
+                  file=sys.stderr)
+        self.journal.compact()
+        self._save_reported()
+        self.hv.close()
+        self.summary.seconds = time.monotonic() - started
+        self.summary.libvirt_down = self.summary.libvirt_down or self.hv.down
+        self.audit.write("pass", summary=self.summary.line(), **self.summary.counts)
+        self.audit.close()
+        return self.summary
+
+    def serve(self, ctx: UserContext) -> None:
+        user = ctx.user
+        self.summary.users += 1
+        job = UserJob(
+            user=user.pw_name, uid=user.pw_uid, home=user.pw_dir,
+            layouts=self.options.layouts, max_files=self.config.limits.max_files_per_user,
+            max_bytes=self.config.limits.max_file_bytes, dry_run=self.options.dry_run,
+            recover=[] if self.options.dry_run else self.journal.open_for(user.pw_uid),
+        )
+        child = privsep.spawn(user, partial(user_main, job))
+        deadline = time.monotonic() + self.config.limits.seconds_per_user
+        problem = None
+        try:
+            while True:
+                message = child.channel.recv(deadline)
+                for cid in _strings(message.get("logged", [])):
+                    if cid in ctx.ids:
+                        self.journal.record(cid, "closed")
+                op = message.get("op")
+                handler = HANDLERS.get(op) if isinstance(op, str) else None
+                if handler is None:
+                    raise ProtocolError(f"unknown request {op!r}")
+                reply = handler(self, ctx, message)
+                child.channel.send(reply)
+                if op == "bye":
+                    break
+        except privsep.Timeout:
+            problem = (f"time limit of {self.config.limits.seconds_per_user:g} s reached; "
+                       "the remaining commands wait for the next pass")
+        except (EOFError, OSError, ProtocolError, ValueError, KeyError, TypeError) as exc:
+            problem = f"user side ended early: {exc}"
+        finally:
+            child.kill()
+            child.reap()
+        if problem:
+            self.summary.pending = True
+            self.audit.write("user-incomplete", user=user.pw_name, uid=user.pw_uid,
+                             reason=problem)
+            self.say(f"{user.pw_name}: {problem}")
+
+    # -- request handlers (one row each in HANDLERS) -----------------------
+    def on_inventory(self, ctx: UserContext, msg: dict[str, Any]) -> dict[str, Any]:
+        layout = _layout(msg.get("layout"), self.options.layouts)
+        if self.hv.down:
+            return {"down": self.hv.down}
+        status = {}
+        for vm in _strings(msg.get("vms", [])):
+            check_vm_name(vm)
+            status[vm] = self._status_for(ctx, vm, fresh=False)
+        del layout
+        return {"status": status}
+
+    def _status_for(self, ctx: UserContext, vm: str, *, fresh: bool) -> dict[str, Any]:
+        domain = domain_for(self.config.domain_name, ctx.user.pw_name, vm)
+        info = self.hv.info(domain, fresh=fresh)
+        if info is None:
+            return {"domain": domain, "problem_kind": "missing",
+                    "problem": f"there is no domain named '{domain}'; ask the admin"}
+        problem = owner_problem(ctx.user.pw_name, domain, info.owner,
+                                claimants(self.config.domain_name, domain, ctx.others))
+        if problem:
+            return {"domain": domain, "problem_kind": "not-yours", "problem": problem}
+        return info.as_status()
+
+    def on_intend(self, ctx: UserContext, msg: dict[str, Any]) -> dict[str, Any]:
+        layout = _layout(msg.get("layout"), self.options.layouts)
+        vm = check_vm_name(_string(msg, "vm"))
+        file_name = _string(msg, "file")
+        if "/" in file_name or "\0" in file_name or len(file_name) > 255:
+            raise ProtocolError("bad file name")
+        ino = msg.get("ino")
+        if not isinstance(ino, int):
+            raise ProtocolError("bad inode")
+        entry: dict[str, Any] = {
+            "uid": ctx.user.pw_uid, "user": ctx.user.pw_name, "layout": layout, "vm": vm,
+            "file": file_name, "ino": ino, "action": None, "tokens": [],
+            "domain": domain_for(self.config.domain_name, ctx.user.pw_name, vm),
+        }
+        rejected = msg.get("rejected")
+        if rejected is not None:
+            entry["rejected"] = _string(msg, "rejected")[:2000]
+        else:
+            try:  # re-validate: the user side's word is not enough
+                action = lookup_action(file_name)
+                params = parse_params(action, _strings(msg.get("tokens", [])))
+                entry["action"] = action.name
+                entry["tokens"] = [f"{k}={v}" if v else k for k, v in sorted(params.items())]
+            except Rejection as exc:
+                entry["rejected"] = f"{file_name}: {exc}"
+        if msg.get("dry"):
+            verdict = f"reject: {entry['rejected']}" if "rejected" in entry else (
+                f"run {entry['action']} {' '.join(entry['tokens'])} on {entry['domain']}")
+            self.say(f"{ctx.user.pw_name} {vm} {file_name}: would {verdict}")
+            return {}
+        if self.hv.down and "rejected" not in entry:
+            self.summary.pending = True
+            return {"pending": self.hv.down}
+        hist = _string(msg, "hist")
+        if not LAYOUTS[layout].fits_history(hist):
+            raise ProtocolError("bad history name")
+        self.counter += 1
+        cid = f"{self.pass_id}-{self.counter}"
+        entry["hist"] = hist
+        ctx.ids.add(cid)
+        self.journal.record(cid, "intent", **entry)
+        return {"id": cid}
+
+    def _entry(self, ctx: UserContext, msg: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        cid = _string(msg, "id")
+        entry = self.journal.entries.get(cid)
+        if cid not in ctx.ids or entry is None or entry.get("stage") != "intent":
+            raise ProtocolError(f"unknown or used command id {cid!r}")
+        return cid, entry
+
+    def on_unclaimed(self, ctx: UserContext, msg: dict[str, Any]) -> dict[str, Any]:
+        cid, _ = self._entry(ctx, msg)
+        self.journal.record(cid, "closed")
+        return {}
+
+    def on_run(self, ctx: UserContext, msg: dict[str, Any]) -> dict[str, Any]:
+        cid, entry = self._entry(ctx, msg)
+        started = time.monotonic()
+        status: dict[str, Any] | None = None
+        if "rejected" in entry:
+            outcome, message = "rejected", entry["rejected"]
+        else:
+            self.journal.record(cid, "begin")
+            outcome, message, status = self._execute(ctx, entry)
+        return self._finish(cid, entry, outcome, message, started, status)
+
+    def _execute(self, ctx: UserContext,
+                 entry: dict[str, Any]) -> tuple[str, str, dict[str, Any] | None]:
+        domain = entry["domain"]
+        action = lookup_action(entry["action"])
+        params = parse_params(action, entry["tokens"])
+        try:
+            info = self.hv.info(domain, fresh=True)
+            if info is None:
+                return "failed", f"there is no domain named '{domain}'; ask the admin", None
+            problem = owner_problem(ctx.user.pw_name, domain, info.owner,
+                                    claimants(self.config.domain_name, domain, ctx.others))
+            if problem:
+                return "rejected", problem, None
+            try:
+                self.hv.run(action, params, domain)
+                outcome, message = "done", ""
+            except libvirt.libvirtError as exc:
+                outcome, message = "failed", f"libvirt: {exc.get_error_message()}"
+            return outcome, message, self._status_for(ctx, entry["vm"], fresh=True)
+        except Unreachable as exc:
+            self.summary.pending = True
+            return "failed", f"libvirt: {exc}", None
+        except libvirt.libvirtError as exc:
+            return "failed", f"libvirt: {exc.get_error_message()}", None
+
+    def _finish(self, cid: str, entry: dict[str, Any], outcome: str, message: str,
+                started: float, status: dict[str, Any] | None) -> dict[str, Any]:
+        offset = os.lseek(self.audit.fd, 0, os.SEEK_END) if self.audit.fd >= 0 else 0
+        self.journal.record(cid, "outcome", outcome=outcome, message=message,
+                            audit_offset=offset)
+        self._audit_command(cid, entry, outcome, message, time.monotonic() - started)
+        return {"outcome": outcome, "message": message, "status": status,
+                "action": entry.get("action"), "tokens": entry.get("tokens")}
+
+    def _audit_command(self, cid: str, entry: dict[str, Any], outcome: str, message: str,
+                       seconds: float) -> None:
+        self.summary.counts[outcome] += 1
+        self.audit.write(
+            "command", id=cid, user=entry["user"], uid=entry["uid"], layout=entry["layout"],
+            vm=entry["vm"], domain=entry["domain"], file=entry["file"],
+            action=entry.get("action"), params=entry.get("tokens", []), outcome=outcome,
+            reason=message, duration=round(seconds, 4),
+        )
+        self.say(f"{entry['user']} {entry['vm']} {entry.get('action') or entry['file']}: "
+                 f"{outcome}{': ' + message if message else ''}")
+
+    def on_recovered(self, ctx: UserContext, msg: dict[str, Any]) -> dict[str, Any]:
+        write = []
+        for item in msg.get("items", []):
+            cid = _string(item, "id")
+            entry = self.journal.entries.get(cid)
+            if entry is None or entry.get("uid") != ctx.user.pw_uid:
+                raise ProtocolError(f"unknown command id {cid!r}")
+            ctx.ids.add(cid)
+            stage = entry.get("stage")
+            if stage == "outcome":
+                outcome, message = entry["outcome"], entry["message"]
+                if not self.audit.contains(cid, entry.get("audit_offset", 0)):
+                    self._audit_command(cid, entry, outcome, message, 0.0)
+            elif stage == "begin" or item.get("claimed") is True:
+                outcome = "interrupted"
+                message = ("the pass was stopped while handling this command; it was not "
+                           "repeated: check the VM's state and send it again if needed")
+                self.journal.record(cid, "outcome", outcome=outcome, message=message,
+                                    audit_offset=os.lseek(self.audit.fd, 0, os.SEEK_END))
+                self._audit_command(cid, entry, outcome, message, 0.0)
+            else:
+                self.journal.record(cid, "closed")  # never claimed: the file is still pending
+                continue
+            if item.get("logged") is True:
+                self.journal.record(cid, "closed")
+            else:
+                write.append({**entry, "outcome": outcome, "message": message, "id": cid})
+        return {"write": write}
+
+    def on_notices(self, ctx: UserContext, msg: dict[str, Any]) -> dict[str, Any]:
+        uid = str(ctx.user.pw_uid)
+        known = set(self.reported.get(uid, []))
+        seen = self.seen.setdefault(uid, set())
+        new = []
+        for item in msg.get("items", [])[:1000]:
+            layout = _layout(item.get("layout"), self.options.layouts)
+            key = f"{layout}:{_string(item, 'key')[:300]}"
+            text = _string(item, "message")[:2000]
+            seen.add(key)
+            if key not in known:
+                new.append({"layout": layout, "message": text})
+                self.audit.write("notice", user=ctx.user.pw_name, uid=ctx.user.pw_uid,
+                                 layout=layout, message=text)
+            if self.options.dry_run:
+                self.say(f"{ctx.user.pw_name}: {text}")
+        return {"new": new}
+
+    def on_bye(self, ctx: UserContext, msg: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
+
+Handler = Callable[[Pass, UserContext, dict[str, Any]], dict[str, Any]]
+
+# Every request a user side may make.  Anything else ends that user's turn.
+HANDLERS: dict[str, Handler] = {
+    "recovered": Pass.on_recovered,
+    "inventory": Pass.on_inventory,
+    "intend": Pass.on_intend,
+    "unclaimed": Pass.on_unclaimed,
+    "run": Pass.on_run,
+    "notices": Pass.on_notices,
+    "bye": Pass.on_bye,
+}
+
+
+def _string(msg: dict[str, Any], key: str) -> str:
+    value = msg.get(key)
+    if not isinstance(value, str):
+        raise ProtocolError(f"{key} must be a string")
+    return value
+
+
+def _strings(value: Any) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ProtocolError("expected a list of strings")
+    return value
+
+
+def _layout(value: Any, allowed: tuple[str, ...]) -> str:
+    if value not in allowed or value not in LAYOUTS:
+        raise ProtocolError(f"layout {value!r} is not served in this pass")
+    return str(value)
+

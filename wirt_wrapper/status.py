@@ -1,0 +1,68 @@
+"""status.xml: render the VM's state for the user, and read back the last command.
+
+Rendering is deterministic (no clock, sorted attributes), so an idle pass
+can compare bytes and leave unchanged files alone.  Reading an existing
+status.xml happens in the user's child process and with a parser that
+resolves no entities and loads nothing from the network.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lxml import etree
+
+__all__ = ["last_command", "render"]
+
+VERSION = "1"
+_PARSER = etree.XMLParser(
+    resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False, remove_pis=True
+)
+
+
+def _text(parent: etree._Element, tag: str, value: object, **attrs: str) -> etree._Element:
+    child = etree.SubElement(parent, tag, {k: v for k, v in attrs.items() if v != ""})
+    child.text = str(value)
+    return child
+
+
+def render(vm: str, info: dict[str, Any], last: dict[str, str] | None) -> bytes:
+    """The status document for *vm*; *info* comes from the privileged side."""
+    root = etree.Element("status", version=VERSION)
+    _text(root, "vm", vm)
+    _text(root, "domain", info.get("domain", ""))
+    problem = info.get("problem")
+    if problem:
+        _text(root, "problem", problem, kind=info.get("problem_kind", ""))
+    else:
+        _text(root, "state", info["state"], reason=info["reason"])
+        _text(root, "autostart", "yes" if info["autostart"] else "no")
+        _text(root, "persistent", "yes" if info["persistent"] else "no")
+        _text(root, "memory", info["memory_kib"], unit="KiB")
+        _text(root, "vcpus", info["vcpus"])
+        graphics = info.get("graphics")
+        if graphics:
+            etree.SubElement(
+                root, "graphics", {k: str(v) for k, v in sorted(graphics.items()) if v != ""}
+            )
+    if last:
+        node = _text(root, "last-command", last.get("message", ""),
+                     action=last.get("action", ""), outcome=last.get("outcome", ""),
+                     time=last.get("time", ""), params=last.get("params", ""))
+        node.tail = None
+    return etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True)
+
+
+def last_command(document: bytes) -> dict[str, str] | None:
+    """The ``<last-command>`` of an existing status.xml, or None if absent or unreadable."""
+    try:
+        root = etree.fromstring(document, _PARSER)
+    except etree.XMLSyntaxError:
+        return None
+    node = root.find("last-command")
+    if node is None:
+        return None
+    keep = ("action", "outcome", "time", "params")
+    found = {k: str(node.get(k)) for k in keep if node.get(k) is not None}
+    found["message"] = node.text or ""
+    return found

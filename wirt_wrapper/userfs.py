@@ -1,0 +1,215 @@
+"""The one way to touch a file under a user's home (runs as that user only).
+
+Every function here is called in a child process that has dropped to the
+user's uid, gid and groups for good (see :mod:`privsep`), so the kernel
+refuses whatever the user could not do.  On top of that, nothing is trusted:
+
+* paths are walked one component at a time from a directory descriptor,
+  with ``O_NOFOLLOW`` at every step, and every folder must be the user's;
+* a file is judged by ``lstat`` before it is opened (a FIFO, socket, device
+  or link is never opened), opened ``O_NOFOLLOW | O_NONBLOCK``, and judged
+  again by ``fstat`` on the descriptor: same inode, regular, owned by the
+  user, one link, within the size limit (Postfix ``safe_open``);
+* the tool's own outputs are created under a fresh name with ``O_EXCL`` and
+  renamed over the target, never opened for writing by a name the user
+  could have prepared (status.xml, history entries).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+
+__all__ = [
+    "Unsafe",
+    "append_line",
+    "claim",
+    "list_dir",
+    "open_dir",
+    "read_file",
+    "replace_file",
+    "reserve_name",
+    "walk",
+]
+
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+NEW_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+APPEND_FLAGS = (
+    os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+)
+
+
+class Unsafe(Exception):
+    """An entry that wirt will not follow, open or trust; the message says why."""
+
+
+def _kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISLNK, "a symbolic link (wirt never follows links)"),
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _judge_owner(st: os.stat_result, uid: int) -> None:
+    if st.st_uid != uid:
+        raise Unsafe(
+            f"is owned by uid {st.st_uid}, not by you (uid {uid}); "
+            "another user may have written into your folder"
+        )
+
+
+def open_dir(parent: int, name: str, uid: int, *, create: bool = False) -> int:
+    """Open folder *name* below *parent* without following links; it must be the user's."""
+    try:
+        fd = os.open(name, DIR_FLAGS, dir_fd=parent)
+    except FileNotFoundError:
+        if not create:
+            raise
+        try:
+            os.mkdir(name, 0o700, dir_fd=parent)
+        except FileExistsError:
+            pass
+        fd = os.open(name, DIR_FLAGS, dir_fd=parent)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+            raise Unsafe(f"is {_kind(st.st_mode)}, not a folder") from None
+        raise
+    try:
+        _judge_owner(os.fstat(fd), uid)
+    except Unsafe:
+        os.close(fd)
+        raise
+    return fd
+
+
+def walk(top: int, parts: tuple[str, ...], uid: int, *, create: bool = False) -> int:
+    """Open ``top/parts[0]/parts[1]/...`` one safe step at a time; returns a new fd."""
+    fd = os.dup(top)
+    try:
+        for index, part in enumerate(parts):
+            try:
+                child = open_dir(fd, part, uid, create=create)
+            except Unsafe as exc:
+                raise Unsafe(f"~/{'/'.join(parts[: index + 1])} {exc}") from None
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+@contextmanager
+def opened(top: int, parts: tuple[str, ...], uid: int, *, create: bool = False) -> Iterator[int]:
+    fd = walk(top, parts, uid, create=create)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def list_dir(fd: int, limit: int) -> tuple[list[tuple[str, os.stat_result]], bool]:
+    """Entries of the open folder *fd* with their lstat, at most *limit*; and 'truncated'."""
+    entries: list[tuple[str, os.stat_result]] = []
+    with os.scandir(fd) as it:
+        for entry in it:
+            if len(entries) >= limit:
+                return entries, True
+            try:
+                entries.append((entry.name, entry.stat(follow_symlinks=False)))
+            except FileNotFoundError:
+                continue
+    return entries, False
+
+
+def read_file(parent: int, name: str, uid: int, max_bytes: int) -> tuple[bytes, os.stat_result]:
+    """Read a user's file safely; raises Unsafe with the reason, or OSError."""
+    before = os.stat(name, dir_fd=parent, follow_symlinks=False)
+    if not stat.S_ISREG(before.st_mode):
+        raise Unsafe(f"is {_kind(before.st_mode)}")
+    try:
+        fd = os.open(name, READ_FLAGS, dir_fd=parent)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise Unsafe("was replaced by a symbolic link while being read") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != (before.st_dev, before.st_ino):
+            raise Unsafe("was replaced while being read")
+        if not stat.S_ISREG(st.st_mode):
+            raise Unsafe(f"is {_kind(st.st_mode)}")
+        _judge_owner(st, uid)
+        if st.st_nlink != 1:
+            raise Unsafe(f"has {st.st_nlink} hard links (a command file must have exactly one)")
+        if st.st_size > max_bytes:
+            raise Unsafe(f"has {st.st_size} bytes, more than the limit of {max_bytes}")
+        data = os.read(fd, max_bytes + 1)
+        if len(data) > max_bytes:
+            raise Unsafe(f"has more than the limit of {max_bytes} bytes")
+        return data, st
+    finally:
+        os.close(fd)
+
+
+def reserve_name(parent: int, base: str) -> str:
+    """Create an empty placeholder ``base`` (or ``base-2``, ...) with O_EXCL; returns its name.
+
+    Renaming a file over our own placeholder can never clobber an entry the
+    user prepared under the name we chose.
+    """
+    for attempt in range(1, 1000):
+        name = base if attempt == 1 else f"{base}-{attempt}"
+        try:
+            os.close(os.open(name, NEW_FLAGS, 0o600, dir_fd=parent))
+        except FileExistsError:
+            continue
+        return name
+    raise Unsafe(f"cannot find a free name for {base}")
+
+
+def claim(src_dir: int, name: str, dst_dir: int, dst_name: str) -> None:
+    """Move a command file into history (over its placeholder); atomic."""
+    os.rename(name, dst_name, src_dir_fd=src_dir, dst_dir_fd=dst_dir)
+
+
+def replace_file(parent: int, name: str, data: bytes, mode: int = 0o600) -> None:
+    """Write *data* to a fresh ``.name.*`` file and rename it over *name*."""
+    temp = reserve_name(parent, f".{name}.new")
+    try:
+        fd = os.open(temp, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+        try:
+            os.fchmod(fd, mode)
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        os.rename(temp, name, src_dir_fd=parent, dst_dir_fd=parent)
+    except BaseException:
+        with suppress(OSError):
+            os.unlink(temp, dir_fd=parent)
+        raise
+
+
+def append_line(parent: int, name: str, line: str, uid: int) -> None:
+    """Append one line to the user's log file *name* (created if missing)."""
+    fd = os.open(name, APPEND_FLAGS, 0o600, dir_fd=parent)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise Unsafe(f"is {_kind(st.st_mode)}")
+        _judge_owner(st, uid)
+        os.write(fd, line.encode("utf-8", "backslashreplace"))
+    finally:
+        os.close(fd)

@@ -1,0 +1,339 @@
+"""The user side of a pass: runs in a child that *is* the user (no privilege at all).
+
+It distrusts everything in the home it serves: every file is reached through
+:mod:`userfs`, judged, parsed with the action table, and only then offered to
+the privileged side, which re-validates it.  It never talks to libvirt; it
+asks root over the channel and writes what root answers back into the
+user's tree, as the user.
+
+Per command, the order is what makes "exactly one outcome" hold:
+reserve a history name -> root journals the intent -> claim (rename the file
+into history) -> root runs it -> the log line.  A command file is never read
+twice, because it has left the spool before anything happens to the VM.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import status as status_xml
+from . import userfs
+from .actions import RESERVED, Rejection, check_vm_name, parse_command
+from .layouts import LAYOUTS, Layout, history_stamp
+from .privsep import Channel
+from .userfs import Unsafe
+
+__all__ = ["UserJob", "user_main"]
+
+STATUS_FILE = "status.xml"
+STATUS_LIMIT = 64 * 1024
+LOG_TAIL = 64 * 1024
+
+
+@dataclass
+class UserJob:
+    """What root hands the child at fork time (trusted: it comes from root)."""
+
+    user: str
+    uid: int
+    home: str
+    layouts: tuple[str, ...]
+    max_files: int
+    max_bytes: int
+    dry_run: bool
+    recover: list[dict[str, Any]] = field(default_factory=list)
+
+
+def now_text() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+class UserSide:
+    def __init__(self, chan: Channel, job: UserJob) -> None:
+        self.chan = chan
+        self.job = job
+        self.uid = job.uid
+        self.home = os.open(job.home, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.notices: list[dict[str, str]] = []
+        self.logged: list[str] = []
+        self.last: dict[tuple[str, str], dict[str, str]] = {}
+        self.budget = job.max_files
+        self.stopped = False  # root said: leave the rest pending
+
+    # -- talking to root -------------------------------------------------
+    def ask(self, op: str, **fields: Any) -> dict[str, Any]:
+        fields["op"] = op
+        if self.logged:
+            fields["logged"], self.logged = self.logged, []
+        return self.chan.request(fields)
+
+    def notice(self, layout: Layout, key: str, message: str) -> None:
+        self.notices.append({"layout": layout.name, "key": key, "message": message})
+
+    # -- writing results -------------------------------------------------
+    def log(self, layout: Layout, vm: str, line: str) -> None:
+        if self.job.dry_run:
+            return
+        try:
+            with userfs.opened(self.home, layout.logs, self.uid, create=True) as fd:
+                userfs.append_line(fd, layout.log_name("", vm, "", self.job.user), line, self.uid)
+        except (Unsafe, OSError) as exc:
+            self.notice(layout, f"log:{vm}", f"cannot write the log of VM '{vm}': {exc}")
+
+    def general(self, layout: Layout, lines: list[str]) -> None:
+        *folder, name = layout.general_log
+        try:
+            with userfs.opened(self.home, tuple(folder), self.uid, create=True) as fd:
+                userfs.append_line(fd, name, "".join(lines), self.uid)
+        except (Unsafe, OSError):
+            pass  # nowhere left to tell the user; root's audit log has it
+
+    def logged_already(self, layout: Layout, vm: str, cid: str) -> bool:
+        try:
+            with userfs.opened(self.home, layout.logs, self.uid) as fd:
+                data = self._tail(fd, layout.log_name("", vm, "", self.job.user))
+        except (Unsafe, OSError):
+            return False
+        return f"[{cid}]".encode() in data
+
+    def _tail(self, fd: int, name: str) -> bytes:
+        st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        if not stat.S_ISREG(st.st_mode):
+            raise Unsafe("not a regular file")
+        handle = os.open(name, userfs.READ_FLAGS, dir_fd=fd)
+        try:
+            os.lseek(handle, max(0, os.fstat(handle).st_size - LOG_TAIL), os.SEEK_SET)
+            return os.read(handle, LOG_TAIL)
+        finally:
+            os.close(handle)
+
+    def write_status(self, layout: Layout, vm: str, info: dict[str, Any] | None) -> None:
+        if layout.info is None or info is None or self.job.dry_run:
+            return
+        try:
+            with userfs.opened(self.home, layout.info, self.uid, create=True) as info_fd:
+                vm_fd = userfs.open_dir(info_fd, vm, self.uid, create=True)
+                try:
+                    self._write_status(vm_fd, layout, vm, info)
+                finally:
+                    os.close(vm_fd)
+        except (Unsafe, OSError) as exc:
+            where = layout.shown(*layout.info, vm, STATUS_FILE)
+            self.notice(layout, f"status:{vm}", f"{where}: cannot write the status: {exc}")
+
+    def _write_status(self, vm_fd: int, layout: Layout, vm: str, info: dict[str, Any]) -> None:
+        try:
+            old, _ = userfs.read_file(vm_fd, STATUS_FILE, self.uid, STATUS_LIMIT)
+        except (Unsafe, OSError):
+            old = b""
+        last = self.last.get((layout.name, vm)) or status_xml.last_command(old)
+        new = status_xml.render(vm, info, last)
+        if new != old:
+            userfs.replace_file(vm_fd, STATUS_FILE, new)
+
+    # -- recovery of commands a killed pass left in flight ----------------
+    def recover(self) -> None:
+        items = []
+        for entry in self.job.recover:
+            layout = LAYOUTS[entry["layout"]]
+            claimed = False
+            try:
+                with userfs.opened(self.home, layout.history, self.uid) as fd:
+                    st = os.stat(entry["hist"], dir_fd=fd, follow_symlinks=False)
+                    claimed = st.st_ino == entry["ino"]
+                    if not claimed and stat.S_ISREG(st.st_mode) and st.st_size == 0:
+                        os.unlink(entry["hist"], dir_fd=fd)  # our own unused placeholder
+            except (Unsafe, OSError):
+                pass
+            logged = self.logged_already(layout, entry["vm"], entry["id"])
+            items.append({"id": entry["id"], "claimed": claimed, "logged": logged})
+        reply = self.ask("recovered", items=items)
+        for entry in reply["write"]:
+            layout = LAYOUTS[entry["layout"]]
+            self.record(layout, entry)
+
+    # -- one pass over one layout ------------------------------------------
+    def record(self, layout: Layout, entry: dict[str, Any]) -> None:
+        """The user-visible end of a command: its log line, and status's last command."""
+        params = " ".join(entry.get("tokens") or [])
+        action = entry.get("action") or entry["file"]
+        message = entry.get("message") or ""
+        stamp = now_text()
+        hist = layout.shown(*layout.history, entry["hist"])
+        line = (
+            f"{stamp} {entry['vm']} {action}{' ' + params if params else ''}: "
+            f"{entry['outcome']}{': ' + message if message else ''} "
+            f"(file {entry['file']}, kept as {hist}) [{entry['id']}]\n"
+        )
+        self.log(layout, entry["vm"], line)
+        self.logged.append(entry["id"])
+        self.last[(layout.name, entry["vm"])] = {
+            "action": action, "params": params, "outcome": entry["outcome"],
+            "message": message, "time": stamp,
+        }
+
+    def process(self, layout: Layout) -> None:
+        try:
+            spool = userfs.walk(self.home, layout.spool, self.uid)
+        except FileNotFoundError:
+            return
+        except (Unsafe, OSError) as exc:
+            self.notice(layout, "spool", f"{exc}; nothing in it was read")
+            return
+        try:
+            self._process(layout, spool)
+        finally:
+            os.close(spool)
+
+    def _process(self, layout: Layout, spool: int) -> None:
+        entries, truncated = userfs.list_dir(spool, self.job.max_files * 10)
+        where = layout.shown(*layout.spool)
+        if truncated:
+            self.notice(layout, "spool-size", f"{where} has too many entries; only some were read")
+        vms: list[tuple[str, str]] = []
+        for name, st in sorted(entries):
+            if name.startswith(".") or name in layout.own_entries:
+                continue
+            vm = layout.vm_of(name)
+            problem = None
+            if vm is None:
+                problem = f"is not a VM folder (expected {layout.folder_of('<vm>')})"
+            elif not stat.S_ISDIR(st.st_mode):
+                problem = f"is {userfs._kind(st.st_mode)}, not a VM folder"
+            else:
+                try:
+                    check_vm_name(vm)
+                except Rejection as exc:
+                    problem = str(exc)
+            if problem:
+                self.notice(layout, f"entry:{name}:{st.st_ino}",
+                            f"{where}/{name}: ignored: {problem}")
+                continue
+            assert vm is not None  # for mypy; checked above
+            vms.append((vm, name))
+        reply = self.ask("inventory", layout=layout.name, vms=[vm for vm, _ in vms])
+        if reply.get("down"):
+            return  # libvirt unreachable: leave everything as it is
+        infos: dict[str, Any] = reply["status"]
+        for vm, folder in vms:
+            info = infos.get(vm)
+            try:
+                vm_fd = userfs.open_dir(spool, folder, self.uid)
+            except (Unsafe, OSError) as exc:
+                self.notice(layout, f"vm:{folder}", f"{where}/{folder} {exc}; skipped")
+                continue
+            try:
+                info = self._commands(layout, vm, folder, vm_fd, info)
+            finally:
+                os.close(vm_fd)
+            self.write_status(layout, vm, info)
+            if self.stopped:
+                return
+
+    def _commands(self, layout: Layout, vm: str, folder: str, vm_fd: int,
+                  info: dict[str, Any] | None) -> dict[str, Any] | None:
+        entries, _ = userfs.list_dir(vm_fd, self.job.max_files * 10)
+        files = sorted(
+            (st.st_mtime_ns, name, st) for name, st in entries
+            if not name.startswith(".") and name not in RESERVED
+        )
+        for _, name, st in files:
+            if self.stopped:
+                break
+            if self.budget <= 0:
+                self.notice(layout, "budget", f"more than {self.job.max_files} command files: "
+                            "the rest wait for the next pass")
+                self.stopped = True
+                break
+            self.budget -= 1
+            result = self._one(layout, vm, folder, vm_fd, name, st)
+            if result is not None and result.get("status"):
+                info = result["status"]
+        return info
+
+    def _one(self, layout: Layout, vm: str, folder: str, vm_fd: int, name: str,
+             st: os.stat_result) -> dict[str, Any] | None:
+        path = layout.shown(*layout.spool, folder, name)
+        request: dict[str, Any] = {"layout": layout.name, "vm": vm, "file": name,
+                                   "ino": st.st_ino}
+        try:
+            data, fst = userfs.read_file(vm_fd, name, self.uid, self.job.max_bytes)
+            command = parse_command(name, data, self.job.max_bytes)
+            request.update(action=command.action.name, tokens=command.tokens())
+        except FileNotFoundError:
+            return None  # removed by the user meanwhile
+        except Unsafe as exc:
+            request["rejected"] = f"{path} {exc}"
+        except Rejection as exc:
+            request["rejected"] = f"{path}: {exc}"
+        except OSError as exc:
+            request["rejected"] = f"{path}: cannot be read: {exc.strerror}"
+        if self.job.dry_run:
+            self.ask("intend", dry=True, **request)
+            return None
+        try:
+            hist_fd = userfs.walk(self.home, layout.history, self.uid, create=True)
+        except (Unsafe, OSError) as exc:
+            self.notice(layout, "history", f"{layout.shown(*layout.history)} {exc}; "
+                        "commands wait until it is usable")
+            self.stopped = True
+            return None
+        try:
+            return self._claim_and_run(layout, vm_fd, hist_fd, name, request)
+        finally:
+            os.close(hist_fd)
+
+    def _claim_and_run(self, layout: Layout, vm_fd: int, hist_fd: int, name: str,
+                       request: dict[str, Any]) -> dict[str, Any] | None:
+        base = layout.history_base(history_stamp(time.time_ns()), request["vm"], name,
+                                   self.job.user)
+        hist = userfs.reserve_name(hist_fd, base)
+        reply = self.ask("intend", hist=hist, **request)
+        if reply.get("pending"):
+            os.unlink(hist, dir_fd=hist_fd)
+            self.stopped = True
+            return None
+        try:
+            userfs.claim(vm_fd, name, hist_fd, hist)
+        except OSError as exc:
+            os.unlink(hist, dir_fd=hist_fd)
+            self.ask("unclaimed", id=reply["id"])
+            if exc.errno != errno.ENOENT:
+                self.notice(layout, f"claim:{request['vm']}:{name}",
+                            f"{layout.shown(*layout.spool)}/{name}: cannot be moved to "
+                            f"history ({exc.strerror}); it stays where it is")
+            return None
+        result = self.ask("run", id=reply["id"])
+        self.record(layout, {**request, **result, "hist": hist, "id": reply["id"]})
+        return result
+
+    def finish(self) -> None:
+        if self.notices and not self.job.dry_run:
+            reply = self.ask("notices", items=self.notices)
+            by_layout: dict[str, list[str]] = {}
+            for item in reply["new"]:
+                by_layout.setdefault(item["layout"], []).append(
+                    f"{now_text()} {item['message']}\n"
+                )
+            for name, lines in by_layout.items():
+                self.general(LAYOUTS[name], lines)
+        elif self.notices:
+            self.ask("notices", items=self.notices)
+        self.ask("bye")
+
+
+def user_main(job: UserJob, chan: Channel) -> None:
+    """Entry point of the child, after the privilege drop."""
+    side = UserSide(chan, job)
+    if job.recover:
+        side.recover()
+    for name in job.layouts:
+        if side.stopped:
+            break
+        side.process(LAYOUTS[name])
+    side.finish()
