@@ -23,6 +23,7 @@ __all__ = [
     "Option",
     "Rejection",
     "VM_NAME",
+    "canonical",
     "check_vm_name",
     "claimants",
     "domain_for",
@@ -201,8 +202,15 @@ class Command:
     params: dict[str, str]
 
     def tokens(self) -> list[str]:
-        """Canonical form, the same on both sides of the privilege boundary."""
-        return [f"{k}={v}" if v else k for k, v in sorted(self.params.items())]
+        return canonical(self.params)
+
+
+def canonical(params: Params) -> list[str]:
+    """Parameters in one canonical token list, the same on both sides of the boundary."""
+    tokens: list[str] = []
+    for name, value in sorted(params.items()):
+        tokens += [name, value] if value else [name]
+    return tokens
 
 
 def parse_command(file_name: str, content: bytes, max_bytes: int) -> Command:

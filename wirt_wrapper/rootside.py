@@ -27,6 +27,7 @@ import libvirt
 from . import privsep
 from .actions import (
     Rejection,
+    canonical,
     check_vm_name,
     claimants,
     domain_for,
@@ -291,7 +292,7 @@ class Pass:
                 action = lookup_action(file_name)
                 params = parse_params(action, _strings(msg.get("tokens", [])))
                 entry["action"] = action.name
-                entry["tokens"] = [f"{k}={v}" if v else k for k, v in sorted(params.items())]
+                entry["tokens"] = canonical(params)
             except Rejection as exc:
                 entry["rejected"] = f"{file_name}: {exc}"
         if msg.get("dry"):
