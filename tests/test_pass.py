@@ -1,0 +1,106 @@
+"""Integration: whole passes through the real executable, real users, libvirt's test driver.
+
+The test driver keeps its state in the process, so each pass starts from the
+host file: these tests check what one pass did (outcomes, files, audit).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from conftest import Host, User
+
+
+def owned_by(user: User, root: os.PathLike[str] | str) -> list[str]:
+    """Every path below *root* that is NOT owned by *user* (should be empty)."""
+    bad = []
+    for folder, dirs, files in os.walk(root):
+        for name in [*dirs, *files]:
+            st = os.lstat(os.path.join(folder, name))
+            if st.st_uid != user.uid or st.st_gid != user.gid:
+                bad.append(os.path.join(folder, name))
+    return bad
+
+
+def test_pass_over_several_users(host: Host) -> None:
+    alice = host.add_user("alice")
+    bob = host.add_user("bob", primary=True)  # primary-group members are served too
+    host.write_config({f"{alice.name}-web": None, f"{alice.name}-db": None,
+                       f"{bob.name}-mail": None})
+    alice.write("wirt/service/vm/web/autostart", mtime=1_000_000)
+    alice.write("wirt/service/vm/web/destroy", "--graceful\n", mtime=1_000_100)
+    alice.write("wirt/service/vm/db/suspend")
+    bob.write("wirt/service/vm/mail/autostart", "--disable")
+
+    proc = host.run("--verbose")
+    assert "3 done" in proc.stdout or "4 done" in proc.stdout, proc.stdout
+
+    records = host.commands()
+    got = sorted((r["user"], r["vm"], r["action"], r["outcome"]) for r in records)
+    assert got == sorted([
+        (alice.name, "db", "suspend", "done"),
+        (alice.name, "web", "autostart", "done"),
+        (alice.name, "web", "destroy", "done"),
+        (bob.name, "mail", "autostart", "done"),
+    ])
+    # oldest first within a VM
+    web = [r["action"] for r in records if r["vm"] == "web"]
+    assert web == ["autostart", "destroy"]
+
+    # the spool is empty, the files are in history, one log line each
+    assert os.listdir(alice.home / "wirt/service/vm/web") == []
+    assert len(alice.history()) == 3
+    log = alice.vm_log("web")
+    assert log.count(": done") == 2 and "destroy --graceful: done" in log
+    status = alice.status("web")
+    assert "<state reason=" in status and 'action="destroy"' in status
+    assert "<autostart>yes</autostart>" in status
+    assert "shut off" in status
+
+    # everything the tool created in a home belongs to that user
+    assert owned_by(alice, alice.home / "wirt") == []
+    assert owned_by(bob, bob.home / "wirt") == []
+    # the audit log is root's alone
+    st = os.stat(host.audit)
+    assert st.st_uid == 0 and stat.S_IMODE(st.st_mode) == 0o600
+
+
+def test_idle_pass_rewrites_nothing(host: Host) -> None:
+    alice = host.add_user("alice")
+    host.write_config({f"{alice.name}-web": None})
+    alice.run("mkdir -p ~/wirt/service/vm/web")
+    host.run()
+    status = alice.home / "wirt/info/vm/web/status.xml"
+    first = os.stat(status)
+    host.run()
+    second = os.stat(status)
+    assert (first.st_ino, first.st_mtime_ns) == (second.st_ino, second.st_mtime_ns)
+
+
+def test_missing_and_foreign_domains(host: Host) -> None:
+    alice = host.add_user("alice")
+    bob = host.add_user("bob")
+    # alice-web is assigned to bob by metadata; alice-gone does not exist
+    host.write_config({f"{alice.name}-web": bob.name})
+    alice.write("wirt/service/vm/web/autostart")
+    alice.write("wirt/service/vm/gone/start")
+    host.run()
+    by_vm = {r["vm"]: r for r in host.commands()}
+    assert by_vm["web"]["outcome"] == "rejected"
+    assert "assigned to another user" in str(by_vm["web"]["reason"])
+    assert by_vm["gone"]["outcome"] == "failed"
+    assert "no domain named" in alice.vm_log("gone")
+    assert "assigned to another user" in alice.status("web")
+
+
+def test_dry_run_changes_nothing(host: Host) -> None:
+    alice = host.add_user("alice")
+    host.write_config({f"{alice.name}-web": None})
+    alice.write("wirt/service/vm/web/start", "--domain x")
+    alice.write("wirt/service/vm/web/autostart")
+    before = sorted(str(p) for p in alice.home.rglob("*"))
+    proc = host.run("--dry-run")
+    assert "would reject" in proc.stdout and "would run autostart" in proc.stdout
+    assert sorted(str(p) for p in alice.home.rglob("*")) == before
+    assert not host.audit.exists() or host.commands() == []
