@@ -19,6 +19,7 @@ import libvirt
 __all__ = [
     "ACTIONS",
     "Action",
+    "Claimants",
     "Command",
     "Option",
     "Rejection",
@@ -234,16 +235,35 @@ def domain_for(template: str, user: str, vm: str) -> str:
     return template.format(user=user, vm=check_vm_name(vm))
 
 
+class Claimants:
+    """Which members' VM folders would name a given domain (SPEC section 4 collisions).
+
+    Built once per pass from the member list; a lookup costs the length of the
+    domain name, not the number of members.
+    """
+
+    def __init__(self, template: str, members: Iterable[str]) -> None:
+        self._by_prefix: dict[str, list[tuple[str, str]]] = {}
+        for member in members:
+            prefix, _, suffix = template.format(user=member, vm="\0").partition("\0")
+            self._by_prefix.setdefault(prefix, []).append((member, suffix))
+
+    def find(self, domain: str, *, besides: str = "") -> list[tuple[str, str]]:
+        """Every (member, vm) whose folder would name *domain*, except member *besides*."""
+        found = []
+        for cut in range(len(domain) + 1):
+            for member, suffix in self._by_prefix.get(domain[:cut], ()):
+                if member == besides or not domain.endswith(suffix):
+                    continue
+                vm = domain[cut : len(domain) - len(suffix)]
+                if len(domain) >= cut + len(suffix) and VM_NAME.fullmatch(vm):
+                    found.append((member, vm))
+        return found
+
+
 def claimants(template: str, domain: str, members: Iterable[str]) -> list[tuple[str, str]]:
     """Every (member, vm) pair whose VM folder would name *domain*."""
-    found = []
-    for member in members:
-        prefix, _, suffix = template.format(user=member, vm="\0").partition("\0")
-        if domain.startswith(prefix) and domain.endswith(suffix):
-            vm = domain[len(prefix) : len(domain) - len(suffix)]
-            if len(domain) >= len(prefix) + len(suffix) and VM_NAME.fullmatch(vm):
-                found.append((member, vm))
-    return found
+    return Claimants(template, members).find(domain)
 
 
 def owner_problem(user: str, domain: str, meta_owner: str | None,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
 import libvirt
@@ -116,6 +117,8 @@ class Hypervisor:
         self._autostart: set[str] = set()
         self._persistent: set[str] = set()
         self._info: dict[str, DomainInfo] = {}
+        self._xml: dict[str, str] = {}
+        self._xml_job: concurrent.futures.Future[dict[str, str]] | None = None
 
     def _call(self, fn: Callable[[], T]) -> T:
         if self.down:
@@ -164,6 +167,7 @@ class Hypervisor:
         self._autostart = {d.name() for d in auto}
         pers = self._call(lambda: conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_PERSISTENT))
         self._persistent = {d.name() for d in pers}
+        self._fetch_all()
 
     def close(self) -> None:
         if self.conn is not None and not self.down:
@@ -176,40 +180,77 @@ class Hypervisor:
     def exists(self, name: str) -> bool:
         return name in self._doms
 
+    def _fetch_all(self) -> None:
+        """Start reading every domain's XML on the libvirt thread, without waiting.
+
+        The pass forks user sides meanwhile; the first inventory waits for it.
+        """
+        doms = list(self._doms.items())
+        self._xml_job = self._pool.submit(lambda: {name: dom.XMLDesc(0) for name, dom in doms})
+
+    def prefetch(self, names: list[str]) -> None:
+        """Fill the snapshot for *names* from the bulk XML read (idle path)."""
+        if self._xml_job is not None:
+            job, self._xml_job = self._xml_job, None
+            try:
+                self._xml = job.result(timeout=self.timeout)
+            except concurrent.futures.TimeoutError:
+                self.down = f"libvirt did not list domain details within {self.timeout:g} s"
+                raise Unreachable(self.down) from None
+            except libvirt.libvirtError:
+                self._xml = {}  # a domain vanished meanwhile: fall back to one call each
+        for name in names:
+            if name in self._info or name not in self._doms:
+                continue
+            xml = self._xml.get(name)
+            if xml is None:
+                try:
+                    xml = self._call(partial(self._doms[name].XMLDesc, 0))
+                except libvirt.libvirtError:
+                    continue
+            state, reason = self._states.get(name, (0, 0))
+            self._info[name] = self._make_info(
+                name, state, reason, name in self._autostart, name in self._persistent, xml
+            )
+
     def info(self, name: str, *, fresh: bool = False) -> DomainInfo | None:
         """What the user may see of *name*; None if there is no such domain.
 
         The snapshot serves the idle path; ``fresh`` asks libvirt again (after
         an action, and always before deciding ownership).
         """
-        if not fresh and name in self._info:
-            return self._info[name]
-        if fresh:
+        if not fresh:
+            self.prefetch([name])
+            return self._info.get(name)
+
+        def ask() -> tuple[Any, tuple[int, int], int, int, str] | None:
             try:
-                dom = self._call(lambda: self.conn.lookupByName(name))
+                dom = self.conn.lookupByName(name)
             except libvirt.libvirtError as exc:
                 if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-                    self._doms.pop(name, None)
-                    self._info.pop(name, None)
                     return None
                 raise
-            self._doms[name] = dom
-            state, reason = self._call(dom.state)
-            autostart = bool(self._call(dom.autostart))
-            persistent = bool(self._call(dom.isPersistent))
-        else:
-            dom = self._doms.get(name)
-            if dom is None:
-                return None
-            state, reason = self._states[name]
-            autostart = name in self._autostart
-            persistent = name in self._persistent
-        owner, graphics, memory, vcpus = _parse_xml(self._call(lambda: dom.XMLDesc(0)))
-        state_name, reason_name = state_names(state, reason)
-        info = DomainInfo(name, state_name, reason_name, autostart, persistent,
-                          memory, vcpus, owner, graphics)
+            state = dom.state()
+            return dom, (state[0], state[1]), dom.autostart(), dom.isPersistent(), dom.XMLDesc(0)
+
+        answer = self._call(ask)
+        if answer is None:
+            self._doms.pop(name, None)
+            self._info.pop(name, None)
+            return None
+        dom, (state, reason), autostart, persistent, xml = answer
+        self._doms[name] = dom
+        info = self._make_info(name, state, reason, bool(autostart), bool(persistent), xml)
         self._info[name] = info
         return info
+
+    @staticmethod
+    def _make_info(name: str, state: int, reason: int, autostart: bool, persistent: bool,
+                   xml: str) -> DomainInfo:
+        owner, graphics, memory, vcpus = _parse_xml(xml)
+        state_name, reason_name = state_names(state, reason)
+        return DomainInfo(name, state_name, reason_name, autostart, persistent,
+                          memory, vcpus, owner, graphics)
 
     def run(self, action: Action, params: dict[str, str], name: str) -> None:
         """Perform *action* on the domain *name*; raises libvirtError or Unreachable."""

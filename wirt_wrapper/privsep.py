@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import select
 import signal
 import socket
 import struct
@@ -28,7 +27,7 @@ from typing import Any
 
 from .errors import ProtocolError
 
-__all__ = ["Channel", "Child", "Timeout", "drop_for_good", "spawn"]
+__all__ = ["Channel", "Child", "Timeout", "drop_for_good", "reap", "spawn"]
 
 MAX_MESSAGE = 4 << 20
 _HEADER = struct.Struct("!I")
@@ -39,33 +38,47 @@ class Timeout(Exception):
 
 
 class Channel:
-    def __init__(self, sock: socket.socket) -> None:
+    """JSON messages over a stream socket; with a deadline, every read and write honours it."""
+
+    def __init__(self, sock: socket.socket, deadline: float | None = None) -> None:
         self.sock = sock
+        self.deadline = deadline
+
+    def _arm(self) -> None:
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise Timeout()
+            self.sock.settimeout(left)
 
     def send(self, message: dict[str, Any]) -> None:
         data = json.dumps(message, separators=(",", ":")).encode()
         if len(data) > MAX_MESSAGE:
             raise ProtocolError(f"message of {len(data)} bytes is too large")
-        self.sock.sendall(_HEADER.pack(len(data)) + data)
+        self._arm()
+        try:
+            self.sock.sendall(_HEADER.pack(len(data)) + data)
+        except TimeoutError:
+            raise Timeout() from None
 
-    def _read(self, size: int, deadline: float | None) -> bytes:
+    def _read(self, size: int) -> bytes:
         chunks = bytearray()
         while len(chunks) < size:
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0 or not select.select([self.sock], [], [], left)[0]:
-                    raise Timeout()
-            chunk = self.sock.recv(size - len(chunks))
+            self._arm()
+            try:
+                chunk = self.sock.recv(size - len(chunks))
+            except TimeoutError:
+                raise Timeout() from None
             if not chunk:
                 raise EOFError("the other side closed the channel")
             chunks += chunk
         return bytes(chunks)
 
-    def recv(self, deadline: float | None = None) -> dict[str, Any]:
-        (size,) = _HEADER.unpack(self._read(_HEADER.size, deadline))
+    def recv(self) -> dict[str, Any]:
+        (size,) = _HEADER.unpack(self._read(_HEADER.size))
         if size > MAX_MESSAGE:
             raise ProtocolError(f"message of {size} bytes is too large")
-        message = json.loads(self._read(size, deadline))
+        message = json.loads(self._read(size))
         if not isinstance(message, dict):
             raise ProtocolError("a message must be a JSON object")
         return message
@@ -99,16 +112,29 @@ class Child:
     pid: int
     channel: Channel
 
-    def kill(self) -> None:
+    def fileno(self) -> int:
+        return self.channel.sock.fileno()
+
+    def end(self) -> None:
+        """Close the channel and make sure the child is gone (it may be stopped by the user)."""
+        self.channel.sock.close()
         try:
             os.kill(self.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
 
-    def reap(self) -> int:
-        _, status = os.waitpid(self.pid, 0)
-        self.channel.sock.close()
-        return os.waitstatus_to_exitcode(status)
+
+def reap(pids: list[int], *, block: bool) -> list[int]:
+    """Collect ended children; returns the pids still running."""
+    left = []
+    for pid in pids:
+        try:
+            done, _ = os.waitpid(pid, 0 if block else os.WNOHANG)
+        except ChildProcessError:
+            continue
+        if done == 0:
+            left.append(pid)
+    return left
 
 
 def spawn(user: pwd.struct_passwd, target: Callable[[Channel], None]) -> Child:

@@ -11,10 +11,10 @@ group's member list), never from anything the user wrote.
 from __future__ import annotations
 
 import fcntl
-import grp
 import json
 import os
 import pwd
+import select
 import sys
 import time
 from collections.abc import Callable
@@ -25,11 +25,12 @@ from typing import Any
 import libvirt
 
 from . import privsep
+from .accounts import AccountChecker, members
 from .actions import (
+    Claimants,
     Rejection,
     canonical,
     check_vm_name,
-    claimants,
     domain_for,
     lookup_action,
     owner_problem,
@@ -42,7 +43,7 @@ from .hypervisor import Hypervisor, Unreachable
 from .layouts import LAYOUTS
 from .userside import UserJob, user_main
 
-__all__ = ["Options", "Pass", "Summary", "acquire_lock", "members"]
+__all__ = ["Options", "Pass", "Summary", "acquire_lock"]
 
 OUTCOMES = ("done", "failed", "rejected", "interrupted")
 
@@ -85,39 +86,18 @@ def acquire_lock(path: str) -> int | None:
     return fd
 
 
-def members(group: str) -> list[pwd.struct_passwd]:
-    """Members of *group*, supplementary and primary, sorted; never root."""
-    entry = grp.getgrnam(group)
-    names = set(entry.gr_mem)
-    names.update(p.pw_name for p in pwd.getpwall() if p.pw_gid == entry.gr_gid)
-    found = []
-    for name in sorted(names):
-        try:
-            user = pwd.getpwnam(name)
-        except KeyError:
-            continue
-        if user.pw_uid != 0:
-            found.append(user)
-    return found
-
-
-def account_problem(user: str, service: str) -> str | None:
-    """PAM account management for *user*; None if the account may act now."""
-    if not service:
-        return None
-    import pam
-
-    handle = pam.pam()
-    if handle.authenticate(user, "", service=service, resetcreds=False):
-        return None
-    return f"PAM ({service}): {handle.reason}"
+# Users served at the same time: their children read homes while root answers.
+PARALLEL_USERS = 4
 
 
 @dataclass
 class UserContext:
+    """One user's turn: their child, its deadline, and the command ids it may use."""
+
     user: pwd.struct_passwd
-    others: list[str]
+    child: privsep.Child
     ids: set[str] = field(default_factory=set)
+    problem: str | None = None
 
 
 class Pass:
@@ -134,6 +114,7 @@ class Pass:
         self.reported = self._load_reported()
         self.seen: dict[str, set[str]] = {}
         self.counter = 0
+        self.claimants = Claimants(config.domain_name, [])
         self.pass_id = f"{time.time_ns():x}"
 
     # -- helpers -----------------------------------------------------------
@@ -182,21 +163,14 @@ class Pass:
             print(f"wirt: group '{self.config.group}' does not exist", file=sys.stderr)
             group = []
         names = [u.pw_name for u in group]
-        for user in group:
-            if self.options.user and user.pw_name != self.options.user:
-                continue
-            problem = account_problem(user.pw_name, self.config.pam_service)
-            if problem:
-                self.summary.skipped += 1
-                self.audit.write("user-skipped", user=user.pw_name, uid=user.pw_uid,
-                                 reason=problem)
-                self.say(f"{user.pw_name}: skipped: {problem}")
-                continue
-            others = [n for n in names if n != user.pw_name]
-            self.serve(UserContext(user, others))
-        if self.options.user and self.options.user not in names:
-            print(f"wirt: {self.options.user} is not a member of {self.config.group}",
-                  file=sys.stderr)
+        self.claimants = Claimants(self.config.domain_name, names)
+        if self.options.user:
+            if self.options.user not in names:
+                print(f"wirt: {self.options.user} is not a member of {self.config.group}",
+                      file=sys.stderr)
+            group = [u for u in group if u.pw_name == self.options.user]
+        with AccountChecker(self.config.pam_service) as accounts:
+            self.serve_all(group, accounts)
         self.journal.compact()
         self._save_reported()
         self.hv.close()
@@ -206,8 +180,39 @@ class Pass:
         self.audit.close()
         return self.summary
 
-    def serve(self, ctx: UserContext) -> None:
-        user = ctx.user
+    def serve_all(self, users: list[pwd.struct_passwd], accounts: AccountChecker) -> None:
+        """Serve every user, a few at a time; each turn ends by 'bye', error or deadline."""
+        queue = list(reversed(users))
+        active: dict[int, UserContext] = {}
+        ended: list[int] = []
+        while queue or active:
+            while queue and len(active) < PARALLEL_USERS:
+                ctx = self.start(queue.pop(), accounts)
+                if ctx is not None:
+                    active[ctx.child.fileno()] = ctx
+            if not active:
+                continue
+            deadline = min(c.child.channel.deadline or 0.0 for c in active.values())
+            ready, _, _ = select.select(list(active), [], [],
+                                        max(0.0, deadline - time.monotonic()))
+            now = time.monotonic()
+            expired = [fd for fd, c in active.items() if now >= (c.child.channel.deadline or 0.0)]
+            for fd in set(ready) | set(expired):
+                ctx = active[fd]
+                if self.step(ctx):
+                    del active[fd]
+                    self.end(ctx)
+                    ended.append(ctx.child.pid)
+            ended = privsep.reap(ended, block=False)
+        privsep.reap(ended, block=True)
+
+    def start(self, user: pwd.struct_passwd, accounts: AccountChecker) -> UserContext | None:
+        problem = accounts.problem(user.pw_name)
+        if problem:
+            self.summary.skipped += 1
+            self.audit.write("user-skipped", user=user.pw_name, uid=user.pw_uid, reason=problem)
+            self.say(f"{user.pw_name}: skipped: {problem}")
+            return None
         self.summary.users += 1
         job = UserJob(
             user=user.pw_name, uid=user.pw_uid, home=user.pw_dir,
@@ -216,45 +221,50 @@ class Pass:
             recover=[] if self.options.dry_run else self.journal.open_for(user.pw_uid),
         )
         child = privsep.spawn(user, partial(user_main, job))
-        deadline = time.monotonic() + self.config.limits.seconds_per_user
-        problem = None
+        child.channel.deadline = time.monotonic() + self.config.limits.seconds_per_user
+        return UserContext(user, child)
+
+    def step(self, ctx: UserContext) -> bool:
+        """Answer one request of *ctx*'s child; True when its turn is over."""
         try:
-            while True:
-                message = child.channel.recv(deadline)
-                for cid in _strings(message.get("logged", [])):
-                    if cid in ctx.ids:
-                        self.journal.record(cid, "closed")
-                op = message.get("op")
-                handler = HANDLERS.get(op) if isinstance(op, str) else None
-                if handler is None:
-                    raise ProtocolError(f"unknown request {op!r}")
-                reply = handler(self, ctx, message)
-                child.channel.send(reply)
-                if op == "bye":
-                    break
+            message = ctx.child.channel.recv()
+            for cid in _strings(message.get("logged", [])):
+                if cid in ctx.ids:
+                    self.journal.record(cid, "closed")
+            op = message.get("op")
+            handler = HANDLERS.get(op) if isinstance(op, str) else None
+            if handler is None:
+                raise ProtocolError(f"unknown request {op!r}")
+            reply = handler(self, ctx, message)
+            if op == "bye":
+                return True  # the one request with no answer: the child is done
+            ctx.child.channel.send(reply)
+            return False
         except privsep.Timeout:
-            problem = (f"time limit of {self.config.limits.seconds_per_user:g} s reached; "
-                       "the remaining commands wait for the next pass")
+            ctx.problem = (f"time limit of {self.config.limits.seconds_per_user:g} s reached; "
+                           "the remaining commands wait for the next pass")
         except (EOFError, OSError, ProtocolError, ValueError, KeyError, TypeError) as exc:
-            problem = f"user side ended early: {exc}"
-        finally:
-            child.kill()
-            child.reap()
-        if problem:
+            ctx.problem = f"user side ended early: {exc}"
+        return True
+
+    def end(self, ctx: UserContext) -> None:
+        ctx.child.end()
+        if ctx.problem:
+            user = ctx.user
             self.summary.pending = True
             self.audit.write("user-incomplete", user=user.pw_name, uid=user.pw_uid,
-                             reason=problem)
-            self.say(f"{user.pw_name}: {problem}")
+                             reason=ctx.problem)
+            self.say(f"{user.pw_name}: {ctx.problem}")
 
     # -- request handlers (one row each in HANDLERS) -----------------------
     def on_inventory(self, ctx: UserContext, msg: dict[str, Any]) -> dict[str, Any]:
         layout = _layout(msg.get("layout"), self.options.layouts)
         if self.hv.down:
             return {"down": self.hv.down}
-        status = {}
-        for vm in _strings(msg.get("vms", [])):
-            check_vm_name(vm)
-            status[vm] = self._status_for(ctx, vm, fresh=False)
+        vms = [check_vm_name(vm) for vm in _strings(msg.get("vms", []))]
+        name = ctx.user.pw_name
+        self.hv.prefetch([domain_for(self.config.domain_name, name, vm) for vm in vms])
+        status = {vm: self._status_for(ctx, vm, fresh=False) for vm in vms}
         del layout
         return {"status": status}
 
@@ -265,7 +275,7 @@ class Pass:
             return {"domain": domain, "problem_kind": "missing",
                     "problem": f"there is no domain named '{domain}'; ask the admin"}
         problem = owner_problem(ctx.user.pw_name, domain, info.owner,
-                                claimants(self.config.domain_name, domain, ctx.others))
+                                self.claimants.find(domain, besides=ctx.user.pw_name))
         if problem:
             return {"domain": domain, "problem_kind": "not-yours", "problem": problem}
         return info.as_status()
@@ -346,7 +356,7 @@ class Pass:
             if info is None:
                 return "failed", f"there is no domain named '{domain}'; ask the admin", None
             problem = owner_problem(ctx.user.pw_name, domain, info.owner,
-                                    claimants(self.config.domain_name, domain, ctx.others))
+                                    self.claimants.find(domain, besides=ctx.user.pw_name))
             if problem:
                 return "rejected", problem, None
             try:

@@ -324,7 +324,7 @@ class UserSide:
                 self.general(LAYOUTS[name], lines)
         elif self.notices:
             self.ask("notices", items=self.notices)
-        self.ask("bye")
+        self.chan.send({"op": "bye", "logged": self.logged})
 
 
 def user_main(job: UserJob, chan: Channel) -> None:

@@ -1,0 +1,219 @@
+"""Benchmark: one wirt pass over 200 users x 5 VMs, against a floor measured in the same run.
+
+Run as root on a host prepared by tests/setup-host.sh:
+
+    /opt/wirt-test/bin/python bench/bench_pass.py [--users 200] [--vms 5] [--runs 5] [--keep]
+
+It creates real users (prefix ``wb``) in a real group, defines one domain per
+VM folder on the real libvirtd (``qemu:///system``; libvirt's test driver when
+that is unreachable), and measures with the real executable:
+
+* idle pass: no command files (status.xml already current);
+* busy pass: one ``autostart`` file in each VM folder;
+* floor: the same libvirt calls in a bare libvirt-python loop (one
+  ``setAutostart`` per domain) plus a bare listing of every VM folder.
+
+Medians over ``--runs`` runs; peak memory is the largest resident set of any
+process of the pass.  The machine is shared and noisy: read the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import libvirt
+
+PREFIX = "wb"
+GROUP = "wbguests"
+EXE = str(Path(sys.executable).parent / "virsh_wrapper")
+TARGETS = {"idle": 0.5, "busy": 2.5, "memory_mb": 100.0}
+LEGACY = {"idle": 12.7, "busy": 49.7}
+
+
+def sh(*args: str) -> None:
+    subprocess.run(args, check=True, capture_output=True)
+
+
+def make_users(count: int) -> list[tuple[str, int, int, Path]]:
+    if subprocess.run(["getent", "group", GROUP], capture_output=True).returncode:
+        sh("groupadd", GROUP)
+    users = []
+    for index in range(count):
+        name = f"{PREFIX}{index:03d}"
+        if subprocess.run(["id", name], capture_output=True).returncode:
+            sh("useradd", "-m", "-G", GROUP, name)
+        import pwd
+
+        entry = pwd.getpwnam(name)
+        users.append((name, entry.pw_uid, entry.pw_gid, Path(entry.pw_dir)))
+    return users
+
+
+def make_folders(users: list[tuple[str, int, int, Path]], vms: int) -> list[Path]:
+    folders = []
+    for _name, uid, gid, home in users:
+        path = home
+        for part in ("wirt", "service", "vm"):
+            path = path / part
+            path.mkdir(mode=0o755, exist_ok=True)
+            os.chown(path, uid, gid)
+        for k in range(vms):
+            folder = path / f"vm{k}"
+            folder.mkdir(mode=0o755, exist_ok=True)
+            os.chown(folder, uid, gid)
+            folders.append(folder)
+    return folders
+
+
+def domain_xml(name: str, kind: str) -> str:
+    return (f"<domain type='{kind}'><name>{name}</name><memory unit='MiB'>32</memory>"
+            "<os><type arch='x86_64'>hvm</type></os><devices><graphics type='vnc' "
+            "autoport='yes' listen='127.0.0.1'/></devices></domain>")
+
+
+def define_domains(uri: str, names: list[str], workdir: Path) -> str:
+    """Define the domains on *uri*; falls back to a test-driver host file."""
+    libvirt.registerErrorHandler(lambda _c, _e: None, None)
+    try:
+        conn = libvirt.open(uri)
+    except libvirt.libvirtError:
+        host = workdir / "host.xml"
+        host.write_text("<node>" + "".join(domain_xml(n, "test") for n in names) + "</node>")
+        return f"test://{host}"
+    existing = {d.name() for d in conn.listAllDomains()}
+    for name in names:
+        if name not in existing:
+            conn.defineXML(domain_xml(name, "qemu"))
+    conn.close()
+    return uri
+
+
+def undefine(uri: str, names: list[str]) -> None:
+    if not uri.startswith("qemu"):
+        return
+    conn = libvirt.open(uri)
+    for name in names:
+        try:
+            conn.lookupByName(name).undefine()
+        except libvirt.libvirtError:
+            pass
+    conn.close()
+
+
+def run_pass(config: Path) -> tuple[float, float]:
+    """Wall time of one pass of the real executable, and the peak RSS (MB) it reached."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    start = time.perf_counter()
+    proc = subprocess.run([EXE, "--config", str(config)], capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin"})
+    seconds = time.perf_counter() - start
+    if proc.returncode:
+        raise SystemExit(f"pass failed: {proc.stderr}")
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return seconds, max(peak, before) / 1024
+
+
+def drop_commands(folders: list[Path], owners: dict[Path, tuple[int, int]]) -> None:
+    for folder in folders:
+        path = folder / "autostart"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.fchown(fd, *owners[folder])
+        os.close(fd)
+
+
+def floor(uri: str, names: list[str], folders: list[Path]) -> float:
+    conn = libvirt.open(uri)
+    doms = [conn.lookupByName(n) for n in names]
+    start = time.perf_counter()
+    for dom in doms:
+        dom.setAutostart(1)
+    for folder in folders:
+        os.listdir(folder)
+    seconds = time.perf_counter() - start
+    for dom in doms:
+        dom.setAutostart(0)
+    conn.close()
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--users", type=int, default=200)
+    parser.add_argument("--vms", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--uri", default="qemu:///system")
+    parser.add_argument("--keep", action="store_true", help="keep users and domains")
+    parser.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="wirt-bench-"))
+    work.chmod(0o755)
+    t0 = time.perf_counter()
+    users = make_users(args.users)
+    folders = make_folders(users, args.vms)
+    owners = {}
+    names = []
+    for name, uid, gid, home in users:
+        for k in range(args.vms):
+            owners[home / "wirt/service/vm" / f"vm{k}"] = (uid, gid)
+            names.append(f"{name}-vm{k}")
+    uri = define_domains(args.uri, names, work)
+    config = work / "wirt.toml"
+    config.write_text(
+        f'group = "{GROUP}"\nuri = "{uri}"\naudit_log = "{work}/state/audit.log"\n'
+        f'lock_file = "{work}/state/lock"\nstate_dir = "{work}/state"\n'
+        "[limits]\nseconds_per_user = 30\n"
+    )
+    config.chmod(0o600)
+    print(f"setup: {len(users)} users, {len(folders)} VM folders, {uri}, "
+          f"{time.perf_counter() - t0:.1f} s", flush=True)
+
+    run_pass(config)  # warm-up: writes every status.xml once
+    idle, busy, floors, peaks = [], [], [], []
+    for _ in range(args.runs):
+        seconds, peak = run_pass(config)
+        idle.append(seconds)
+        peaks.append(peak)
+        drop_commands(folders, owners)
+        seconds, peak = run_pass(config)
+        busy.append(seconds)
+        peaks.append(peak)
+        floors.append(floor(uri, names, folders))
+    result = {
+        "users": len(users), "vm_folders": len(folders), "uri": uri, "runs": args.runs,
+        "idle_s": statistics.median(idle), "busy_s": statistics.median(busy),
+        "floor_s": statistics.median(floors), "peak_rss_mb": max(peaks),
+    }
+    result["idle_over_floor"] = result["idle_s"] / result["floor_s"]
+    result["busy_over_floor"] = result["busy_s"] / result["floor_s"]
+    print(f"idle pass  median {result['idle_s']:.3f} s  (target <= {TARGETS['idle']} s, "
+          f"legacy {LEGACY['idle']} s)  runs {[round(x, 3) for x in idle]}")
+    print(f"busy pass  median {result['busy_s']:.3f} s  (target <= {TARGETS['busy']} s, "
+          f"legacy {LEGACY['busy']} s)  runs {[round(x, 3) for x in busy]}")
+    print(f"floor      median {result['floor_s']:.3f} s  (bare libvirt-python loop + listing)")
+    print(f"ratios     idle/floor {result['idle_over_floor']:.1f}x  "
+          f"busy/floor {result['busy_over_floor']:.1f}x")
+    print(f"peak RSS   {result['peak_rss_mb']:.1f} MB  (target <= {TARGETS['memory_mb']} MB)")
+    ok = (result["idle_s"] <= TARGETS["idle"] and result["busy_s"] <= TARGETS["busy"]
+          and result["peak_rss_mb"] <= TARGETS["memory_mb"])
+    print("targets:", "met" if ok else "NOT met")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    if not args.keep:
+        undefine(uri, names)
+        for name, *_ in users:
+            subprocess.run(["userdel", "-r", "-f", name], capture_output=True)
+        subprocess.run(["groupdel", GROUP], capture_output=True)
+
+
+if __name__ == "__main__":
+    main()

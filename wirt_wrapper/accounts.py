@@ -1,0 +1,81 @@
+"""Who may be served: group members, and PAM account management (runs as root).
+
+Membership comes from the group database (supplementary members and users
+whose primary group it is); root is never served.  Each member's account is
+checked with ``pam_acct_mgmt`` every pass, as cron and atd do before they act
+for a user: an expired or locked account is skipped.  One PAM transaction
+serves the whole pass (``PAM_USER`` is set per member), through python-pam's
+libpam bindings; the stack needs no authentication because no one is logging in.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import grp
+import pwd
+from types import TracebackType
+
+from pam import __internals as pam_lib
+
+__all__ = ["AccountChecker", "members"]
+
+
+def members(group: str) -> list[pwd.struct_passwd]:
+    """Members of *group*, supplementary and primary, sorted by name; never root."""
+    entry = grp.getgrnam(group)
+    names = set(entry.gr_mem)
+    names.update(p.pw_name for p in pwd.getpwall() if p.pw_gid == entry.gr_gid)
+    found = []
+    for name in sorted(names):
+        try:
+            user = pwd.getpwnam(name)
+        except KeyError:
+            continue
+        if user.pw_uid != 0:
+            found.append(user)
+    return found
+
+
+def _refuse(_n: int, _msg: object, _resp: object, _data: object) -> int:
+    return int(pam_lib.PAM_CONV_ERR)  # an account check never prompts
+
+
+_no_conversation = pam_lib.conv_func(_refuse)
+
+
+class AccountChecker:
+    """``problem(user)`` is None when PAM lets the account act now, else the reason."""
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self.handle = pam_lib.PamHandle()
+        self.lib = pam_lib.PamAuthenticator
+        if not service:
+            return
+        self.lib._ensure_libs()
+        conv = pam_lib.PamConv(_no_conversation, None)
+        self._conv = conv  # libpam keeps a pointer to it
+        status = self.lib.pam_start(service.encode(), None, ctypes.byref(conv),
+                                    ctypes.byref(self.handle))
+        if status != pam_lib.PAM_SUCCESS:
+            raise OSError(f"pam_start({service}) failed: status {status}")
+
+    def problem(self, user: str) -> str | None:
+        if not self.service:
+            return None
+        name = ctypes.c_char_p(user.encode())
+        status = self.lib.pam_set_item(self.handle, pam_lib.PAM_USER, name)
+        if status == pam_lib.PAM_SUCCESS:
+            status = self.lib.pam_acct_mgmt(self.handle, pam_lib.PAM_SILENT)
+        if status == pam_lib.PAM_SUCCESS:
+            return None
+        reason = self.lib.pam_strerror(self.handle, status) or b"unknown PAM error"
+        return f"PAM ({self.service}): {reason.decode(errors='replace')}"
+
+    def __enter__(self) -> AccountChecker:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self.service:
+            self.lib.pam_end(self.handle, pam_lib.PAM_SUCCESS)
