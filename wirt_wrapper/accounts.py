@@ -17,7 +17,7 @@ from types import TracebackType
 
 from pam import __internals as pam_lib
 
-__all__ = ["AccountChecker", "members"]
+__all__ = ["AccountChecker", "group_lists", "members"]
 
 
 def members(group: str) -> list[pwd.struct_passwd]:
@@ -34,6 +34,16 @@ def members(group: str) -> list[pwd.struct_passwd]:
         if user.pw_uid != 0:
             found.append(user)
     return found
+
+
+def group_lists(users: list[pwd.struct_passwd]) -> dict[str, tuple[int, ...]]:
+    """Each user's groups (primary first), from one read of the group database."""
+    extra: dict[str, list[int]] = {u.pw_name: [] for u in users}
+    for entry in grp.getgrall():
+        for name in entry.gr_mem:
+            if name in extra:
+                extra[name].append(entry.gr_gid)
+    return {u.pw_name: tuple(dict.fromkeys([u.pw_gid, *extra[u.pw_name]])) for u in users}
 
 
 def _refuse(_n: int, _msg: object, _resp: object, _data: object) -> int:

@@ -14,8 +14,6 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import libvirt
-
 __all__ = [
     "ACTIONS",
     "Action",
@@ -85,7 +83,10 @@ def _mode(params: Params, acpi: int, agent: int) -> int:
     return {"acpi": acpi, "agent": agent}.get(params.get("--mode", ""), 0)
 
 
+# The calls import libvirt when they run: the user side never loads it.
 def _start(dom: Any, p: Params) -> object:
+    import libvirt
+
     return dom.createWithFlags(
         _flag_if(p, "--paused", libvirt.VIR_DOMAIN_START_PAUSED)
         | _flag_if(p, "--force-boot", libvirt.VIR_DOMAIN_START_FORCE_BOOT)
@@ -93,16 +94,22 @@ def _start(dom: Any, p: Params) -> object:
 
 
 def _shutdown(dom: Any, p: Params) -> object:
+    import libvirt
+
     return dom.shutdownFlags(_mode(p, libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN,
                                    libvirt.VIR_DOMAIN_SHUTDOWN_GUEST_AGENT))
 
 
 def _reboot(dom: Any, p: Params) -> object:
+    import libvirt
+
     return dom.reboot(_mode(p, libvirt.VIR_DOMAIN_REBOOT_ACPI_POWER_BTN,
                             libvirt.VIR_DOMAIN_REBOOT_GUEST_AGENT))
 
 
 def _destroy(dom: Any, p: Params) -> object:
+    import libvirt
+
     return dom.destroyFlags(_flag_if(p, "--graceful", libvirt.VIR_DOMAIN_DESTROY_GRACEFUL))
 
 

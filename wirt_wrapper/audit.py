@@ -11,15 +11,16 @@ a killed process loses nothing it wrote.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import stat
 import time
 from typing import Any
 
-from .errors import WirtError
+from .errors import LockError, WirtError
 
-__all__ = ["AuditLog", "Journal", "open_root_file"]
+__all__ = ["AuditLog", "Journal", "acquire_lock", "open_root_file"]
 
 
 def open_root_file(path: str, flags: int, what: str) -> int:
@@ -114,3 +115,17 @@ class Journal:
         os.rename(temp, self.path)
         os.close(self.fd)
         self.fd = open_root_file(self.path, os.O_WRONLY | os.O_APPEND, "journal")
+
+
+def acquire_lock(path: str) -> int | None:
+    """The pass lock's descriptor, or None if another pass holds it."""
+    try:
+        fd = open_root_file(path, os.O_RDWR, "lock file")
+    except Exception as exc:
+        raise LockError(str(exc)) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd

@@ -71,10 +71,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .audit import acquire_lock
     from .config import load_config
     from .errors import ConfigError
     from .layouts import LAYOUTS
-    from .rootside import Options, Pass, acquire_lock
+    from .privsep import Spawner
+    from .userside import user_main
 
     config = load_config(args.config)
     wanted = config.layouts if args.layout == "all" else (args.layout,)
@@ -86,9 +88,16 @@ def run(args: argparse.Namespace) -> int:
         if args.verbose:
             print("virsh_wrapper: another pass is running; nothing to do")
         return 0
+    # The spawner is forked before libvirt is loaded: see privsep.Spawner.
+    spawner = Spawner(user_main)
+    from .rootside import Options, Pass
+
     options = Options(layouts=layouts, user=args.user, dry_run=args.dry_run,
                       verbose=args.verbose)
-    summary = Pass(config, options).run()
+    try:
+        summary = Pass(config, options, spawner).run()
+    finally:
+        spawner.close()
     if args.verbose or args.dry_run:
         print(f"virsh_wrapper: {summary.line()}")
     os.close(lock)

@@ -1,10 +1,11 @@
 """The privilege boundary: fork a child that becomes the user for good, and talk to it.
 
-The root process forks one child per user.  The child drops to the user's
-uid, gid and supplementary groups with ``setres[ug]id`` (no way back), then
-checks that it cannot regain root and aborts if it can (OpenSSH
-``permanently_set_uid``).  It keeps only the channel descriptor: the libvirt
-connection, the audit log and the lock stay with root.
+A small spawner process (root, forked before libvirt is loaded) forks one
+child per user.  The child drops to the user's uid, gid and supplementary
+groups with ``setres[ug]id`` (no way back), then checks that it cannot regain
+root and aborts if it can (OpenSSH ``permanently_set_uid``).  It keeps only
+its channel descriptor: the libvirt connection, the audit log and the lock
+are never in its process.
 
 Messages are JSON objects, length-prefixed, over a Unix stream socketpair.
 The root side reads with a deadline, so a stopped or hung child is killed
@@ -13,21 +14,22 @@ and cannot stall the pass.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
-import pwd
 import signal
 import socket
 import struct
 import sys
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import ProtocolError
 
-__all__ = ["Channel", "Child", "Timeout", "drop_for_good", "reap", "spawn"]
+__all__ = ["Channel", "Child", "Identity", "Spawner", "Timeout", "drop_for_good", "reap"]
 
 MAX_MESSAGE = 4 << 20
 _HEADER = struct.Struct("!I")
@@ -88,18 +90,28 @@ class Channel:
         return self.recv()
 
 
-def drop_for_good(user: pwd.struct_passwd) -> None:
+@dataclass(frozen=True)
+class Identity:
+    """Who a user side becomes: from the passwd database, read by root."""
+
+    name: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...]  # every group the user is in, the primary one included
+
+
+def drop_for_good(user: Identity) -> None:
     """Become *user* (uid, gid, all their groups) with no way back to root."""
-    groups = os.getgrouplist(user.pw_name, user.pw_gid)
+    groups = list(user.groups)
     os.setgroups(groups)
-    os.setresgid(user.pw_gid, user.pw_gid, user.pw_gid)
-    os.setresuid(user.pw_uid, user.pw_uid, user.pw_uid)
+    os.setresgid(user.gid, user.gid, user.gid)
+    os.setresuid(user.uid, user.uid, user.uid)
     regained = True
     try:
         os.setresuid(0, 0, 0)
     except PermissionError:
         regained = False
-    if regained or os.getresuid() != (user.pw_uid,) * 3 or os.getresgid() != (user.pw_gid,) * 3:
+    if regained or os.getresuid() != (user.uid,) * 3 or os.getresgid() != (user.gid,) * 3:
         os.write(2, b"wirt: privilege drop failed; aborting\n")
         os._exit(70)
     if sorted(os.getgroups()) != sorted(set(groups)):
@@ -109,19 +121,132 @@ def drop_for_good(user: pwd.struct_passwd) -> None:
 
 @dataclass
 class Child:
-    pid: int
+    number: int  # the spawner's name for it; root never needs its pid
     channel: Channel
+    spawner: Spawner
 
     def fileno(self) -> int:
         return self.channel.sock.fileno()
 
     def end(self) -> None:
-        """Close the channel and make sure the child is gone (it may be stopped by the user)."""
+        """Close the channel and have the child killed (the user may have stopped it)."""
         self.channel.sock.close()
+        self.spawner.kill(self.number)
+
+
+Target = Callable[[dict[str, Any], Channel], None]
+
+
+class Spawner:
+    """A small root process that forks the user sides, started before libvirt is loaded.
+
+    Forking the pass itself would copy a process that holds libvirt, a
+    worker thread and the audit log, and costs several times more per user.
+    The spawner holds nothing but this channel.  It alone forks and reaps the
+    user sides, so a pid it is asked to kill is always its own live child.
+    Requests are single packets (SOCK_SEQPACKET); a spawn request carries the
+    user side's end of a fresh socketpair as SCM_RIGHTS.
+    """
+
+    def __init__(self, target: Target) -> None:
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - observed through the tests
+            code = 0
+            try:
+                mine.close()
+                keep = theirs.fileno()
+                os.closerange(3, keep)
+                os.closerange(keep + 1, 1 << 16)
+                _serve_spawns(theirs, target)
+            except BaseException:  # noqa: BLE001 - never return into the pass's code
+                code = 1
+            finally:
+                os._exit(code)
+        theirs.close()
+        self.pid = pid
+        self.sock = mine
+        self.count = 0
+
+    def spawn(self, user: Identity, job: dict[str, Any]) -> Child:
+        """Ask for a user side; one-way, so root never waits for a fork."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.count += 1
+        request = {"op": "spawn", "number": self.count,
+                   "user": [user.name, user.uid, user.gid, list(user.groups)], "job": job}
+        socket.send_fds(self.sock, [json.dumps(request).encode()], [theirs.fileno()])
+        theirs.close()
+        return Child(self.count, Channel(ours), self)
+
+    def kill(self, number: int) -> None:
+        self.sock.send(json.dumps({"op": "kill", "number": number}).encode())
+
+    def close(self) -> None:
+        """Kill and reap every user side, then end the spawner."""
         try:
-            os.kill(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
+            self.sock.send(b'{"op":"exit"}')
+        except OSError:
             pass
+        self.sock.close()
+        os.waitpid(self.pid, 0)
+
+
+def _serve_spawns(sock: socket.socket, target: Target) -> None:  # pragma: no cover
+    numbers: dict[int, int] = {}  # root's number -> pid, for live children only
+    children: set[int] = set()
+    try:
+        while True:
+            data, fds, _, _ = socket.recv_fds(sock, MAX_MESSAGE, 1)
+            if not data:
+                return
+            request = json.loads(data)
+            op = request.get("op")
+            if op == "spawn" and len(fds) == 1:
+                name, uid, gid, groups = request["user"]
+                identity = Identity(name, uid, gid, tuple(groups))
+                pid = _fork_user(identity, request["job"], fds[0], target)
+                numbers[request["number"]] = pid
+                children.add(pid)
+            elif op == "kill" and numbers.get(request.get("number")) in children:
+                os.kill(numbers.pop(request["number"]), signal.SIGKILL)
+            elif op == "exit":
+                return
+            for fd in fds:
+                with suppress(OSError):
+                    os.close(fd)
+            children = set(reap(sorted(children), block=False))
+            numbers = {n: p for n, p in numbers.items() if p in children}
+    finally:
+        for pid in children:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        reap(sorted(children), block=True)
+
+
+def _fork_user(user: Identity, job: dict[str, Any], fd: int,
+               target: Target) -> int:  # pragma: no cover
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 0
+    gc.disable()  # a short life; collecting would copy pages shared with the spawner
+    try:
+        os.dup2(fd, 3)
+        os.closerange(4, 1 << 16)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGALRM):
+            signal.signal(sig, signal.SIG_DFL)
+        drop_for_good(user)
+        os.umask(0o077)
+        os.chdir("/")
+        target(job, Channel(socket.socket(fileno=3)))
+    except BaseException as exc:  # noqa: BLE001 - the child must never return
+        code = 1
+        with suppress(OSError):
+            os.write(2, f"wirt: user side for {user.name} failed: {exc!r}\n".encode())
+    finally:
+        os._exit(code)
 
 
 def reap(pids: list[int], *, block: bool) -> list[int]:
@@ -135,33 +260,3 @@ def reap(pids: list[int], *, block: bool) -> list[int]:
         if done == 0:
             left.append(pid)
     return left
-
-
-def spawn(user: pwd.struct_passwd, target: Callable[[Channel], None]) -> Child:
-    """Run ``target(channel)`` in a child process that is *user* for good."""
-    parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child, observed through the tests
-        code = 0
-        try:
-            keep = child_sock.fileno()
-            os.closerange(3, keep)
-            os.closerange(keep + 1, 1 << 16)
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGALRM):
-                signal.signal(sig, signal.SIG_DFL)
-            drop_for_good(user)
-            os.umask(0o077)
-            os.chdir("/")
-            target(Channel(child_sock))
-        except BaseException as exc:  # noqa: BLE001 - the child must never return into root code
-            code = 1
-            try:
-                os.write(2, f"wirt: user side for {user.pw_name} failed: {exc!r}\n".encode())
-            except OSError:
-                pass
-        finally:
-            os._exit(code)
-    child_sock.close()
-    return Child(pid, Channel(parent_sock))

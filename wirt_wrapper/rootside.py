@@ -10,7 +10,6 @@ group's member list), never from anything the user wrote.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import pwd
@@ -18,14 +17,13 @@ import select
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from functools import partial
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import libvirt
 
 from . import privsep
-from .accounts import AccountChecker, members
+from .accounts import AccountChecker, group_lists, members
 from .actions import (
     Claimants,
     Rejection,
@@ -38,12 +36,12 @@ from .actions import (
 )
 from .audit import AuditLog, Journal, open_root_file
 from .config import Config
-from .errors import LockError, ProtocolError
+from .errors import ProtocolError
 from .hypervisor import Hypervisor, Unreachable
 from .layouts import LAYOUTS
-from .userside import UserJob, user_main
+from .userside import UserJob
 
-__all__ = ["Options", "Pass", "Summary", "acquire_lock"]
+__all__ = ["Options", "Pass", "Summary"]
 
 OUTCOMES = ("done", "failed", "rejected", "interrupted")
 
@@ -72,22 +70,8 @@ class Summary:
                 f"{self.seconds:.2f} s{down}")
 
 
-def acquire_lock(path: str) -> int | None:
-    """The pass lock's descriptor, or None if another pass holds it."""
-    try:
-        fd = open_root_file(path, os.O_RDWR, "lock file")
-    except Exception as exc:
-        raise LockError(str(exc)) from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    return fd
-
-
 # Users served at the same time: their children read homes while root answers.
-PARALLEL_USERS = 4
+PARALLEL_USERS = 16
 
 
 @dataclass
@@ -103,7 +87,8 @@ class UserContext:
 class Pass:
     """One pass over every member (or one, with --user)."""
 
-    def __init__(self, config: Config, options: Options) -> None:
+    def __init__(self, config: Config, options: Options, spawner: privsep.Spawner) -> None:
+        self.spawner = spawner
         self.config = config
         self.options = options
         self.summary = Summary()
@@ -115,6 +100,7 @@ class Pass:
         self.seen: dict[str, set[str]] = {}
         self.counter = 0
         self.claimants = Claimants(config.domain_name, [])
+        self.groups: dict[str, tuple[int, ...]] = {}
         self.pass_id = f"{time.time_ns():x}"
 
     # -- helpers -----------------------------------------------------------
@@ -164,6 +150,7 @@ class Pass:
             group = []
         names = [u.pw_name for u in group]
         self.claimants = Claimants(self.config.domain_name, names)
+        self.groups = group_lists(group)
         if self.options.user:
             if self.options.user not in names:
                 print(f"wirt: {self.options.user} is not a member of {self.config.group}",
@@ -184,7 +171,6 @@ class Pass:
         """Serve every user, a few at a time; each turn ends by 'bye', error or deadline."""
         queue = list(reversed(users))
         active: dict[int, UserContext] = {}
-        ended: list[int] = []
         while queue or active:
             while queue and len(active) < PARALLEL_USERS:
                 ctx = self.start(queue.pop(), accounts)
@@ -202,9 +188,6 @@ class Pass:
                 if self.step(ctx):
                     del active[fd]
                     self.end(ctx)
-                    ended.append(ctx.child.pid)
-            ended = privsep.reap(ended, block=False)
-        privsep.reap(ended, block=True)
 
     def start(self, user: pwd.struct_passwd, accounts: AccountChecker) -> UserContext | None:
         problem = accounts.problem(user.pw_name)
@@ -220,7 +203,9 @@ class Pass:
             max_bytes=self.config.limits.max_file_bytes, dry_run=self.options.dry_run,
             recover=[] if self.options.dry_run else self.journal.open_for(user.pw_uid),
         )
-        child = privsep.spawn(user, partial(user_main, job))
+        identity = privsep.Identity(user.pw_name, user.pw_uid, user.pw_gid,
+                                    self.groups[user.pw_name])
+        child = self.spawner.spawn(identity, asdict(job))
         child.channel.deadline = time.monotonic() + self.config.limits.seconds_per_user
         return UserContext(user, child)
 

@@ -64,6 +64,15 @@ class UserSide:
         self.last: dict[tuple[str, str], dict[str, str]] = {}
         self.budget = job.max_files
         self.stopped = False  # root said: leave the rest pending
+        self.dirs: dict[tuple[str, ...], int] = {}
+
+    def folder(self, parts: tuple[str, ...], *, create: bool = True) -> int:
+        """An output folder, walked safely once per pass and then kept open (pinned)."""
+        fd = self.dirs.get(parts)
+        if fd is None:
+            fd = userfs.walk(self.home, parts, self.uid, create=create)
+            self.dirs[parts] = fd
+        return fd
 
     # -- talking to root -------------------------------------------------
     def ask(self, op: str, **fields: Any) -> dict[str, Any]:
@@ -80,8 +89,8 @@ class UserSide:
         if self.job.dry_run:
             return
         try:
-            with userfs.opened(self.home, layout.logs, self.uid, create=True) as fd:
-                userfs.append_line(fd, layout.log_name("", vm, "", self.job.user), line, self.uid)
+            fd = self.folder(layout.logs)
+            userfs.append_line(fd, layout.log_name("", vm, "", self.job.user), line, self.uid)
         except (Unsafe, OSError) as exc:
             self.notice(layout, f"log:{vm}", f"cannot write the log of VM '{vm}': {exc}")
 
@@ -116,12 +125,11 @@ class UserSide:
         if layout.info is None or info is None or self.job.dry_run:
             return
         try:
-            with userfs.opened(self.home, layout.info, self.uid, create=True) as info_fd:
-                vm_fd = userfs.open_dir(info_fd, vm, self.uid, create=True)
-                try:
-                    self._write_status(vm_fd, layout, vm, info)
-                finally:
-                    os.close(vm_fd)
+            vm_fd = userfs.open_dir(self.folder(layout.info), vm, self.uid, create=True)
+            try:
+                self._write_status(vm_fd, layout, vm, info)
+            finally:
+                os.close(vm_fd)
         except (Unsafe, OSError) as exc:
             where = layout.shown(*layout.info, vm, STATUS_FILE)
             self.notice(layout, f"status:{vm}", f"{where}: cannot write the status: {exc}")
@@ -277,16 +285,13 @@ class UserSide:
             self.ask("intend", dry=True, **request)
             return None
         try:
-            hist_fd = userfs.walk(self.home, layout.history, self.uid, create=True)
+            hist_fd = self.folder(layout.history)
         except (Unsafe, OSError) as exc:
             self.notice(layout, "history", f"{layout.shown(*layout.history)} {exc}; "
                         "commands wait until it is usable")
             self.stopped = True
             return None
-        try:
-            return self._claim_and_run(layout, vm_fd, hist_fd, name, request)
-        finally:
-            os.close(hist_fd)
+        return self._claim_and_run(layout, vm_fd, hist_fd, name, request)
 
     def _claim_and_run(self, layout: Layout, vm_fd: int, hist_fd: int, name: str,
                        request: dict[str, Any]) -> dict[str, Any] | None:
@@ -327,8 +332,10 @@ class UserSide:
         self.chan.send({"op": "bye", "logged": self.logged})
 
 
-def user_main(job: UserJob, chan: Channel) -> None:
-    """Entry point of the child, after the privilege drop."""
+def user_main(fields: dict[str, Any], chan: Channel) -> None:
+    """Entry point of the child, after the privilege drop; *fields* make a UserJob."""
+    job = UserJob(**fields)
+    job.layouts = tuple(job.layouts)
     side = UserSide(chan, job)
     if job.recover:
         side.recover()
