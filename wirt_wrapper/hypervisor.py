@@ -213,36 +213,10 @@ class Hypervisor:
                 name, state, reason, name in self._autostart, name in self._persistent, xml
             )
 
-    def info(self, name: str, *, fresh: bool = False) -> DomainInfo | None:
-        """What the user may see of *name*; None if there is no such domain.
-
-        The snapshot serves the idle path; ``fresh`` asks libvirt again (after
-        an action, and always before deciding ownership).
-        """
-        if not fresh:
-            self.prefetch([name])
-            return self._info.get(name)
-
-        def ask() -> tuple[Any, tuple[int, int], int, int, str] | None:
-            try:
-                dom = self.conn.lookupByName(name)
-            except libvirt.libvirtError as exc:
-                if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-                    return None
-                raise
-            state = dom.state()
-            return dom, (state[0], state[1]), dom.autostart(), dom.isPersistent(), dom.XMLDesc(0)
-
-        answer = self._call(ask)
-        if answer is None:
-            self._doms.pop(name, None)
-            self._info.pop(name, None)
-            return None
-        dom, (state, reason), autostart, persistent, xml = answer
-        self._doms[name] = dom
-        info = self._make_info(name, state, reason, bool(autostart), bool(persistent), xml)
-        self._info[name] = info
-        return info
+    def info(self, name: str) -> DomainInfo | None:
+        """What the snapshot says of *name* (idle path); None if there is no such domain."""
+        self.prefetch([name])
+        return self._info.get(name)
 
     @staticmethod
     def _make_info(name: str, state: int, reason: int, autostart: bool, persistent: bool,
@@ -252,10 +226,56 @@ class Hypervisor:
         return DomainInfo(name, state_name, reason_name, autostart, persistent,
                           memory, vcpus, owner, graphics)
 
-    def run(self, action: Action, params: dict[str, str], name: str) -> None:
-        """Perform *action* on the domain *name*; raises libvirtError or Unreachable."""
-        if action.call is None:
-            return
-        dom = self._doms[name]
-        call = action.call
-        self._call(lambda: call(dom, params))
+    def act(self, name: str, action: Action, params: dict[str, str],
+            decide: Callable[[str | None], str | None]) -> tuple[str, str, DomainInfo | None]:
+        """Check ownership, perform *action*, read the state back: one trip to the libvirt thread.
+
+        *decide* maps the domain's owner metadata (read fresh, never from the
+        snapshot) to a reason to refuse, or None.  Returns (outcome, message,
+        info after).  Raises Unreachable if libvirt is gone.
+        """
+        missing = f"there is no domain named '{name}'; ask the admin"
+
+        def job() -> tuple[str, str, DomainInfo | None]:
+            dom = self._doms.get(name)
+            try:
+                if dom is None:
+                    dom = self.conn.lookupByName(name)
+                owner = _owner(dom)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                    raise
+                return "failed", missing, None
+            problem = decide(owner)
+            if problem:
+                return "rejected", problem, None
+            outcome, message = "done", ""
+            try:
+                if action.call is not None:
+                    action.call(dom, params)
+            except libvirt.libvirtError as exc:
+                outcome, message = "failed", f"libvirt: {exc.get_error_message()}"
+            try:
+                state, reason = dom.state()
+                info = self._make_info(name, state, reason, bool(dom.autostart()),
+                                       bool(dom.isPersistent()), dom.XMLDesc(0))
+            except libvirt.libvirtError:
+                info = None  # e.g. a transient domain that is gone after destroy
+            return outcome, message, info
+
+        outcome, message, info = self._call(job)
+        if info is not None:
+            self._info[name] = info
+        return outcome, message, info
+
+
+def _owner(dom: Any) -> str | None:
+    """The owner metadata of *dom*, asked of libvirt now; None when it has none."""
+    try:
+        element = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, OWNER_NS, 0)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN_METADATA:
+            return None
+        raise
+    text = etree.fromstring(element.encode()).text
+    return text.strip() if text else None

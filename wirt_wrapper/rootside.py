@@ -249,13 +249,13 @@ class Pass:
         vms = [check_vm_name(vm) for vm in _strings(msg.get("vms", []))]
         name = ctx.user.pw_name
         self.hv.prefetch([domain_for(self.config.domain_name, name, vm) for vm in vms])
-        status = {vm: self._status_for(ctx, vm, fresh=False) for vm in vms}
+        status = {vm: self._status_for(ctx, vm) for vm in vms}
         del layout
         return {"status": status}
 
-    def _status_for(self, ctx: UserContext, vm: str, *, fresh: bool) -> dict[str, Any]:
+    def _status_for(self, ctx: UserContext, vm: str) -> dict[str, Any]:
         domain = domain_for(self.config.domain_name, ctx.user.pw_name, vm)
-        info = self.hv.info(domain, fresh=fresh)
+        info = self.hv.info(domain)
         if info is None:
             return {"domain": domain, "problem_kind": "missing",
                     "problem": f"there is no domain named '{domain}'; ask the admin"}
@@ -336,25 +336,19 @@ class Pass:
         domain = entry["domain"]
         action = lookup_action(entry["action"])
         params = parse_params(action, entry["tokens"])
+        user = ctx.user.pw_name
+
+        def decide(owner: str | None) -> str | None:
+            return owner_problem(user, domain, owner, self.claimants.find(domain, besides=user))
+
         try:
-            info = self.hv.info(domain, fresh=True)
-            if info is None:
-                return "failed", f"there is no domain named '{domain}'; ask the admin", None
-            problem = owner_problem(ctx.user.pw_name, domain, info.owner,
-                                    self.claimants.find(domain, besides=ctx.user.pw_name))
-            if problem:
-                return "rejected", problem, None
-            try:
-                self.hv.run(action, params, domain)
-                outcome, message = "done", ""
-            except libvirt.libvirtError as exc:
-                outcome, message = "failed", f"libvirt: {exc.get_error_message()}"
-            return outcome, message, self._status_for(ctx, entry["vm"], fresh=True)
+            outcome, message, info = self.hv.act(domain, action, params, decide)
         except Unreachable as exc:
             self.summary.pending = True
             return "failed", f"libvirt: {exc}", None
         except libvirt.libvirtError as exc:
             return "failed", f"libvirt: {exc.get_error_message()}", None
+        return outcome, message, info.as_status() if info is not None else None
 
     def _finish(self, cid: str, entry: dict[str, Any], outcome: str, message: str,
                 started: float, status: dict[str, Any] | None) -> dict[str, Any]:
