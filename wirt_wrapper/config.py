@@ -29,6 +29,8 @@ class Limits:
     max_file_bytes: int = 4096
     seconds_per_user: float = 30.0
     libvirt_timeout: float = 60.0
+    log_max_bytes: int = 1 << 20  # a user's log is rotated past this size
+    log_keep: int = 3  # compressed generations kept: web.log.1.gz .. web.log.3.gz
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,12 @@ def _sub_table(key: str, raw: Any, cls: type, kinds: dict[str, type]) -> Any:
     return cls(**values)
 
 
+def _check_limits(limits: Limits) -> Limits:
+    if limits.log_keep > 99:
+        raise ConfigError(f"limits.log_keep: must be at most 99, got {limits.log_keep}")
+    return limits
+
+
 def parse_config(data: dict[str, Any], path: str) -> Config:
     """Build a Config from parsed TOML, naming the key of the first problem."""
     known = {
@@ -116,8 +124,9 @@ def parse_config(data: dict[str, Any], path: str) -> Config:
             raise ConfigError(f"{key}: unknown key (known: {', '.join(sorted(known))})")
         if key == "limits":
             kinds = {"max_files_per_user": int, "max_file_bytes": int,
-                     "seconds_per_user": float, "libvirt_timeout": float}
-            values[key] = _sub_table(key, value, Limits, kinds)
+                     "seconds_per_user": float, "libvirt_timeout": float,
+                     "log_max_bytes": int, "log_keep": int}
+            values[key] = _check_limits(_sub_table(key, value, Limits, kinds))
         elif key == "mail":
             values[key] = _sub_table(
                 key, value, MailConfig, {"enabled": bool, "sendmail": str, "admin": str}

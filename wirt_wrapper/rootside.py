@@ -201,6 +201,8 @@ class Pass:
             user=user.pw_name, uid=user.pw_uid, home=user.pw_dir,
             layouts=self.options.layouts, max_files=self.config.limits.max_files_per_user,
             max_bytes=self.config.limits.max_file_bytes, dry_run=self.options.dry_run,
+            log_max_bytes=self.config.limits.log_max_bytes,
+            log_keep=self.config.limits.log_keep,
             recover=[] if self.options.dry_run else self.journal.open_for(user.pw_uid),
         )
         identity = privsep.Identity(user.pw_name, user.pw_uid, user.pw_gid,

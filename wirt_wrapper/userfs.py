@@ -12,7 +12,9 @@ refuses whatever the user could not do.  On top of that, nothing is trusted:
   user, one link, within the size limit (Postfix ``safe_open``);
 * the tool's own outputs are created under a fresh name with ``O_EXCL`` and
   renamed over the target, never opened for writing by a name the user
-  could have prepared (status.xml, history entries).
+  could have prepared (status.xml, history entries, log generations);
+  renames stay inside one pinned folder and replace a name, never write
+  through it.
 """
 
 from __future__ import annotations
@@ -26,10 +28,14 @@ from contextlib import contextmanager, suppress
 __all__ = [
     "Unsafe",
     "append_line",
+    "check_entry",
     "claim",
+    "create_new",
     "list_dir",
     "open_dir",
+    "open_regular",
     "read_file",
+    "rename_in",
     "replace_file",
     "reserve_name",
     "walk",
@@ -134,8 +140,12 @@ def list_dir(fd: int, limit: int) -> tuple[list[tuple[str, os.stat_result]], boo
     return entries, False
 
 
-def read_file(parent: int, name: str, uid: int, max_bytes: int) -> tuple[bytes, os.stat_result]:
-    """Read a user's file safely; raises Unsafe with the reason, or OSError."""
+def open_regular(parent: int, name: str, uid: int) -> tuple[int, os.stat_result]:
+    """Open the user's regular file *name* for reading, judged on the descriptor.
+
+    Same inode as the lstat before, regular, owned by the user, one link;
+    raises Unsafe with the reason, or OSError.  No size limit: the caller's.
+    """
     before = os.stat(name, dir_fd=parent, follow_symlinks=False)
     if not stat.S_ISREG(before.st_mode):
         raise Unsafe(f"is {_kind(before.st_mode)}")
@@ -154,6 +164,16 @@ def read_file(parent: int, name: str, uid: int, max_bytes: int) -> tuple[bytes, 
         _judge_owner(st, uid)
         if st.st_nlink != 1:
             raise Unsafe(f"has {st.st_nlink} hard links (a command file must have exactly one)")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
+
+
+def read_file(parent: int, name: str, uid: int, max_bytes: int) -> tuple[bytes, os.stat_result]:
+    """Read a user's file safely; raises Unsafe with the reason, or OSError."""
+    fd, st = open_regular(parent, name, uid)
+    try:
         if st.st_size > max_bytes:
             raise Unsafe(f"has {st.st_size} bytes, more than the limit of {max_bytes}")
         data = os.read(fd, max_bytes + 1)
@@ -164,20 +184,47 @@ def read_file(parent: int, name: str, uid: int, max_bytes: int) -> tuple[bytes, 
         os.close(fd)
 
 
+def check_entry(parent: int, name: str, uid: int) -> bool:
+    """Whether *name* exists in *parent*; if it does, it must be the user's regular file."""
+    try:
+        st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISREG(st.st_mode):
+        raise Unsafe(f"is {_kind(st.st_mode)}")
+    _judge_owner(st, uid)
+    return True
+
+
+def create_new(parent: int, base: str, mode: int = 0o600) -> tuple[str, int]:
+    """Create a fresh file ``base`` (or ``base-2``, ...) with O_EXCL; its name and a write fd."""
+    for attempt in range(1, 1000):
+        name = base if attempt == 1 else f"{base}-{attempt}"
+        try:
+            return name, os.open(name, NEW_FLAGS, mode, dir_fd=parent)
+        except FileExistsError:
+            continue
+    raise Unsafe(f"cannot find a free name for {base}")
+
+
 def reserve_name(parent: int, base: str) -> str:
     """Create an empty placeholder ``base`` (or ``base-2``, ...) with O_EXCL; returns its name.
 
     Renaming a file over our own placeholder can never clobber an entry the
     user prepared under the name we chose.
     """
-    for attempt in range(1, 1000):
-        name = base if attempt == 1 else f"{base}-{attempt}"
-        try:
-            os.close(os.open(name, NEW_FLAGS, 0o600, dir_fd=parent))
-        except FileExistsError:
-            continue
-        return name
-    raise Unsafe(f"cannot find a free name for {base}")
+    name, fd = create_new(parent, base)
+    os.close(fd)
+    return name
+
+
+def rename_in(parent: int, old: str, new: str) -> None:
+    """Rename *old* to *new* inside the pinned folder *parent* (atomic).
+
+    An entry already at *new* (even a symbolic link) is replaced as a name;
+    nothing is ever written through it.
+    """
+    os.rename(old, new, src_dir_fd=parent, dst_dir_fd=parent)
 
 
 def claim(src_dir: int, name: str, dst_dir: int, dst_name: str) -> None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import status as status_xml
-from . import userfs
+from . import userfs, userlogs
 from .actions import RESERVED, Rejection, check_vm_name, parse_command
 from .layouts import LAYOUTS, Layout, history_stamp
 from .privsep import Channel
@@ -47,6 +47,8 @@ class UserJob:
     max_bytes: int
     dry_run: bool
     recover: list[dict[str, Any]] = field(default_factory=list)
+    log_max_bytes: int = 1 << 20
+    log_keep: int = 3
 
 
 def now_text() -> str:
@@ -88,16 +90,34 @@ class UserSide:
     def log(self, layout: Layout, vm: str, line: str) -> None:
         if self.job.dry_run:
             return
+        name = layout.log_name("", vm, "", self.job.user)
+        where = layout.shown(*layout.logs, name)
         try:
             fd = self.folder(layout.logs)
-            userfs.append_line(fd, layout.log_name("", vm, "", self.job.user), line, self.uid)
+            problem = self.rotate(fd, name)
+            if problem:
+                self.notice(layout, f"rotate:{vm}", f"{where} is over "
+                            f"{self.job.log_max_bytes} bytes but cannot be rotated: "
+                            f"{layout.shown(*layout.logs, problem)}")
+            userfs.append_line(fd, name, line, self.uid)
         except (Unsafe, OSError) as exc:
-            self.notice(layout, f"log:{vm}", f"cannot write the log of VM '{vm}': {exc}")
+            self.notice(layout, f"log:{vm}", f"{where}: cannot write the log of VM '{vm}': "
+                        f"{_why(exc)}; make it a regular file of yours, or remove it")
+
+    def rotate(self, fd: int, name: str) -> str | None:
+        """Rotate log *name* if it grew past the limit; the problem, if any, as text."""
+        try:
+            userlogs.rotate_if_large(fd, name, self.uid, self.job.log_max_bytes,
+                                     self.job.log_keep)
+        except (Unsafe, OSError) as exc:
+            return _why(exc)
+        return None
 
     def general(self, layout: Layout, lines: list[str]) -> None:
         *folder, name = layout.general_log
         try:
             with userfs.opened(self.home, tuple(folder), self.uid, create=True) as fd:
+                self.rotate(fd, name)  # too late for a notice: root's audit log has the lines
                 userfs.append_line(fd, name, "".join(lines), self.uid)
         except (Unsafe, OSError):
             pass  # nowhere left to tell the user; root's audit log has it
@@ -330,6 +350,16 @@ class UserSide:
         elif self.notices:
             self.ask("notices", items=self.notices)
         self.chan.send({"op": "bye", "logged": self.logged})
+
+
+def _why(exc: BaseException) -> str:
+    """An Unsafe's reason as is; an OSError in words (a link is named as such)."""
+    if isinstance(exc, OSError):
+        if exc.errno == errno.ELOOP:
+            return "it is a symbolic link (wirt never follows links)"
+        name = f"{exc.filename}: " if isinstance(exc.filename, str) else ""
+        return f"{name}{exc.strerror or exc}"
+    return str(exc)
 
 
 def user_main(fields: dict[str, Any], chan: Channel) -> None:
