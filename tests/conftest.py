@@ -120,10 +120,13 @@ class Host:
             body = "".join(self.domain_xml(n, o) for n, o in (domains or {}).items())
             host.write_text(f"<node>{body}</node>")
             uri = f"test://{host}"
+        # No mail unless the test asks for it: the host's real MTA would deliver it.
+        extra = self.extra_config if "[mail]" in self.extra_config else (
+            f"{self.extra_config}\n[mail]\nenabled = false\n")
         self.config.write_text(
             f'group = "{self.group}"\nuri = "{uri}"\npam_service = "wirt"\n'
             f'audit_log = "{self.audit}"\nlock_file = "{self.root}/state/lock"\n'
-            f'state_dir = "{self.root}/state"\n{self.extra_config}'
+            f'state_dir = "{self.root}/state"\n{extra}'
         )
         self.config.chmod(0o600)
 

@@ -14,6 +14,7 @@ PACKAGES=(
   libvirt-daemon-system libvirt-clients qemu-system-x86 libvirt-dev pkg-config gcc
   python3-venv python3-dev sudo cron passwd util-linux procps
   busybox-static cpio gzip xz-utils kmod
+  msmtp logrotate  # mail tests relay through msmtp (no daemon); audit tests run logrotate
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -9,6 +9,8 @@ error that names the key, so a typo never silently weakens a limit.
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import stat
 import tomllib
 from dataclasses import dataclass, field
@@ -36,8 +38,15 @@ class Limits:
 @dataclass(frozen=True)
 class MailConfig:
     enabled: bool = True
-    sendmail: str = "/usr/sbin/sendmail"
+    sendmail: str = "/usr/sbin/sendmail"  # a command: path and options, run without a shell
     admin: str = "root"
+    smtp_host: str = ""  # set: mail goes by SMTP to this host instead of sendmail
+    smtp_port: int = 25
+    domain: str = ""  # set: recipients are user@domain; else bare local names
+    repeat_hours: float = 24.0  # the same problem is mailed at most once per this period
+
+    def sendmail_argv(self) -> list[str]:
+        return shlex.split(self.sendmail)
 
 
 @dataclass(frozen=True)
@@ -50,6 +59,7 @@ class Config:
     audit_log: str = "/var/log/wirt/audit.log"
     lock_file: str = "/run/lock/wirt.lock"
     state_dir: str = "/var/lib/wirt"
+    syslog_socket: str = "/dev/log"  # "" turns syslog off
     limits: Limits = field(default_factory=Limits)
     mail: MailConfig = field(default_factory=MailConfig)
     path: str = "(built-in defaults)"
@@ -106,6 +116,29 @@ def _sub_table(key: str, raw: Any, cls: type, kinds: dict[str, type]) -> Any:
     return cls(**values)
 
 
+# Local user names, or a mailbox; never anything that could carry a second header.
+MAIL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]{0,63}(@[A-Za-z0-9][A-Za-z0-9.-]{0,252})?")
+HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9.:-]{0,252}")
+
+
+def _check_mail(mail: MailConfig) -> MailConfig:
+    try:
+        argv = mail.sendmail_argv()
+    except ValueError as exc:
+        raise ConfigError(f"mail.sendmail: cannot be split into words ({exc})") from None
+    if not argv or not argv[0].startswith("/"):
+        raise ConfigError(f"mail.sendmail: must start with an absolute path, got {mail.sendmail!r}")
+    if not MAIL_NAME.fullmatch(mail.admin):
+        raise ConfigError(f"mail.admin: must be a user name or name@domain, got {mail.admin!r}")
+    if mail.domain and not HOST_NAME.fullmatch(mail.domain):
+        raise ConfigError(f"mail.domain: must be a domain name, got {mail.domain!r}")
+    if mail.smtp_host and not HOST_NAME.fullmatch(mail.smtp_host):
+        raise ConfigError(f"mail.smtp_host: must be a host name or address, got {mail.smtp_host!r}")
+    if mail.smtp_port > 65535:
+        raise ConfigError(f"mail.smtp_port: must be at most 65535, got {mail.smtp_port}")
+    return mail
+
+
 def _check_limits(limits: Limits) -> Limits:
     if limits.log_keep > 99:
         raise ConfigError(f"limits.log_keep: must be at most 99, got {limits.log_keep}")
@@ -116,7 +149,7 @@ def parse_config(data: dict[str, Any], path: str) -> Config:
     """Build a Config from parsed TOML, naming the key of the first problem."""
     known = {
         "group", "uri", "layouts", "domain_name", "pam_service", "audit_log",
-        "lock_file", "state_dir", "limits", "mail",
+        "lock_file", "state_dir", "syslog_socket", "limits", "mail",
     }
     values: dict[str, Any] = {"path": path}
     for key, value in data.items():
@@ -128,9 +161,9 @@ def parse_config(data: dict[str, Any], path: str) -> Config:
                      "log_max_bytes": int, "log_keep": int}
             values[key] = _check_limits(_sub_table(key, value, Limits, kinds))
         elif key == "mail":
-            values[key] = _sub_table(
-                key, value, MailConfig, {"enabled": bool, "sendmail": str, "admin": str}
-            )
+            kinds = {"enabled": bool, "sendmail": str, "admin": str, "smtp_host": str,
+                     "smtp_port": int, "domain": str, "repeat_hours": float}
+            values[key] = _check_mail(_sub_table(key, value, MailConfig, kinds))
         elif key == "layouts":
             if (not isinstance(value, list) or not value
                     or any(v not in LAYOUT_NAMES for v in value)):
@@ -142,6 +175,8 @@ def parse_config(data: dict[str, Any], path: str) -> Config:
             values[key] = _string(key, value, absolute=True)
         elif key == "pam_service":
             values[key] = _string(key, value, empty_ok=True)
+        elif key == "syslog_socket":
+            values[key] = _string(key, value, absolute=bool(value), empty_ok=True)
         else:
             values[key] = _string(key, value)
     return Config(**values)

@@ -22,7 +22,7 @@ from typing import Any
 
 import libvirt
 
-from . import privsep
+from . import notify, privsep
 from .accounts import AccountChecker, group_lists, members
 from .actions import (
     Claimants,
@@ -102,6 +102,7 @@ class Pass:
         self.claimants = Claimants(config.domain_name, [])
         self.groups: dict[str, tuple[int, ...]] = {}
         self.pass_id = f"{time.time_ns():x}"
+        self.report = notify.Report()  # for syslog and mail at the end
 
     # -- helpers -----------------------------------------------------------
     def say(self, text: str) -> None:
@@ -164,6 +165,11 @@ class Pass:
         self.summary.seconds = time.monotonic() - started
         self.summary.libvirt_down = self.summary.libvirt_down or self.hv.down
         self.audit.write("pass", summary=self.summary.line(), **self.summary.counts)
+        if self.summary.libvirt_down:
+            self.report.note(f"libvirt unreachable, commands stay pending: "
+                             f"{self.summary.libvirt_down}")
+        if not self.options.dry_run:
+            notify.after_pass(self.config, self.summary, self.report, self.audit)
         self.audit.close()
         return self.summary
 
@@ -241,6 +247,7 @@ class Pass:
             self.summary.pending = True
             self.audit.write("user-incomplete", user=user.pw_name, uid=user.pw_uid,
                              reason=ctx.problem)
+            self.report.note(f"{user.pw_name}: {ctx.problem}")
             self.say(f"{user.pw_name}: {ctx.problem}")
 
     # -- request handlers (one row each in HANDLERS) -----------------------
@@ -370,6 +377,7 @@ class Pass:
             action=entry.get("action"), params=entry.get("tokens", []), outcome=outcome,
             reason=message, duration=round(seconds, 4),
         )
+        self.report.command(entry, outcome, message)
         self.say(f"{entry['user']} {entry['vm']} {entry.get('action') or entry['file']}: "
                  f"{outcome}{': ' + message if message else ''}")
 
