@@ -27,6 +27,7 @@ __all__ = [
     "claimants",
     "domain_for",
     "lookup_action",
+    "no_domain",
     "owner_problem",
     "parse_command",
     "parse_params",
@@ -138,7 +139,8 @@ def lookup_action(file_name: str) -> Action:
     action = _BY_NAME.get(file_name)
     if action is None:
         known = ", ".join(sorted(_BY_NAME))
-        raise Rejection(f"'{_show(file_name)}' is not an action (known: {known})")
+        raise Rejection(f"'{_show(file_name)}' is not an action (known: {known}); "
+                        "name the file after one of them")
     return action
 
 
@@ -162,15 +164,18 @@ def parse_params(action: Action, tokens: Iterable[str]) -> dict[str, str]:
         name, eq, value = token.partition("=")
         option = action.option(name) if name.startswith("--") else None
         if option is None:
+            fix = "write only those" if action.options else "leave the file empty"
             raise Rejection(
-                f"token '{_show(token)}' is not accepted by '{action.name}' ({action.usage()})"
+                f"token '{_show(token)}' is not accepted by '{action.name}' ({action.usage()}); "
+                f"{fix}"
             )
         if name in params:
-            raise Rejection(f"token '{_show(name)}' is given twice")
+            raise Rejection(f"token '{_show(name)}' is given twice; give it once")
         if option.values:
             if not eq:
                 if not pending:
-                    raise Rejection(f"'{name}' needs a value: one of {', '.join(option.values)}")
+                    raise Rejection(f"'{name}' needs a value: one of {', '.join(option.values)} "
+                                    f"(for example '{name} {option.values[0]}')")
                 value = pending.pop()
             if value not in option.values:
                 raise Rejection(
@@ -178,26 +183,31 @@ def parse_params(action: Action, tokens: Iterable[str]) -> dict[str, str]:
                     f"(one of {', '.join(option.values)})"
                 )
         elif eq:
-            raise Rejection(f"token '{_show(token)}': '{name}' takes no value")
+            raise Rejection(f"token '{_show(token)}': '{name}' takes no value; "
+                            f"write '{name}' alone")
         params[name] = value if option.values else ""
     return params
 
 
 def _check_text(content: bytes, max_bytes: int) -> str:
     if len(content) > max_bytes:
-        raise Rejection(f"the file has more than {max_bytes} bytes (the limit)")
+        raise Rejection(f"the file has more than {max_bytes} bytes (the limit); "
+                        "a command file holds one short line of parameters")
     if b"\0" in content:
-        raise Rejection(f"a NUL byte at position {content.index(0)}")
+        raise Rejection(f"a NUL byte at position {content.index(0)}; "
+                        "write the parameters as plain text")
     if content.endswith(b"\r\n"):
         content = content[:-2]
     elif content.endswith(b"\n"):
         content = content[:-1]
     if b"\n" in content or b"\r" in content:
-        raise Rejection("more than one line (a command file holds at most one line)")
+        raise Rejection("more than one line (a command file holds at most one line); "
+                        "write one file per command, its parameters on one line")
     for index, byte in enumerate(content):
         if not (0x20 <= byte < 0x7F or byte == 0x09):
             raise Rejection(
-                f"byte 0x{byte:02x} at position {index} is not printable ASCII"
+                f"byte 0x{byte:02x} at position {index} is not printable ASCII; "
+                "write the parameters in plain ASCII"
             )
     return content.decode("ascii")
 
@@ -229,11 +239,18 @@ def parse_command(file_name: str, content: bytes, max_bytes: int) -> Command:
     return Command(action, parse_params(action, tokens))
 
 
+def no_domain(domain: str) -> str:
+    """The words for a VM folder whose domain does not exist."""
+    return (f"there is no domain named '{domain}'; check the VM folder's name, "
+            "or ask the admin to create the VM")
+
+
 def check_vm_name(name: str) -> str:
     if not VM_NAME.fullmatch(name):
         raise Rejection(
             f"VM folder name '{_show(name)}' is not allowed "
-            "(letters, digits, '_', '.', '-'; starts with a letter or digit; at most 63)"
+            "(letters, digits, '_', '.', '-'; starts with a letter or digit; at most 63); "
+            "rename the folder"
         )
     return name
 
@@ -282,7 +299,8 @@ def owner_problem(user: str, domain: str, meta_owner: str | None,
     if meta_owner is not None:
         if meta_owner == user:
             return None
-        return f"domain '{domain}' is assigned to another user (libvirt owner metadata)"
+        return (f"domain '{domain}' is assigned to another user (libvirt owner metadata); "
+                "you can drive only your own VMs: ask the admin if this one should be yours")
     if others:
         who = ", ".join(f"user '{u}' VM '{v}'" for u, v in others)
         return (

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import libvirt
 from lxml import etree
 
-from .actions import Action
+from .actions import Action, no_domain
 
 __all__ = ["OWNER_NS", "DomainInfo", "Hypervisor", "Unreachable"]
 
@@ -234,7 +234,7 @@ class Hypervisor:
         snapshot) to a reason to refuse, or None.  Returns (outcome, message,
         info after).  Raises Unreachable if libvirt is gone.
         """
-        missing = f"there is no domain named '{name}'; ask the admin"
+        missing = no_domain(name)
 
         def job() -> tuple[str, str, DomainInfo | None]:
             dom = self._doms.get(name)

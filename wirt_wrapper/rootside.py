@@ -31,6 +31,7 @@ from .actions import (
     check_vm_name,
     domain_for,
     lookup_action,
+    no_domain,
     owner_problem,
     parse_params,
 )
@@ -267,7 +268,7 @@ class Pass:
         info = self.hv.info(domain)
         if info is None:
             return {"domain": domain, "problem_kind": "missing",
-                    "problem": f"there is no domain named '{domain}'; ask the admin"}
+                    "problem": no_domain(domain)}
         problem = owner_problem(ctx.user.pw_name, domain, info.owner,
                                 self.claimants.find(domain, besides=ctx.user.pw_name))
         if problem:

@@ -49,6 +49,9 @@ APPEND_FLAGS = (
 )
 
 
+ONLY_REGULAR = "wirt reads only regular files: write a plain file instead"
+
+
 class Unsafe(Exception):
     """An entry that wirt will not follow, open or trust; the message says why."""
 
@@ -71,7 +74,8 @@ def _judge_owner(st: os.stat_result, uid: int) -> None:
     if st.st_uid != uid:
         raise Unsafe(
             f"is owned by uid {st.st_uid}, not by you (uid {uid}); "
-            "another user may have written into your folder"
+            "another user may have written into your folder: remove it, and keep your "
+            "folders writable by you alone (chmod go-w)"
         )
 
 
@@ -90,7 +94,7 @@ def open_dir(parent: int, name: str, uid: int, *, create: bool = False) -> int:
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR):
             st = os.stat(name, dir_fd=parent, follow_symlinks=False)
-            raise Unsafe(f"is {_kind(st.st_mode)}, not a folder") from None
+            raise Unsafe(f"is {_kind(st.st_mode)}, not a folder; make it a real folder") from None
         raise
     try:
         _judge_owner(os.fstat(fd), uid)
@@ -148,7 +152,7 @@ def open_regular(parent: int, name: str, uid: int) -> tuple[int, os.stat_result]
     """
     before = os.stat(name, dir_fd=parent, follow_symlinks=False)
     if not stat.S_ISREG(before.st_mode):
-        raise Unsafe(f"is {_kind(before.st_mode)}")
+        raise Unsafe(f"is {_kind(before.st_mode)}; {ONLY_REGULAR}")
     try:
         fd = os.open(name, READ_FLAGS, dir_fd=parent)
     except OSError as exc:
@@ -160,10 +164,11 @@ def open_regular(parent: int, name: str, uid: int) -> tuple[int, os.stat_result]
         if (st.st_dev, st.st_ino) != (before.st_dev, before.st_ino):
             raise Unsafe("was replaced while being read")
         if not stat.S_ISREG(st.st_mode):
-            raise Unsafe(f"is {_kind(st.st_mode)}")
+            raise Unsafe(f"is {_kind(st.st_mode)}; {ONLY_REGULAR}")
         _judge_owner(st, uid)
         if st.st_nlink != 1:
-            raise Unsafe(f"has {st.st_nlink} hard links (a command file must have exactly one)")
+            raise Unsafe(f"has {st.st_nlink} hard links (a command file must have exactly one); "
+                         "write a new file instead of linking one")
     except BaseException:
         os.close(fd)
         raise
@@ -175,7 +180,8 @@ def read_file(parent: int, name: str, uid: int, max_bytes: int) -> tuple[bytes, 
     fd, st = open_regular(parent, name, uid)
     try:
         if st.st_size > max_bytes:
-            raise Unsafe(f"has {st.st_size} bytes, more than the limit of {max_bytes}")
+            raise Unsafe(f"has {st.st_size} bytes, more than the limit of {max_bytes}; "
+                         "a command file holds one short line of parameters")
         data = os.read(fd, max_bytes + 1)
         if len(data) > max_bytes:
             raise Unsafe(f"has more than the limit of {max_bytes} bytes")

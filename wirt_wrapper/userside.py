@@ -152,7 +152,8 @@ class UserSide:
                 os.close(vm_fd)
         except (Unsafe, OSError) as exc:
             where = layout.shown(*layout.info, vm, STATUS_FILE)
-            self.notice(layout, f"status:{vm}", f"{where}: cannot write the status: {exc}")
+            self.notice(layout, f"status:{vm}", f"{where}: cannot write the status: "
+                        f"{_why(exc)}; remove or rename what is in the way")
 
     def _write_status(self, vm_fd: int, layout: Layout, vm: str, info: dict[str, Any]) -> None:
         try:
@@ -222,7 +223,8 @@ class UserSide:
         entries, truncated = userfs.list_dir(spool, self.job.max_files * 10)
         where = layout.shown(*layout.spool)
         if truncated:
-            self.notice(layout, "spool-size", f"{where} has too many entries; only some were read")
+            self.notice(layout, "spool-size", f"{where} has too many entries; only some were "
+                        "read: move away what is not a VM folder")
         vms: list[tuple[str, str]] = []
         for name, st in sorted(entries):
             if name.startswith(".") or name in layout.own_entries:
