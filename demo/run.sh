@@ -37,6 +37,8 @@ uri = "test://$ETC/host.xml"
 audit_log = "$STATE/audit.log"
 lock_file = "$STATE/lock"
 state_dir = "$STATE"
+[mail]
+enabled = false   # the demo users' and root's mailboxes stay quiet; see README "Mail"
 TOML
 chmod 0644 "$ETC/wirt.toml" "$ETC/host.xml"
 
