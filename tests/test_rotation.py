@@ -129,3 +129,15 @@ def test_log_that_is_a_link_is_not_followed(host: Host) -> None:
     notes = (alice.home / "wirt/logs/wirt.log").read_text()
     assert "~/wirt/logs/vm/web.log: cannot write the log of VM 'web': it is a symbolic link" \
         in notes
+
+
+def test_hard_linked_log_is_not_rotated(host: Host) -> None:
+    alice = setup(host)
+    alice.write(f"{LOGS}/web.log", "h" * 400 + "\n")
+    alice.run(f"ln {LOGS}/web.log ~/linked")
+    command(alice, 0)
+    host.run()
+    assert sorted(os.listdir(alice.home / LOGS)) == ["web.log"]
+    assert "~/wirt/logs/vm/web.log is over 300 bytes but cannot be rotated: " \
+        "~/wirt/logs/vm/web.log has 2 hard links" in (
+            alice.home / "wirt/logs/wirt.log").read_text()

@@ -55,7 +55,10 @@ def rotate_if_large(parent: int, name: str, uid: int, max_bytes: int, keep: int)
             userfs.check_entry(parent, generation(name, number), uid)
         except Unsafe as exc:
             raise Unsafe(f"{generation(name, number)} {exc}; remove it") from None
-    temp = _compress(parent, name, uid)
+    try:
+        temp = _compress(parent, name, uid)
+    except Unsafe as exc:
+        raise Unsafe(f"{name} {exc}") from None
     try:
         for number in range(keep - 1, 0, -1):
             if userfs.check_entry(parent, generation(name, number), uid):
