@@ -9,6 +9,8 @@ worker thread with a timeout, so a hung libvirtd cannot hang the pass.
 from __future__ import annotations
 
 import concurrent.futures
+import queue
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -53,6 +55,37 @@ T = TypeVar("T")
 
 class Unreachable(Exception):
     """libvirt cannot be reached (now); commands stay pending."""
+
+
+class _Worker:
+    """One *daemon* thread that runs the libvirt calls, one at a time.
+
+    Not a ThreadPoolExecutor: Python joins those threads at exit, so a call
+    stuck in a frozen libvirtd would keep the finished pass alive, holding
+    the pass lock, until libvirtd answered.  A daemon thread is abandoned.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], concurrent.futures.Future[Any]]
+                                      | None] = queue.SimpleQueue()
+        threading.Thread(target=self._loop, name="libvirt", daemon=True).start()
+
+    def _loop(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            fn, future = job
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn())
+                except BaseException as exc:
+                    future.set_exception(exc)
+
+    def submit(self, fn: Callable[[], T]) -> concurrent.futures.Future[T]:
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._jobs.put((fn, future))
+        return future
+
+    def stop(self) -> None:
+        self._jobs.put(None)
 
 
 @dataclass
@@ -111,7 +144,7 @@ class Hypervisor:
         self.timeout = timeout
         self.conn: Any = None
         self.down: str | None = None  # why libvirt is unusable for the rest of the pass
-        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="libvirt")
+        self._pool = _Worker()
         self._doms: dict[str, Any] = {}
         self._states: dict[str, tuple[int, int]] = {}
         self._autostart: set[str] = set()
@@ -175,7 +208,7 @@ class Hypervisor:
                 self._call(self.conn.close)
             except (libvirt.libvirtError, Unreachable):
                 pass
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.stop()
 
     def exists(self, name: str) -> bool:
         return name in self._doms
