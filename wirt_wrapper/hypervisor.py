@@ -21,7 +21,7 @@ from lxml import etree
 
 from .actions import Action, no_domain
 
-__all__ = ["OWNER_NS", "DomainInfo", "Hypervisor", "Unreachable"]
+__all__ = ["OWNER_NS", "DomainInfo", "Hypervisor", "Interrupted", "Unreachable"]
 
 # The owner of a domain: <metadata><wirt:owner xmlns:wirt=OWNER_NS>alice</wirt:owner>
 OWNER_NS = "http://wirt.weimarnetz.de/xmlns/owner/1"
@@ -55,6 +55,10 @@ T = TypeVar("T")
 
 class Unreachable(Exception):
     """libvirt cannot be reached (now); commands stay pending."""
+
+
+class Interrupted(Unreachable):
+    """libvirt went away while an action's call was in flight: its effect is unknown."""
 
 
 class _Worker:
@@ -265,9 +269,11 @@ class Hypervisor:
 
         *decide* maps the domain's owner metadata (read fresh, never from the
         snapshot) to a reason to refuse, or None.  Returns (outcome, message,
-        info after).  Raises Unreachable if libvirt is gone.
+        info after).  Raises Unreachable if libvirt is gone before the action's
+        call was sent, Interrupted if it went away (or stopped answering) after.
         """
         missing = no_domain(name)
+        sent = threading.Event()  # set on the libvirt thread just before the call
 
         def job() -> tuple[str, str, DomainInfo | None]:
             dom = self._doms.get(name)
@@ -285,18 +291,28 @@ class Hypervisor:
             outcome, message = "done", ""
             try:
                 if action.call is not None:
+                    sent.set()
                     action.call(dom, params)
             except libvirt.libvirtError as exc:
+                if not self._alive():
+                    raise  # the connection dropped, not libvirt saying no
                 outcome, message = "failed", f"libvirt: {exc.get_error_message()}"
             try:
                 state, reason = dom.state()
                 info = self._make_info(name, state, reason, bool(dom.autostart()),
                                        bool(dom.isPersistent()), dom.XMLDesc(0))
-            except libvirt.libvirtError:
+            except libvirt.libvirtError as exc:
                 info = None  # e.g. a transient domain that is gone after destroy
+                if not self._alive():  # the outcome stands; later commands wait
+                    self.down = f"lost the connection to libvirt ({exc.get_error_message()})"
             return outcome, message, info
 
-        outcome, message, info = self._call(job)
+        try:
+            outcome, message, info = self._call(job)
+        except Unreachable as exc:
+            if sent.is_set():
+                raise Interrupted(str(exc)) from None
+            raise
         if info is not None:
             self._info[name] = info
         return outcome, message, info

@@ -38,7 +38,7 @@ from .actions import (
 from .audit import AuditLog, Journal, open_root_file
 from .config import Config
 from .errors import ProtocolError
-from .hypervisor import Hypervisor, Unreachable
+from .hypervisor import Hypervisor, Interrupted, Unreachable
 from .layouts import LAYOUTS
 from .userside import UserJob
 
@@ -258,8 +258,12 @@ class Pass:
             return {"down": self.hv.down}
         vms = [check_vm_name(vm) for vm in _strings(msg.get("vms", []))]
         name = ctx.user.pw_name
-        self.hv.prefetch([domain_for(self.config.domain_name, name, vm) for vm in vms])
-        status = {vm: self._status_for(ctx, vm) for vm in vms}
+        try:
+            self.hv.prefetch([domain_for(self.config.domain_name, name, vm) for vm in vms])
+            status = {vm: self._status_for(ctx, vm) for vm in vms}
+        except Unreachable as exc:  # libvirt went away during the pass
+            self.summary.pending = True
+            return {"down": str(exc)}
         del layout
         return {"status": status}
 
@@ -353,9 +357,15 @@ class Pass:
 
         try:
             outcome, message, info = self.hv.act(domain, action, params, decide)
+        except Interrupted as exc:  # the request may have reached the VM: not "failed"
+            self.summary.pending = True
+            return "interrupted", (
+                f"libvirt: {exc} while this command ran; it may or may not have taken "
+                "effect and was not repeated: check the VM's state and send it again if "
+                "needed"), None
         except Unreachable as exc:
             self.summary.pending = True
-            return "failed", f"libvirt: {exc}", None
+            return "failed", f"libvirt: {exc}; the command was not run: send it again", None
         except libvirt.libvirtError as exc:
             return "failed", f"libvirt: {exc.get_error_message()}", None
         return outcome, message, info.as_status() if info is not None else None

@@ -1,0 +1,133 @@
+"""The outcome recorded when libvirt goes away in the middle of a pass.
+
+A real ``kill -9 libvirtd`` (tests/test_realvm_libvirtd_down.py) cannot be
+aimed at one moment of one command, so these tests aim it with stand-ins,
+each named where it is used: a call that hangs past ``libvirt_timeout`` (as
+a frozen libvirtd does), a call that fails while ``_alive()`` says the
+connection is gone (as after a kill), or ``act`` raising what it raises
+then.  Everything else is real: the Hypervisor on libvirt's test driver,
+the pass object, its journal and audit log.
+"""
+
+from __future__ import annotations
+
+import pwd
+import time
+from typing import Any
+
+import libvirt
+import pytest
+from conftest import Host
+
+from wirt_wrapper.actions import Action, lookup_action
+from wirt_wrapper.config import load_config
+from wirt_wrapper.hypervisor import Hypervisor, Interrupted, Unreachable
+from wirt_wrapper.rootside import Options, Pass, UserContext
+
+LOST = "lost the connection to libvirt (End of file while reading data)"
+
+
+@pytest.fixture
+def hv(host: Host) -> Any:
+    """A connected Hypervisor (timeout 0.5 s) on a test driver with one running domain."""
+    alice = host.add_user("alice")
+    host.write_config({f"{alice.name}-web": None})
+    hv = Hypervisor(load_config(str(host.config)).uri, timeout=0.5)
+    hv.connect()
+    hv.name = f"{alice.name}-web"
+    return hv
+
+
+def action(call: Any) -> Action:
+    return Action("destroy", (), (), call, "a stand-in action")
+
+
+def mine(_owner: str | None) -> None:
+    return None
+
+
+def test_hung_after_the_call_was_sent_is_interrupted(hv: Any) -> None:
+    hung = action(lambda dom, p: time.sleep(3))  # stand-in: libvirtd stops answering
+    with pytest.raises(Interrupted, match="did not answer within 0.5 s"):
+        hv.act(hv.name, hung, {}, mine)
+
+
+def test_hung_before_the_call_is_not_interrupted(hv: Any) -> None:
+    def slow_owner_check(_owner: str | None) -> None:
+        time.sleep(3)  # stand-in: stuck before anything was sent
+
+    with pytest.raises(Unreachable) as caught:
+        hv.act(hv.name, action(lambda dom, p: dom.destroy()), {}, slow_owner_check)
+    assert not isinstance(caught.value, Interrupted)
+
+
+def test_connection_dropped_during_the_call_is_interrupted(
+        hv: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    def dropped(dom: Any, params: Any) -> None:
+        monkeypatch.setattr(hv, "_alive", lambda: False)  # stand-in: libvirtd was killed
+        raise libvirt.libvirtError("End of file while reading data")
+
+    with pytest.raises(Interrupted, match="lost the connection to libvirt"):
+        hv.act(hv.name, action(dropped), {}, mine)
+    assert hv.down
+
+
+def test_libvirt_saying_no_is_still_failed(hv: Any) -> None:
+    """The connection is fine: libvirt's own error is the outcome, nothing more."""
+    outcome, message, info = hv.act(hv.name, lookup_action("start"), {}, mine)
+    assert (outcome, hv.down) == ("failed", None)
+    assert "already running" in message and info is not None
+
+
+def test_connection_dropped_after_the_call_keeps_done(
+        hv: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    def destroy_then_drop(dom: Any, params: Any) -> None:
+        dom.destroy()  # the real action, done
+        monkeypatch.setattr(hv, "_alive", lambda: False)  # stand-in: then libvirtd dies
+        dom.state = lambda: (_ for _ in ()).throw(libvirt.libvirtError("Broken pipe"))
+
+    assert hv.act(hv.name, action(destroy_then_drop), {}, mine) == ("done", "", None)
+    assert hv.down  # the next command stays pending instead of failing
+
+
+@pytest.fixture
+def run(host: Host) -> tuple[Pass, UserContext, dict[str, Any]]:
+    alice = host.add_user("alice")
+    host.write_config({f"{alice.name}-web": None})
+    # The spawner (forks user sides) is not needed to answer one request.
+    run = Pass(load_config(str(host.config)), Options(layouts=("wirt",)), spawner=None)  # type: ignore[arg-type]
+    run.hv.connect()
+    ctx = UserContext(pwd.getpwnam(alice.name), child=None)  # type: ignore[arg-type]
+    entry = {"domain": f"{alice.name}-web", "vm": "web", "action": "destroy", "tokens": []}
+    return run, ctx, entry
+
+
+def test_pass_records_interrupted_and_not_run(run: tuple[Pass, UserContext, dict[str, Any]],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    pass_, ctx, entry = run
+
+    def raises(exc: Exception) -> Any:
+        def act(*_args: Any) -> Any:
+            raise exc
+        return act
+
+    monkeypatch.setattr(pass_.hv, "act", raises(Interrupted(LOST)))
+    outcome, message, status = pass_._execute(ctx, entry)
+    assert (outcome, status) == ("interrupted", None)
+    assert message.startswith(f"libvirt: {LOST} while this command ran; it may or may not")
+
+    monkeypatch.setattr(pass_.hv, "act", raises(Unreachable(LOST)))
+    assert pass_._execute(ctx, entry) == (
+        "failed", f"libvirt: {LOST}; the command was not run: send it again", None)
+
+
+def test_pass_survives_losing_libvirt_during_an_inventory(
+        run: tuple[Pass, UserContext, dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: Unreachable escaped the pass (a traceback to cron, exit 1, users unserved)."""
+    pass_, ctx, _ = run
+
+    def lost(*_args: Any) -> None:
+        raise Unreachable(LOST)  # what prefetch raises when the connection dropped
+
+    monkeypatch.setattr(pass_.hv, "prefetch", lost)
+    assert pass_.on_inventory(ctx, {"layout": "wirt", "vms": ["web"]}) == {"down": LOST}
