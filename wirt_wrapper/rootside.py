@@ -164,7 +164,11 @@ class Pass:
         self._save_reported()
         self.hv.close()
         self.summary.seconds = time.monotonic() - started
-        self.summary.libvirt_down = self.summary.libvirt_down or self.hv.down
+        if self.hv.down and not self.summary.libvirt_down:  # lost during the pass
+            self.summary.libvirt_down = self.hv.down
+            self.audit.write("libvirt-unreachable", reason=self.hv.down)
+            print(f"wirt: libvirt went away during the pass, the remaining commands stay "
+                  f"pending: {self.hv.down}", file=sys.stderr)
         self.audit.write("pass", summary=self.summary.line(), **self.summary.counts)
         if self.summary.libvirt_down:
             self.report.note(f"libvirt unreachable, commands stay pending: "
