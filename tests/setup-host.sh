@@ -26,6 +26,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# tests/guest/build.sh fetches the test guest's kernel and busybox with
+# `apt-get download`, which needs package lists; a fresh image may have none.
+if ! apt-cache show linux-image-cloud-amd64 >/dev/null 2>&1; then
+  echo "setup-host: no package lists yet, running apt-get update"
+  apt-get update -qq
+fi
+
 # /dev/kvm as udev would set it; without this libvirt re-probes QEMU on every
 # define (HOST-NOTES.md: 40-80 s each).
 if [ -e /dev/kvm ]; then

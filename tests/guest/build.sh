@@ -37,15 +37,28 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 # linux-image-cloud-amd64 is a metapackage depending on the current real kernel.
-kpkg=$(apt-cache depends linux-image-cloud-amd64 |
-    awk '$1 == "Depends:" && $2 ~ /^linux-image-.*-cloud-amd64$/ { print $2; exit }')
-if [ -z "$kpkg" ]; then
-    echo "build.sh: cannot resolve the cloud kernel package (run apt-get update?)" >&2
-    exit 1
-fi
-
+resolve_kernel() {
+    apt-cache depends linux-image-cloud-amd64 2>/dev/null |
+        awk '$1 == "Depends:" && $2 ~ /^linux-image-.*-cloud-amd64$/ { print $2; exit }'
+}
 # Sandbox::User=root: the temp dir is not writable by the _apt user.
-(cd "$work" && apt-get -q -o APT::Sandbox::User=root download "$kpkg" busybox-static)
+download() {
+    [ -n "$kpkg" ] &&
+        (cd "$work" && apt-get -q -o APT::Sandbox::User=root download "$kpkg" busybox-static)
+}
+
+kpkg=$(resolve_kernel || true)
+if ! download; then
+    # No package lists (a fresh image), or stale ones naming a kernel the
+    # mirror no longer has: refresh them once and resolve again.
+    echo "build.sh: refreshing the package lists (apt-get update) and retrying" >&2
+    apt-get update -qq
+    kpkg=$(resolve_kernel || true)
+    if ! download; then
+        echo "build.sh: cannot download the cloud kernel (${kpkg:-not found}) and busybox-static" >&2
+        exit 1
+    fi
+fi
 dpkg-deb -x "$work/$kpkg"_*.deb "$work/kernel"
 dpkg-deb -x "$work"/busybox-static_*.deb "$work/busybox"
 
