@@ -24,6 +24,9 @@ REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 VIRSH_WRAPPER = str(BIN / "virsh_wrapper")
 
+# Real-hypervisor fixtures (qemu:///system, the tiny guest) and their timing summary.
+pytest_plugins = ("guest.fixtures",)
+
 
 def pytest_configure(config: pytest.Config) -> None:
     if os.geteuid() != 0:
