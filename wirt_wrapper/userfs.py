@@ -32,6 +32,7 @@ __all__ = [
     "claim",
     "create_new",
     "list_dir",
+    "numbered",
     "open_dir",
     "open_regular",
     "read_file",
@@ -202,15 +203,24 @@ def check_entry(parent: int, name: str, uid: int) -> bool:
     return True
 
 
-def create_new(parent: int, base: str, mode: int = 0o600) -> tuple[str, int]:
-    """Create a fresh file ``base`` (or ``base-2``, ...) with O_EXCL; its name and a write fd."""
+def numbered(base: str, attempt: int, suffix: str = "") -> str:
+    """The *attempt*-th name :func:`create_new` tries: ``base``, ``base-2``, ... + suffix."""
+    return f"{base}{suffix}" if attempt == 1 else f"{base}-{attempt}{suffix}"
+
+
+def create_new(parent: int, base: str, mode: int = 0o600, *,
+               suffix: str = "") -> tuple[str, int]:
+    """Create a fresh file ``base`` (or ``base-2``, ...; then *suffix*) with O_EXCL.
+
+    Returns its name and a write fd (``x-2.log``, not ``x.log-2``, with suffix ``.log``).
+    """
     for attempt in range(1, 1000):
-        name = base if attempt == 1 else f"{base}-{attempt}"
+        name = numbered(base, attempt, suffix)
         try:
             return name, os.open(name, NEW_FLAGS, mode, dir_fd=parent)
         except FileExistsError:
             continue
-    raise Unsafe(f"cannot find a free name for {base}")
+    raise Unsafe(f"cannot find a free name for {base}{suffix}")
 
 
 def reserve_name(parent: int, base: str) -> str:

@@ -8,8 +8,10 @@ user's tree, as the user.
 
 Per command, the order is what makes "exactly one outcome" hold:
 reserve a history name -> root journals the intent -> claim (rename the file
-into history) -> root runs it -> the log line.  A command file is never read
-twice, because it has left the spool before anything happens to the VM.
+into history) -> root runs it -> the log line (appended to the VM's log, or,
+in the legacy layout, a new ``O_EXCL`` file per command).  A command file is
+never read twice, because it has left the spool before anything happens to
+the VM.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 from . import status as status_xml
 from . import userfs, userlogs
 from .actions import RESERVED, Rejection, check_vm_name, parse_command
-from .layouts import LAYOUTS, Layout, history_stamp
+from .layouts import LAYOUTS, Layout
 from .privsep import Channel
 from .userfs import Unsafe
 
@@ -53,6 +55,14 @@ class UserJob:
 
 def now_text() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def state_line(info: dict[str, Any]) -> str:
+    """The domain's state after a command, for layouts without status.xml."""
+    if info.get("problem"):
+        return f"domain {info.get('domain', '?')}: {info['problem']}\n"
+    return (f"domain {info['domain']}: {info['state']} ({info['reason']}); "
+            f"autostart: {'yes' if info['autostart'] else 'no'}\n")
 
 
 class UserSide:
@@ -87,8 +97,12 @@ class UserSide:
         self.notices.append({"layout": layout.name, "key": key, "message": message})
 
     # -- writing results -------------------------------------------------
-    def log(self, layout: Layout, vm: str, line: str) -> None:
+    def log(self, layout: Layout, entry: dict[str, Any], line: str) -> None:
         if self.job.dry_run:
+            return
+        vm = entry["vm"]
+        if layout.per_command_log:
+            self.command_log(layout, entry, line)
             return
         name = layout.log_name("", vm, "", self.job.user)
         where = layout.shown(*layout.logs, name)
@@ -103,6 +117,26 @@ class UserSide:
         except (Unsafe, OSError) as exc:
             self.notice(layout, f"log:{vm}", f"{where}: cannot write the log of VM '{vm}': "
                         f"{_why(exc)}; make it a regular file of yours, or remove it")
+
+    def command_log(self, layout: Layout, entry: dict[str, Any], line: str) -> None:
+        """Legacy: one new file per command, never an existing one (so never rotated)."""
+        stem, ext = os.path.splitext(self.command_log_name(layout, entry))
+        try:
+            name, fd = userfs.create_new(self.folder(layout.logs), stem, suffix=ext)
+            try:
+                os.write(fd, line.encode("utf-8", "backslashreplace"))
+            finally:
+                os.close(fd)
+        except (Unsafe, OSError) as exc:
+            vm = entry["vm"]
+            self.notice(layout, f"log:{vm}", f"{layout.shown(*layout.logs)}: cannot write "
+                        f"the log of VM '{vm}': {_why(exc)}")
+
+    def command_log_name(self, layout: Layout, entry: dict[str, Any]) -> str:
+        """A per-command log's first-choice name: the stamp of its history name."""
+        stamp = (entry.get("stamp") or layout.stamp_of(entry["hist"])
+                 or layout.stamp(time.time_ns()))
+        return layout.log_name(stamp, entry["vm"], entry["file"], self.job.user)
 
     def rotate(self, fd: int, name: str) -> str | None:
         """Rotate log *name* if it grew past the limit; the problem, if any, as text."""
@@ -122,13 +156,20 @@ class UserSide:
         except (Unsafe, OSError):
             pass  # nowhere left to tell the user; root's audit log has it
 
-    def logged_already(self, layout: Layout, vm: str, cid: str) -> bool:
+    def logged_already(self, layout: Layout, entry: dict[str, Any]) -> bool:
+        marker = f"[{entry['id']}]".encode()
         try:
             with userfs.opened(self.home, layout.logs, self.uid) as fd:
-                data = self._tail(fd, layout.log_name("", vm, "", self.job.user))
+                if not layout.per_command_log:
+                    name = layout.log_name("", entry["vm"], "", self.job.user)
+                    return marker in self._tail(fd, name)
+                stem, ext = os.path.splitext(self.command_log_name(layout, entry))
+                for attempt in range(1, 1000):  # the names create_new tries, in order
+                    if marker in self._tail(fd, userfs.numbered(stem, attempt, ext)):
+                        return True
         except (Unsafe, OSError):
-            return False
-        return f"[{cid}]".encode() in data
+            pass  # the first missing name ends the search
+        return False
 
     def _tail(self, fd: int, name: str) -> bytes:
         st = os.stat(name, dir_fd=fd, follow_symlinks=False)
@@ -179,7 +220,7 @@ class UserSide:
                         os.unlink(entry["hist"], dir_fd=fd)  # our own unused placeholder
             except (Unsafe, OSError):
                 pass
-            logged = self.logged_already(layout, entry["vm"], entry["id"])
+            logged = self.logged_already(layout, entry)
             items.append({"id": entry["id"], "claimed": claimed, "logged": logged})
         reply = self.ask("recovered", items=items)
         for entry in reply["write"]:
@@ -199,7 +240,9 @@ class UserSide:
             f"{entry['outcome']}{': ' + message if message else ''} "
             f"(file {entry['file']}, kept as {hist}) [{entry['id']}]\n"
         )
-        self.log(layout, entry["vm"], line)
+        if layout.info is None and entry.get("status"):
+            line += state_line(entry["status"])  # no status.xml in this layout: say it here
+        self.log(layout, entry, line)
         self.logged.append(entry["id"])
         self.last[(layout.name, entry["vm"])] = {
             "action": action, "params": params, "outcome": entry["outcome"],
@@ -317,9 +360,10 @@ class UserSide:
 
     def _claim_and_run(self, layout: Layout, vm_fd: int, hist_fd: int, name: str,
                        request: dict[str, Any]) -> dict[str, Any] | None:
-        base = layout.history_base(history_stamp(time.time_ns()), request["vm"], name,
-                                   self.job.user)
-        hist = userfs.reserve_name(hist_fd, base)
+        stamp = layout.stamp(time.time_ns())
+        # the user side's own rejections go where the legacy script put them (ERRORFILE-)
+        naming = layout.rejected_base if "rejected" in request else layout.history_base
+        hist = userfs.reserve_name(hist_fd, naming(stamp, request["vm"], name, self.job.user))
         reply = self.ask("intend", hist=hist, **request)
         if reply.get("pending"):
             os.unlink(hist, dir_fd=hist_fd)
@@ -336,7 +380,8 @@ class UserSide:
                             f"history ({exc.strerror}); it stays where it is")
             return None
         result = self.ask("run", id=reply["id"])
-        self.record(layout, {**request, **result, "hist": hist, "id": reply["id"]})
+        self.record(layout, {**request, **result, "hist": hist, "id": reply["id"],
+                             "stamp": stamp})
         return result
 
     def finish(self) -> None:

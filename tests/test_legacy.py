@@ -1,0 +1,242 @@
+"""The legacy layout (~/virsh/dom-<vm>/) through the real executable, run as root.
+
+Kept from virsh-wrapper (LEGACY.md "What we keep"): folder and file names, the
+log and history name patterns, empty files and ``--disable``, oldest first.
+Changed on purpose (legacy/README.md): each flaw of LEGACY.md's list has a
+test here or in test_legacy_sudo.py.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import time
+
+import pytest
+from conftest import Host
+from legacy_support import STAMP, legacy_history, legacy_logs, log_for, not_owned_by, write_host
+
+from wirt_wrapper.layouts import legacy_stamp
+
+
+def test_legacy_tree_every_kind_of_entry(host: Host) -> None:
+    alice = host.add_user("alice")
+    a = alice.name
+    write_host(host, running={f"{a}-db": None, f"{a}-mail": None},
+               off={f"{a}-web": None, f"{a}-old": None})
+    # everything the old script accepted: empty start/destroy/shutdown/autostart files,
+    # "--disable" in autostart, several files per VM (oldest first)
+    alice.write("virsh/dom-web/start", mtime=1_000_000)
+    alice.write("virsh/dom-web/autostart", mtime=1_000_100)
+    alice.write("virsh/dom-db/shutdown", mtime=1_000_000)
+    alice.write("virsh/dom-mail/destroy", mtime=1_000_000)
+    alice.write("virsh/dom-mail/start", mtime=1_000_100)  # after destroy: works
+    alice.write("virsh/dom-old/autostart", "--disable\n", mtime=1_000_000)
+
+    host.run("--layout", "legacy")
+
+    got = [(r["vm"], r["action"], r["outcome"], r["layout"]) for r in host.commands()]
+    assert sorted(got) == sorted([
+        ("web", "start", "done", "legacy"), ("web", "autostart", "done", "legacy"),
+        ("db", "shutdown", "done", "legacy"), ("mail", "destroy", "done", "legacy"),
+        ("mail", "start", "done", "legacy"), ("old", "autostart", "done", "legacy"),
+    ]), got
+    assert [vm_action[:2] for vm_action in got if vm_action[0] == "mail"] == [
+        ("mail", "destroy"), ("mail", "start")]  # oldest first
+
+    # one log file per command, the old name pattern, the outcome and the domain's state
+    logs = legacy_logs(alice)
+    assert len(logs) == 6, logs
+    for name in logs:
+        assert re.fullmatch(rf"{STAMP}-{a}-dom-[a-z]+-[a-z]+\.log", name), name
+    assert "web start: done" in log_for(alice, "web", "start")[0]
+    assert f"domain {a}-web: running (booted); autostart: no" in log_for(alice, "web",
+                                                                         "start")[0]
+    assert "autostart: yes" in log_for(alice, "web", "autostart")[0]
+    assert "shut off" in log_for(alice, "db", "shutdown")[0]
+    assert f"domain {a}-mail: running" in log_for(alice, "mail", "start")[0]
+    assert "autostart --disable: done" in log_for(alice, "old", "autostart")[0]
+
+    # the processed files, under the old history pattern, content kept
+    history = legacy_history(alice)
+    assert len(history) == 6
+    for name in history:
+        assert re.fullmatch(rf"{STAMP}-dom-[a-z]+-[a-z]+", name), name
+    disable = [text for name, text in history.items() if name.endswith("-dom-old-autostart")]
+    assert disable == ["--disable\n"]
+    for vm in ("web", "db", "mail", "old"):
+        assert os.listdir(alice.home / "virsh" / f"dom-{vm}") == []
+
+    # created by the user side, as alice, private; no wirt-layout files appear
+    assert not_owned_by(alice, alice.home / "virsh") == []
+    for folder in ("log", "history"):
+        assert stat.S_IMODE(os.stat(alice.home / "virsh" / folder).st_mode) == 0o700
+    assert not (alice.home / "wirt").exists()
+
+
+def test_rejected_files_go_to_errorfile_and_the_run_goes_on(host: Host) -> None:
+    alice, bob = host.add_user("alice"), host.add_user("bob")
+    write_host(host, off={f"{alice.name}-web": None, f"{bob.name}-web": None,
+                          f"{alice.name}-db": None})
+    # option injection, an unknown action, two lines; then a good command, oldest last
+    alice.write("virsh/dom-web/start", f"--domain {bob.name}-web", mtime=1_000_000)
+    alice.write("virsh/dom-web/reboot-now", mtime=1_000_001)
+    alice.write("virsh/dom-web/autostart", "--disable\n--domain x\n", mtime=1_000_002)
+    alice.write("virsh/dom-web/destroy", "-c qemu+ssh://evil/system", mtime=1_000_003)
+    alice.write("virsh/dom-db/start", mtime=1_000_004)
+    bob.write("virsh/dom-web/start")
+
+    host.run()  # default: every layout of the config (wirt and legacy)
+
+    by = {(r["user"], r["vm"], r["file"]): r for r in host.commands()}
+    assert by[(bob.name, "web", "start")]["outcome"] == "done"  # the others' turn still comes
+    assert by[(alice.name, "db", "start")]["outcome"] == "done"
+    for name in ("start", "reboot-now", "autostart", "destroy"):
+        assert by[(alice.name, "web", name)]["outcome"] == "rejected", name
+
+    history = legacy_history(alice)
+    errors = sorted(n for n in history if n.startswith("ERRORFILE-"))
+    assert len(errors) == 4, history
+    assert all(re.fullmatch(rf"ERRORFILE-{STAMP}(-[0-9]+)?", n) for n in errors)
+    assert f"--domain {bob.name}-web" in history.values()  # kept, never run
+    logs = "".join(legacy_logs(alice).values())
+    assert "token '--domain' is not accepted by 'start'" in logs
+    assert "'reboot-now' is not an action" in logs
+    assert "more than one line" in logs
+    assert "token '-c' is not accepted" in logs
+    # unknown actions do not stay in the spool to be looked at on every run
+    assert os.listdir(alice.home / "virsh" / "dom-web") == []
+
+
+def test_same_minute_commands_are_all_kept(host: Host) -> None:
+    alice = host.add_user("alice")
+    write_host(host, off={f"{alice.name}-web": None})
+    for content in ("", "--disable", ""):
+        alice.write("virsh/dom-web/autostart", content)
+        host.run("--layout", "legacy")
+    history = legacy_history(alice)
+    logs = log_for(alice, "web", "autostart")
+    assert sorted(history.values()) == ["", "", "--disable"]
+    assert len(logs) == 3 and len(set(logs)) == 3
+
+
+def test_tool_names_are_never_overwritten(host: Host) -> None:
+    """The names the tool will choose are taken in advance, by symlinks and files."""
+    alice = host.add_user("alice")
+    a = alice.name
+    write_host(host, off={f"{a}-web": None})
+    target = host.root / "precious"
+    target.write_text("root's\n")
+    now = time.time()
+    stamps = {legacy_stamp(int((now + s) * 1e9)) for s in range(-1, 30)}
+    alice.run("mkdir -p ~/virsh/log ~/virsh/history ~/virsh/dom-web")
+    for stamp in stamps:
+        alice.run('ln -s "$1" "$2" && echo mine > "$3"', str(target),
+                  f"virsh/log/{stamp}-{a}-dom-web-start.log",
+                  f"virsh/history/{stamp}-dom-web-start")
+    alice.write("virsh/dom-web/start")
+    host.run("--layout", "legacy")
+    assert target.read_text() == "root's\n"
+    assert [r["outcome"] for r in host.commands()] == ["done"]
+    history = legacy_history(alice)
+    assert sum(1 for text in history.values() if text == "mine\n") == len(stamps)
+    [mine] = [name for name, text in history.items() if text == ""]
+    assert re.fullmatch(rf"{STAMP}-dom-web-start-2", mine)  # next to the taken name
+    folder = alice.home / "virsh/log"
+    logs = [name for name in legacy_logs(alice) if not (folder / name).is_symlink()]
+    assert len(logs) == 1 and logs[0].endswith("-start-2.log"), logs
+    assert "start: done" in (alice.home / "virsh/log" / logs[0]).read_text()
+
+
+@pytest.mark.attack
+def test_symlinked_log_and_history_are_not_followed(host: Host) -> None:
+    alice, bob = host.add_user("alice"), host.add_user("bob")
+    write_host(host, off={f"{alice.name}-web": None, f"{bob.name}-web": None})
+    victim = host.root / "victim"
+    victim.mkdir()  # even a folder they could write to is not written through the link
+    # alice: log/ -> a folder of root's; bob: history/ -> the same
+    victim.chmod(0o777)
+    for user, name in ((alice, "log"), (bob, "history")):
+        user.run(f"mkdir -p ~/virsh/dom-web && ln -s {victim} ~/virsh/{name} "
+                 "&& touch ~/virsh/dom-web/start")
+
+    host.run()
+    assert os.listdir(victim) == []
+    by_user = {r["user"]: r for r in host.commands()}
+    # alice's command runs (its history is fine); its log cannot be written, root's audit has it
+    assert by_user[alice.name]["outcome"] == "done"
+    # bob's history is unusable: his command waits, nothing is lost
+    assert bob.name not in by_user
+    assert os.listdir(bob.home / "virsh/dom-web") == ["start"]
+    notices = [r for r in host.audit_records() if r["event"] == "notice"]
+    assert any("~/virsh/log is a symbolic link" in str(r["message"]) for r in notices), notices
+    assert any("~/virsh/history is a symbolic link" in str(r["message"]) for r in notices)
+    assert (bob.home / "virsh/log/wirt.log").read_text().count("symbolic link") == 1
+
+
+@pytest.mark.attack
+def test_another_members_file_in_a_group_writable_spool(host: Host) -> None:
+    alice, bob = host.add_user("alice"), host.add_user("bob")
+    write_host(host, running={f"{alice.name}-web": None})
+    # what the legacy README told users to do: ~/virsh group-writable for vmguests
+    alice.run(f"mkdir -p ~/virsh/dom-web && chgrp -R {host.group} ~/virsh ~ "
+              "&& chmod g+rwx ~/virsh ~/virsh/dom-web && chmod g+x ~")
+    bob.run(f"echo > {alice.home}/virsh/dom-web/destroy")
+    host.run("--layout", "legacy")
+    [record] = host.commands()
+    assert record["outcome"] == "rejected"
+    assert f"owned by uid {bob.uid}" in str(record["reason"])
+    errors = [n for n in legacy_history(alice) if n.startswith("ERRORFILE-")]
+    assert len(errors) == 1
+    assert f"owned by uid {bob.uid}" in "".join(legacy_logs(alice).values())
+
+
+@pytest.mark.attack
+def test_name_collision_between_a_and_a_b(host: Host) -> None:
+    a, ab = host.add_user("a"), host.add_user("a-b")
+    # a's VM "b-c" and a-b's VM "c" both mean the domain "<a>-b-c"
+    write_host(host, running={f"{a.name}-b-c": None})
+    a.write("virsh/dom-b-c/destroy")
+    ab.write("virsh/dom-c/destroy")
+    host.run("--layout", "legacy")
+    records = host.commands()
+    assert [r["outcome"] for r in records] == ["rejected", "rejected"], records
+    assert all("is ambiguous" in str(r["reason"]) for r in records), records
+    assert all("is ambiguous" in "".join(legacy_logs(u).values()) for u in (a, ab))
+
+
+def test_layout_selection_and_both_layouts(host: Host) -> None:
+    alice = host.add_user("alice")
+    write_host(host, off={f"{alice.name}-web": None, f"{alice.name}-db": None})
+    alice.write("virsh/dom-web/autostart")
+    alice.write("wirt/service/vm/db/autostart")
+    host.run("--layout", "wirt")
+    assert [(r["layout"], r["vm"]) for r in host.commands()] == [("wirt", "db")]
+    assert (alice.home / "virsh/dom-web/autostart").exists()
+    host.run("--layout", "legacy")
+    assert [(r["layout"], r["vm"]) for r in host.commands()][1:] == [("legacy", "web")]
+
+    alice.write("virsh/dom-web/start")
+    alice.write("wirt/service/vm/db/start")
+    write_host(host, off={f"{alice.name}-web": None, f"{alice.name}-db": None},
+               extra='layouts = ["wirt"]\n')
+    host.run()  # the config's layouts: wirt only
+    assert (alice.home / "virsh/dom-web/start").exists()
+    assert not (alice.home / "wirt/service/vm/db/start").exists()
+
+
+def test_unknown_entries_are_left_alone_and_reported_once(host: Host) -> None:
+    alice = host.add_user("alice")
+    write_host(host, off={f"{alice.name}-web": None})
+    alice.write("virsh/notes.txt", "mine")
+    alice.run("mkdir -p ~/virsh/backup ~/virsh/dom-web ~/virsh/dom-")
+    host.run("--layout", "legacy")
+    host.run("--layout", "legacy")
+    assert (alice.home / "virsh/notes.txt").read_text() == "mine"
+    assert (alice.home / "virsh/backup").is_dir()
+    notes = (alice.home / "virsh/log/wirt.log").read_text()
+    assert notes.count("~/virsh/notes.txt: ignored") == 1
+    assert notes.count("~/virsh/backup: ignored") == 1
+    assert "expected dom-<vm>" in notes
+    assert not any(n.startswith("ERRORENTITY") for n in os.listdir(alice.home / "virsh"))
