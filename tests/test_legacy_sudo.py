@@ -1,0 +1,247 @@
+"""The legacy cron line, through the real shim, real sudo and a real wrapper user.
+
+The fixture puts the repository's files in place the way deploy/install.sh
+does, with three differences it has to have on a shared test machine: the
+wrapper user has a unique name, the shim and the executable live in a
+root-owned temporary folder (their fixed paths rendered into them, and into
+the sudoers drop-in, with the same substitutions the installer makes), and
+the shim's interpreter is this test run's virtualenv.  The sudoers drop-in
+is a real file in /etc/sudoers.d (checked with visudo -cf before it is put
+there, removed afterwards).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import REPO, Host, User, remove_user, sh
+from legacy_support import STAMP, legacy_history, legacy_logs, log_for, write_host
+
+EXE_PATH = "/usr/local/sbin/virsh_wrapper"
+SHIM_PATH = "/usr/local/bin/virsh_wrapper/backend/virsh_wrapper.sh"
+SUDOERS_D = Path("/etc/sudoers.d")
+
+
+def legacy_cron_command() -> str:
+    """The command of the old cron line (legacy/cron.d/virsh-wrapper), run by 'wrapper'."""
+    lines = [line for line in (REPO / "legacy/cron.d/virsh-wrapper").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    [line] = lines
+    fields = line.split(None, 6)
+    assert fields[:6] == ["*/2", "*", "*", "*", "*", "wrapper"], fields
+    return fields[6]
+
+
+def render_sudoers(user: str, exe: str, shim: str) -> str:
+    """sudoers.d/wirt for another user name and paths (deploy/install.sh does the name)."""
+    text = (REPO / "sudoers.d/wirt").read_text()
+    text = re.sub(r"^Defaults:wrapper ", f"Defaults:{user} ", text, flags=re.M)
+    text = re.sub(r"^wrapper ALL", f"{user} ALL", text, flags=re.M)
+    return text.replace(SHIM_PATH, shim).replace(EXE_PATH, exe)
+
+
+@dataclass
+class Deployed:
+    folder: Path
+    exe: str
+    shim: str
+    wrapper: User
+    cron_command: str
+
+    def as_user(self, user: User, command: str, env: dict[str, str] | None = None,
+                ) -> subprocess.CompletedProcess[str]:
+        """Run *command* with /bin/sh as *user*, in their home, the way cron does."""
+        base = {"HOME": str(user.home), "LOGNAME": user.name, "SHELL": "/bin/sh",
+                "PATH": "/usr/bin:/bin"}
+        return subprocess.run(
+            ["/usr/sbin/runuser", "-u", user.name, "--", "/bin/sh", "-c", command],
+            cwd=user.home, env={**base, **(env or {})}, capture_output=True, text=True,
+            stdin=subprocess.DEVNULL, timeout=120,
+        )
+
+    def cron(self, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return self.as_user(self.wrapper, self.cron_command, env)
+
+
+@pytest.fixture
+def deployed(host: Host) -> Iterator[Deployed]:
+    name = f"{host.prefix}w"
+    sh("useradd", "-m", "-U", name)  # not a member of the group
+    import pwd
+
+    entry = pwd.getpwnam(name)
+    wrapper = User(name, entry.pw_uid, entry.pw_gid, Path(entry.pw_dir))
+    folder = Path(tempfile.mkdtemp(prefix=f"wirt-{host.prefix}-", dir="/var/tmp"))
+    folder.chmod(0o755)
+    sudoers = SUDOERS_D / f"wirt-test-{host.prefix}"
+    try:
+        exe, shim = str(folder / "virsh_wrapper"), str(folder / "virsh_wrapper.sh")
+        text = (REPO / "deploy/virsh_wrapper").read_text()
+        Path(exe).write_text(re.sub(r"^#!.*", f"#!{sys.executable} -I", text, count=1))
+        text = (REPO / "bin/virsh_wrapper.sh").read_text()
+        for key, value in (("SELF", shim), ("PYTHON", sys.executable),
+                           ("CONFIG", str(host.config))):
+            text = re.sub(rf"^{key}=.*$", f"{key}={value}", text, count=1, flags=re.M)
+        Path(shim).write_text(text)
+        os.chmod(exe, 0o755)
+        os.chmod(shim, 0o755)
+        draft = folder / "sudoers"
+        draft.write_text(render_sudoers(name, exe, shim))
+        sh("visudo", "-cqf", str(draft))  # never install a drop-in that could break sudo
+        os.chmod(draft, 0o440)
+        os.rename(draft, sudoers)
+        yield Deployed(folder, exe, shim, wrapper,
+                       legacy_cron_command().replace(SHIM_PATH, shim))
+    finally:
+        sudoers.unlink(missing_ok=True)
+        subprocess.run(["rm", "-rf", str(folder)], check=False)
+        remove_user(name)
+
+
+def test_sudoers_drop_in_passes_visudo() -> None:
+    proc = sh("visudo", "-cf", str(REPO / "sudoers.d/wirt"))
+    assert "parsed OK" in proc.stdout
+    text = (REPO / "sudoers.d/wirt").read_text()
+    assert "env_reset" in text and "secure_path=" in text
+    assert "*" not in text.split("NOPASSWD:")[1]  # no wildcard in the command list
+
+
+def test_the_old_cron_line_serves_the_legacy_tree(host: Host, deployed: Deployed) -> None:
+    alice, bob = host.add_user("alice"), host.add_user("bob")
+    a, b = alice.name, bob.name
+    write_host(host, running={f"{a}-db": None, f"{b}-mail": None},
+               off={f"{a}-web": None, f"{a}-wirt": None})
+    alice.write("virsh/dom-web/start", mtime=1_000_000)
+    alice.write("virsh/dom-web/destroy", mtime=1_000_100)  # only works after the start
+    alice.write("virsh/dom-web/autostart", mtime=1_000_200)
+    alice.write("virsh/dom-db/shutdown")
+    alice.write("wirt/service/vm/wirt/start")  # the shim serves the legacy layout only
+    bob.write("virsh/dom-mail/autostart", "--disable\n")
+
+    proc = deployed.cron()
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""  # cron would mail anything printed
+
+    got = [(r["user"], r["vm"], r["action"], r["outcome"]) for r in host.commands()]
+    assert got == [(a, "db", "shutdown", "done"), (a, "web", "start", "done"),
+                   (a, "web", "destroy", "done"), (a, "web", "autostart", "done"),
+                   (b, "mail", "autostart", "done")], got
+    assert {r["layout"] for r in host.commands()} == {"legacy"}
+    assert (alice.home / "wirt/service/vm/wirt/start").exists()
+
+    assert "running (booted)" in log_for(alice, "web", "start")[0]
+    assert "shut off (destroyed)" in log_for(alice, "web", "destroy")[0]
+    assert "autostart: yes" in log_for(alice, "web", "autostart")[0]
+    assert "shut off (shutdown)" in log_for(alice, "db", "shutdown")[0]
+    assert "autostart --disable: done" in log_for(bob, "mail", "autostart")[0]
+    assert len(legacy_logs(alice)) == 4 and len(legacy_history(alice)) == 4
+    assert all(re.fullmatch(rf"{STAMP}-dom-(web|db)-[a-z]+", n) for n in legacy_history(alice))
+
+
+def test_sudo_allows_exactly_the_two_commands(host: Host, deployed: Deployed) -> None:
+    alice = host.add_user("alice")
+    write_host(host, off={f"{alice.name}-web": None})
+    marker = host.root / "evil-was-read"
+    evil = host.root / "evil.toml"
+    evil.write_text(f'audit_log = "{marker}"\ngroup = "{host.group}"\n')
+    evil.chmod(0o644)
+    w = deployed.wrapper
+
+    for allowed in (deployed.exe, deployed.shim):
+        assert deployed.as_user(w, f"sudo -n -l {allowed}").returncode == 0
+    refused = [
+        f"sudo -n {deployed.exe} --config {evil}",
+        f"sudo -n {deployed.shim} --config {evil}",
+        f"sudo -n {deployed.exe} --user {alice.name}",
+        f"sudo -n {deployed.exe} ''",
+        "sudo -n /usr/bin/id",
+        f"sudo -n {sys.executable} -I -m wirt_wrapper --config {evil}",
+        "sudo -n -s true",
+    ]
+    for command in refused:
+        proc = deployed.as_user(w, command)
+        assert proc.returncode == 1 and "sudo:" in proc.stderr, (command, proc)
+    # a member of the group gets nothing from sudo, with or without arguments
+    for command in (f"sudo -n {deployed.shim}", f"sudo -n {deployed.exe}"):
+        proc = deployed.as_user(alice, command)
+        assert proc.returncode == 1 and "sudo:" in proc.stderr, (command, proc)
+    assert not marker.exists()
+    assert host.commands() == []
+
+
+def test_non_root_is_refused_clearly(host: Host, deployed: Deployed) -> None:
+    alice = host.add_user("alice")
+    write_host(host, off={f"{alice.name}-web": None})
+    alice.write("virsh/dom-web/start")
+    proc = deployed.as_user(alice, deployed.cron_command)
+    assert proc.returncode == 3
+    assert "must run as root" in proc.stderr and alice.name in proc.stderr
+    proc = deployed.as_user(deployed.wrapper, f"{deployed.shim} --verbose")
+    assert proc.returncode == 3 and "takes no arguments" in proc.stderr
+    proc = deployed.as_user(alice, f"{sys.executable} -I -m wirt_wrapper --config {host.config}")
+    assert proc.returncode == 3 and "must run as root" in proc.stderr
+    assert (alice.home / "virsh/dom-web/start").exists()
+    assert host.commands() == []
+
+
+@pytest.mark.attack
+def test_environment_cannot_hijack_the_pass(host: Host, deployed: Deployed) -> None:
+    """SECURITY 11: PYTHONPATH & co. from the caller never reach the interpreter."""
+    alice = host.add_user("alice")
+    write_host(host, off={f"{alice.name}-web": None})
+    evil = host.root / "evil"
+    (evil / "wirt_wrapper").mkdir(parents=True)
+    marker = host.root / "hijacked"
+    payload = f"open({str(marker)!r}, 'w').write('x')\n"
+    (evil / "wirt_wrapper" / "__init__.py").write_text(payload)
+    (evil / "startup.py").write_text(payload)
+    (evil / "sitecustomize.py").write_text(payload)
+    os.chmod(evil, 0o755)
+    env = {"PYTHONPATH": str(evil), "PYTHONSTARTUP": str(evil / "startup.py"),
+           "PYTHONINSPECT": "1", "LIBVIRT_DEFAULT_URI": "test:///default",
+           "PYTHONHOME": str(evil)}
+    alice.write("virsh/dom-web/start")
+    proc = deployed.cron(env)
+    assert proc.returncode == 0, proc.stderr
+    # and root's own environment (an admin running the shim by hand) does not count either
+    alice.write("virsh/dom-web/autostart")
+    proc = subprocess.run([deployed.shim], env={"PATH": "/usr/bin:/bin", **env},
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL, cwd=evil)
+    assert proc.returncode == 0, proc.stderr
+    assert not marker.exists()
+    assert [r["outcome"] for r in host.commands()] == ["done", "done"]
+
+
+def test_overlapping_runs_never_double_process(host: Host, deployed: Deployed) -> None:
+    alice, bob = host.add_user("alice"), host.add_user("bob")
+    write_host(host, off={f"{alice.name}-web": None, f"{bob.name}-web": None})
+    alice.write("virsh/dom-web/start")
+    (host.root / "state").mkdir(mode=0o700, exist_ok=True)
+    lock = os.open(host.root / "state" / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a pass that is still running
+        proc = deployed.cron()
+        assert proc.returncode == 0 and proc.stderr == ""  # quietly: the next one will do
+        assert (alice.home / "virsh/dom-web/start").exists()
+    finally:
+        os.close(lock)
+    alice.write("virsh/dom-web/autostart")
+    bob.write("virsh/dom-web/autostart")
+    runs = [subprocess.Popen(
+        ["/usr/sbin/runuser", "-u", deployed.wrapper.name, "--", "/bin/sh", "-c",
+         deployed.cron_command],
+        cwd=deployed.wrapper.home, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL, env={"PATH": "/usr/bin:/bin"}) for _ in range(4)]
+    assert [run.wait(120) for run in runs] == [0, 0, 0, 0]
+    files = sorted((r["user"], r["file"]) for r in host.commands())
+    assert files == sorted([(alice.name, "start"), (alice.name, "autostart"),
+                            (bob.name, "autostart")]), files
