@@ -1,0 +1,208 @@
+"""``wirt-migrate-legacy``: move a user's legacy spool to the wirt layout (runs as that user).
+
+No privilege at all: a user runs it as themselves, on their own home (taken
+from the passwd database, not from ``$HOME``); run as root it refuses, since
+root would leave root-owned folders in a home.  It distrusts what it finds
+as the pass does: folders are opened through :mod:`userfs` (no symlink is
+followed, every folder must be the user's), and it never overwrites: each
+move is one ``renameat2(RENAME_NOREPLACE)``, so an entry whose new name is
+taken stays where it is, and the legacy layout keeps serving it.
+
+    ~/virsh/dom-<vm>/<file>   ->  ~/wirt/service/vm/<vm>/<file>   (pending commands, mtimes kept)
+    ~/virsh/history/<entry>   ->  ~/wirt/logs/history/<entry>
+    ~/virsh/log/<entry>       ->  ~/wirt/logs/legacy/<entry>
+
+Left where they are, and listed: symbolic links, FIFOs, sockets, devices,
+entries owned by someone else, anything else in ``~/virsh``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import errno
+import os
+import pwd
+import stat
+import sys
+
+from . import userfs
+from .actions import VM_NAME
+from .layouts import LEGACY, WIRT
+from .userfs import Unsafe
+
+__all__ = ["main", "move_noreplace"]
+
+LEGACY_LOGS = ("wirt", "logs", "legacy")
+RENAME_NOREPLACE = 1
+LIMIT = 100_000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def move_noreplace(src_dir: int, name: str, dst_dir: int, dst_name: str) -> None:
+    """Rename without ever replacing an existing *dst_name* (FileExistsError then)."""
+    if _libc.renameat2(src_dir, os.fsencode(name), dst_dir, os.fsencode(dst_name),
+                       RENAME_NOREPLACE) == 0:
+        return
+    err = ctypes.get_errno()
+    if err not in (errno.EINVAL, errno.ENOSYS):
+        raise OSError(err, os.strerror(err), name)
+    # a file system without RENAME_NOREPLACE: check, then rename (only the user races us)
+    try:
+        os.stat(dst_name, dir_fd=dst_dir, follow_symlinks=False)
+    except FileNotFoundError:
+        os.rename(name, dst_name, src_dir_fd=src_dir, dst_dir_fd=dst_dir)
+        return
+    raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), dst_name)
+
+
+def shown(parts: tuple[str, ...], *more: str) -> str:
+    return "~/" + "/".join((*parts, *more))
+
+
+class Migration:
+    def __init__(self, home: int, uid: int, dry_run: bool) -> None:
+        self.home = home
+        self.uid = uid
+        self.dry_run = dry_run
+        self.moved = 0
+        self.kept = 0
+
+    def keep(self, where: str, why: str) -> None:
+        self.kept += 1
+        print(f"kept {where}: {why}")
+
+    def run(self) -> int:
+        try:
+            spool = userfs.walk(self.home, LEGACY.spool, self.uid)
+        except FileNotFoundError:
+            print(f"nothing to migrate: there is no {shown(LEGACY.spool)}")
+            return 0
+        except (Unsafe, OSError) as exc:
+            print(f"wirt-migrate-legacy: {exc}; nothing was moved", file=sys.stderr)
+            return 1
+        try:
+            entries, truncated = userfs.list_dir(spool, LIMIT)
+            for name, st in sorted(entries):
+                vm = LEGACY.vm_of(name)
+                if name == "history":
+                    self.folder(spool, name, st, WIRT.history)
+                elif name == "log":
+                    self.folder(spool, name, st, LEGACY_LOGS)
+                elif vm is not None and VM_NAME.fullmatch(vm):
+                    self.folder(spool, name, st, (*WIRT.spool, vm))
+                else:
+                    self.keep(shown(LEGACY.spool, name), "not a dom-<vm> folder, log or history")
+            if truncated:
+                self.keep(shown(LEGACY.spool), f"more than {LIMIT} entries: run me again")
+        finally:
+            os.close(spool)
+        if not self.dry_run and not self.kept:
+            self._rmdir(self.home, LEGACY.spool[0])
+        verb = "would move" if self.dry_run else "moved"
+        print(f"{verb} {self.moved} entries; {self.kept} left where they are")
+        return 1 if self.kept else 0
+
+    def folder(self, parent: int, name: str, st: os.stat_result,
+               target: tuple[str, ...]) -> None:
+        where = shown(LEGACY.spool, name)
+        if not stat.S_ISDIR(st.st_mode):
+            self.keep(where, f"is {userfs._kind(st.st_mode)}, not a folder")
+            return
+        try:
+            src = userfs.open_dir(parent, name, self.uid)
+        except (Unsafe, OSError) as exc:
+            self.keep(where, str(exc))
+            return
+        try:
+            entries, _ = userfs.list_dir(src, LIMIT)
+            dst = self._target(target) if entries else None
+            for entry, est in sorted(entries, key=lambda item: (item[1].st_mtime_ns, item[0])):
+                self.entry(src, entry, est, dst, where, target)
+        except (Unsafe, OSError) as exc:
+            self.keep(where, f"cannot move into {shown(target)}: {exc}")
+        finally:
+            os.close(src)
+        if not self.dry_run:
+            self._rmdir(parent, name)
+
+    def _target(self, parts: tuple[str, ...]) -> int | None:
+        """The target folder (created unless dry-run; None if dry-run and missing)."""
+        try:
+            return userfs.walk(self.home, parts, self.uid, create=not self.dry_run)
+        except FileNotFoundError:
+            if self.dry_run:
+                return None
+            raise
+
+    def entry(self, src: int, name: str, st: os.stat_result, dst: int | None,
+              where: str, target: tuple[str, ...]) -> None:
+        old, new = f"{where}/{name}", shown(target, name)
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+            self.keep(old, f"is {userfs._kind(st.st_mode)}")
+            return
+        if st.st_uid != self.uid:
+            self.keep(old, f"is owned by uid {st.st_uid}, not by you")
+            return
+        if self.dry_run:
+            taken = dst is not None and _exists(dst, name)
+            if taken:
+                self.keep(old, f"{new} exists already")
+            else:
+                self.moved += 1
+                print(f"would move {old} -> {new}")
+            return
+        if dst is None:  # cannot happen outside a dry run: the folder was created
+            self.keep(old, f"{shown(target)} is missing")
+            return
+        try:
+            move_noreplace(src, name, dst, name)
+        except FileExistsError:
+            self.keep(old, f"{new} exists already (nothing is overwritten)")
+            return
+        except FileNotFoundError:
+            return  # gone meanwhile: a pass took it, and it has its outcome there
+        self.moved += 1
+        print(f"moved {old} -> {new}")
+
+    def _rmdir(self, parent: int, name: str) -> None:
+        try:
+            os.rmdir(name, dir_fd=parent)
+        except OSError:
+            pass  # not empty: something was kept, and said so
+
+
+def _exists(parent: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=parent, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="wirt-migrate-legacy",
+        description="Move your legacy ~/virsh/dom-<vm> folders, with their pending commands, "
+        "history and logs, to the wirt layout (~/wirt/...). Run it as yourself. Nothing is "
+        "overwritten; what cannot be moved stays where it is and is listed.",
+    )
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print what would be moved, change nothing")
+    args = parser.parse_args(argv)
+    uid = os.getuid()
+    if uid == 0 or os.geteuid() == 0:
+        print("wirt-migrate-legacy: run me as the user whose folders these are, not as root",
+              file=sys.stderr)
+        return 2
+    home = pwd.getpwuid(uid).pw_dir
+    os.umask(0o077)
+    home_fd = os.open(home, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        return Migration(home_fd, uid, args.dry_run).run()
+    finally:
+        os.close(home_fd)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
