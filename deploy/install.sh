@@ -1,0 +1,282 @@
+#!/usr/bin/env bash
+# deploy/install.sh -- install wirt on a Debian 12 host, or remove it (run as root).
+#
+#   deploy/install.sh [--wrapper-user NAME] [--group NAME]   install, or update in place
+#   deploy/install.sh --uninstall [--purge]
+#
+# Install (re-running it is harmless: each step checks before it acts):
+#   Debian packages it needs (python3-venv, a compiler and libvirt-dev to build
+#   libvirt-python, sudo, cron); the group (default vmguests) and the wrapper
+#   user (default wrapper) if missing; wirt in a root-owned virtualenv
+#   /opt/wirt/venv on Debian's /usr/bin/python3; the pass at
+#   /usr/local/sbin/virsh_wrapper; the legacy drop-in at the old script's path
+#   /usr/local/bin/virsh_wrapper/backend/virsh_wrapper.sh; the users'
+#   /usr/local/bin/wirt-migrate-legacy; /etc/sudoers.d/wirt (checked with
+#   visudo -cf before it is put in place); /etc/cron.d/wirt;
+#   /etc/logrotate.d/wirt; the PAM service /etc/pam.d/wirt and a default
+#   /etc/wirt/wirt.toml when missing (never overwritten); /var/log/wirt and
+#   /var/lib/wirt (root only).
+#
+# --uninstall removes the code, the executables, sudoers, cron and logrotate
+# files; it keeps the config, the audit log, the state and the accounts, as
+# apt's "remove" would.  --purge also removes what install created (listed
+# in /var/lib/wirt/installed): config, PAM file, logs, state, the wrapper
+# user, and the group if no one is in it any more.
+set -euo pipefail
+umask 022
+export LC_ALL=C
+
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+PREFIX=/opt/wirt
+VENV=$PREFIX/venv
+EXE=/usr/local/sbin/virsh_wrapper
+SHIM_TOP=/usr/local/bin/virsh_wrapper
+SHIM_DIR=$SHIM_TOP/backend
+SHIM=$SHIM_DIR/virsh_wrapper.sh
+MIGRATE=/usr/local/bin/wirt-migrate-legacy
+SUDOERS=/etc/sudoers.d/wirt
+CRON=/etc/cron.d/wirt
+LOGROTATE=/etc/logrotate.d/wirt
+PAM=/etc/pam.d/wirt
+ETC=/etc/wirt
+CONFIG=$ETC/wirt.toml
+LOGDIR=/var/log/wirt
+STATE=/var/lib/wirt
+MANIFEST=$STATE/installed
+PACKAGES=(python3-venv python3-dev gcc pkg-config libvirt-dev sudo cron)
+
+say() { echo "wirt-install: $*"; }
+die() { echo "wirt-install: $*" >&2; exit 1; }
+
+usage() {
+  sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'
+  exit "${1:-0}"
+}
+
+WRAPPER=wrapper
+GROUP=vmguests
+MODE=install
+PURGE=0
+while [ $# -gt 0 ]; do
+  case $1 in
+    --wrapper-user) WRAPPER=${2:?--wrapper-user needs a name}; shift 2 ;;
+    --group) GROUP=${2:?--group needs a name}; shift 2 ;;
+    --uninstall) MODE=uninstall; shift ;;
+    --purge) PURGE=1; shift ;;
+    -h|--help) usage 0 ;;
+    *) echo "wirt-install: unknown argument: $1" >&2; usage 2 ;;
+  esac
+done
+NAME_RE='^[a-z_][a-z0-9_-]{0,30}$'
+[[ $WRAPPER =~ $NAME_RE ]] || die "--wrapper-user: '$WRAPPER' is not a plain user name"
+[[ $GROUP =~ $NAME_RE ]] || die "--group: '$GROUP' is not a plain group name"
+[ "$PURGE" = 0 ] || [ "$MODE" = uninstall ] || die "--purge goes with --uninstall"
+[ "$(id -u)" = 0 ] || die "run me as root"
+
+# --- what install created, so that --purge removes only that ----------------
+remember() {  # remember KIND VALUE
+  grep -qxF "$1 $2" "$MANIFEST" 2>/dev/null || echo "$1 $2" >> "$MANIFEST"
+}
+remembered() {  # remembered KIND: the values recorded for KIND
+  [ -f "$MANIFEST" ] || return 0
+  sed -n "s/^$1 //p" "$MANIFEST"
+}
+
+# install_file SRC DEST MODE: put SRC in place atomically (temp name + rename).
+install_file() {
+  local tmp
+  tmp="$(dirname "$2")/.$(basename "$2").new"
+  install -m "$3" -o root -g root "$1" "$tmp"
+  mv -f "$tmp" "$2"
+}
+
+make_dir() {  # make_dir PATH MODE: create it (and remember that) if missing
+  if [ ! -d "$1" ]; then
+    install -d -m "$2" -o root -g root "$1"
+    remember dir "$1"
+  fi
+}
+
+# --- install ---------------------------------------------------------------
+install_packages() {
+  local missing=() p
+  for p in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' \
+      || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    say "installing Debian packages: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      "${missing[@]}" >/dev/null
+  fi
+}
+
+install_accounts() {
+  if ! getent group "$GROUP" >/dev/null; then
+    groupadd "$GROUP"
+    remember group "$GROUP"
+    say "created group $GROUP"
+  fi
+  if ! getent passwd "$WRAPPER" >/dev/null; then
+    # a real home: cron changes into it before it runs the job
+    useradd --system --user-group --create-home --home-dir "/var/lib/wirt-$WRAPPER" \
+      --shell /usr/sbin/nologin --comment "wirt pass (cron, sudo)" "$WRAPPER"
+    remember user "$WRAPPER"
+    say "created user $WRAPPER"
+  fi
+}
+
+pip_quietly() {
+  local out
+  if ! out=$("$VENV/bin/pip" --disable-pip-version-check -q "$@" 2>&1); then
+    echo "$out" >&2
+    die "pip $1 failed (above)"
+  fi
+}
+
+install_code() {
+  local stage
+  stage=$(mktemp -d)
+  # build from a root-owned copy of just the package (nothing else of the checkout)
+  tar -C "$REPO" --exclude=__pycache__ -cf - pyproject.toml README.md wirt_wrapper \
+    | tar -C "$stage" -xf -
+  make_dir "$PREFIX" 0755
+  [ -x "$VENV/bin/python" ] || /usr/bin/python3 -m venv "$VENV"
+  pip_quietly install "$stage"  # wirt and its dependencies
+  pip_quietly install --no-deps --force-reinstall "$stage"  # this checkout's code, always
+  rm -rf "$stage"
+  chown -R root:root "$PREFIX"
+  chmod -R go-w "$PREFIX"
+  # the same check the pass makes before it runs: code root-owned, all the way up
+  "$VENV/bin/python" -I -c 'from wirt_wrapper.main import check_code; check_code()' \
+    || die "the installed code in $VENV fails wirt's own ownership check"
+}
+
+install_executables() {
+  install_file "$REPO/deploy/virsh_wrapper" "$EXE" 0755
+  install_file "$REPO/legacy/wirt-migrate-legacy" "$MIGRATE" 0755
+  if [ -e "$SHIM_TOP" ] && [ ! -d "$SHIM_TOP" ]; then
+    die "$SHIM_TOP exists and is not a folder; the legacy drop-in goes in $SHIM_DIR"
+  fi
+  make_dir "$SHIM_TOP" 0755
+  make_dir "$SHIM_DIR" 0755
+  if [ -f "$SHIM" ] && ! grep -q 'drop-in for the legacy virsh-wrapper' "$SHIM"; then
+    # the old script itself: keep it aside (not executable), never run it again
+    mv "$SHIM" "$SHIM.legacy"
+    chmod a-x "$SHIM.legacy"
+    say "kept the old script as $SHIM.legacy"
+  fi
+  install_file "$REPO/bin/virsh_wrapper.sh" "$SHIM" 0755
+}
+
+install_sudoers() {
+  local tmp
+  tmp=$(mktemp)
+  sed -e "s/^Defaults:wrapper /Defaults:$WRAPPER /" -e "s/^wrapper ALL/$WRAPPER ALL/" \
+    "$REPO/sudoers.d/wirt" > "$tmp"
+  if ! visudo -cqf "$tmp"; then
+    rm -f "$tmp"
+    die "the sudoers drop-in does not pass visudo -cf; nothing was changed"
+  fi
+  if [ -f "$SUDOERS" ] && cmp -s "$tmp" "$SUDOERS"; then
+    rm -f "$tmp"
+    return
+  fi
+  install_file "$tmp" "$SUDOERS" 0440
+  rm -f "$tmp"
+  if ! visudo -cq; then
+    rm -f "$SUDOERS"
+    die "sudo's whole configuration fails visudo -c with $SUDOERS; removed it again"
+  fi
+}
+
+install_cron_and_rotation() {
+  local tmp
+  tmp=$(mktemp)
+  sed -e "s/^\(\*\/2 \* \* \* \*\) wrapper /\1 $WRAPPER /" "$REPO/deploy/cron.d/wirt" > "$tmp"
+  install_file "$tmp" "$CRON" 0644
+  rm -f "$tmp"
+  install_file "$REPO/deploy/logrotate.d/wirt" "$LOGROTATE" 0644
+}
+
+install_config() {
+  if [ ! -e "$PAM" ]; then
+    install_file "$REPO/pam.d/wirt" "$PAM" 0644
+    remember file "$PAM"
+  elif ! cmp -s "$REPO/pam.d/wirt" "$PAM"; then
+    say "kept your $PAM (it differs from pam.d/wirt)"
+  fi
+  make_dir "$ETC" 0755
+  if [ ! -e "$CONFIG" ]; then
+    local tmp
+    tmp=$(mktemp)
+    sed -e "s/^group = .*/group = \"$GROUP\"/" "$REPO/deploy/wirt.toml" > "$tmp"
+    install_file "$tmp" "$CONFIG" 0644
+    rm -f "$tmp"
+    remember file "$CONFIG"
+    say "wrote $CONFIG"
+  else
+    say "kept your $CONFIG"
+  fi
+  make_dir "$LOGDIR" 0700
+}
+
+install_all() {
+  [ -f "$REPO/wirt_wrapper/main.py" ] || die "run me from a wirt checkout ($REPO)"
+  install_packages
+  make_dir "$STATE" 0700
+  install_accounts
+  install_code
+  install_executables
+  install_config
+  install_cron_and_rotation
+  install_sudoers
+  if ! command -v libvirtd >/dev/null; then
+    say "note: no libvirtd on this host; passes will report libvirt unreachable"
+  fi
+  say "installed: $EXE (cron: $CRON, as $WRAPPER; group $GROUP)"
+}
+
+# --- uninstall -------------------------------------------------------------
+uninstall_all() {
+  local path name
+  # first what lets a pass start, then what it runs
+  rm -f "$SUDOERS" "$CRON" "$LOGROTATE"
+  rm -f "$EXE" "$MIGRATE" "$SHIM"
+  rm -rf "$PREFIX"
+  rmdir "$SHIM_DIR" "$SHIM_TOP" 2>/dev/null || true
+  say "removed wirt's code, executables, sudoers, cron and logrotate files"
+  [ "$PURGE" = 1 ] || { say "kept $CONFIG, $LOGDIR, $STATE and the accounts (--purge removes them)"; return 0; }
+
+  for path in $(remembered file); do rm -f "$path"; done
+  for name in $(remembered user); do
+    if getent passwd "$name" >/dev/null; then
+      userdel -r "$name" 2>/dev/null || userdel "$name"
+      say "removed user $name"
+    fi
+  done
+  for name in $(remembered group); do
+    getent group "$name" >/dev/null || continue
+    local gid members
+    gid=$(getent group "$name" | cut -d: -f3)
+    members=$(getent group "$name" | cut -d: -f4)
+    if [ -n "$members" ] || getent passwd | cut -d: -f4 | grep -qx "$gid"; then
+      say "kept group $name: it still has members"
+    else
+      groupdel "$name"
+      say "removed group $name"
+    fi
+  done
+  for path in $(remembered dir | sort -r); do
+    [ -d "$path" ] || continue
+    case $path in
+      "$LOGDIR"|"$STATE") rm -rf "$path" ;;
+      *) rmdir "$path" 2>/dev/null || say "kept $path: not empty" ;;
+    esac
+  done
+  rm -f "$MANIFEST"
+  say "purged what install had created"
+}
+
+if [ "$MODE" = install ]; then install_all; else uninstall_all; fi
