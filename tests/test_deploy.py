@@ -28,7 +28,6 @@ import pytest
 from conftest import REPO, User, remove_user, sh
 from guest import realvm
 
-pytestmark = [pytest.mark.realvm, pytest.mark.slow]
 T = TypeVar("T")
 
 INSTALL = ["bash", str(REPO / "deploy/install.sh")]
@@ -145,6 +144,8 @@ def _names() -> Iterator[tuple[str, str]]:
         sh("groupdel", group, check=False)
 
 
+@pytest.mark.realvm
+@pytest.mark.slow
 def test_install_cron_as_wrapper_then_uninstall(names: tuple[str, str], tmp_path: Path) -> None:
     wrapper, group = names
     pam_before = Path("/etc/pam.d/wirt").read_bytes()
@@ -242,3 +243,13 @@ def test_install_refuses_non_root_and_bad_names() -> None:
     proc = subprocess.run([*INSTALL, "--wrapper-user", "x;rm -rf /"], capture_output=True,
                           text=True)
     assert proc.returncode == 1 and "not a plain user name" in proc.stderr
+
+
+def test_default_config_is_the_built_in_defaults() -> None:
+    """deploy/wirt.toml documents the defaults; it must parse to exactly them."""
+    import tomllib
+
+    from wirt_wrapper.config import Config, parse_config
+
+    text = (REPO / "deploy/wirt.toml").read_text()
+    assert parse_config(tomllib.loads(text), "x") == Config(path="x")

@@ -7,6 +7,7 @@ The package is split by trust zone; the file list shows the boundary:
 * :mod:`privsep` - the boundary: fork, drop to the user for good, the channel;
 * :mod:`userside` and :mod:`userfs` - everything that touches a home (the user);
 * :mod:`actions`, :mod:`layouts`, :mod:`status` - pure rules shared by both sides.
+* :mod:`migrate` - ``wirt-migrate-legacy``, run by a user on their own home.
 """
 
 __version__ = "0.1.0"
