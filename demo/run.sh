@@ -15,7 +15,7 @@ STATE=/var/lib/wirt-demo
 getent group "$GROUP" >/dev/null || groupadd "$GROUP"
 for u in demo-alice demo-bob; do
   id "$u" >/dev/null 2>&1 || useradd -m -G "$GROUP" -s /bin/bash "$u"
-  rm -rf "/home/$u/wirt"
+  rm -rf "/home/$u/wirt" "/home/$u/virsh"
 done
 install -d -m 0755 "$ETC"
 install -d -m 0700 "$STATE"
@@ -52,7 +52,9 @@ as demo-alice 'mkdir -p ~/wirt/service/vm/web ~/wirt/service/vm/db ~/wirt/servic
 as demo-bob 'mkdir -p ~/wirt/service/vm/mail
   touch ~/wirt/service/vm/mail/suspend
   ln -s /etc/shadow ~/wirt/service/vm/mail/reboot
-  echo "--mode acpi" > ~/wirt/service/vm/mail/shutdown'
+  echo "--mode acpi" > ~/wirt/service/vm/mail/shutdown
+  mkdir -p ~/virsh/dom-mail   # a legacy virsh-wrapper folder: served too
+  echo "--disable" > ~/virsh/dom-mail/autostart'
 
 echo "== one pass (as cron would run it, through the real executable) =="
 "$VENV/bin/virsh_wrapper" --config "$ETC/wirt.toml" --verbose
@@ -62,6 +64,10 @@ for u in demo-alice demo-bob; do
   (cd "/home/$u" && find wirt -mindepth 1 | sort | sed 's/^/  ~\//')
   for log in /home/$u/wirt/logs/vm/*.log; do echo "-- ${log#/home/$u/}"; cat "$log"; done
 done
+echo
+echo "== demo-bob's legacy folder (legacy/README.md) =="
+(cd /home/demo-bob && find virsh -mindepth 1 | sort | sed 's/^/  ~\//')
+for log in /home/demo-bob/virsh/log/*-dom-*.log; do echo "-- ${log#/home/demo-bob/}"; cat "$log"; done
 echo
 echo "== ~demo-alice/wirt/info/vm/web/status.xml =="
 cat /home/demo-alice/wirt/info/vm/web/status.xml
