@@ -240,3 +240,40 @@ def test_unknown_entries_are_left_alone_and_reported_once(host: Host) -> None:
     assert notes.count("~/virsh/backup: ignored") == 1
     assert "expected dom-<vm>" in notes
     assert not any(n.startswith("ERRORENTITY") for n in os.listdir(alice.home / "virsh"))
+
+
+def test_recovery_after_a_killed_pass_uses_the_legacy_names(host: Host) -> None:
+    """A pass died after claiming two commands: one mid-run, one after its log was written.
+    The journal it left is written here the way rootside writes it."""
+    import json
+
+    alice = host.add_user("alice")
+    a = alice.name
+    write_host(host, off={f"{a}-web": None})
+    stamp = "25_Nov_26_15.15.07"
+    started = alice.write(f"virsh/history/{stamp}-dom-web-start")
+    logged = alice.write(f"virsh/history/{stamp}-dom-web-autostart")
+    alice.write(f"virsh/log/{stamp}-{a}-dom-web-autostart.log", "... done [old-2]\n")
+    common = {"uid": alice.uid, "user": a, "layout": "legacy", "vm": "web", "tokens": [],
+              "domain": f"{a}-web"}
+    records = [
+        {"id": "old-1", "stage": "begin", **common, "file": "start", "action": "start",
+         "ino": started.stat().st_ino, "hist": started.name},
+        {"id": "old-2", "stage": "outcome", **common, "file": "autostart",
+         "action": "autostart", "ino": logged.stat().st_ino, "hist": logged.name,
+         "outcome": "done", "message": "", "audit_offset": 0},
+    ]
+    state = host.root / "state"
+    state.mkdir(mode=0o700)
+    journal = state / "journal.jsonl"
+    journal.write_text("".join(json.dumps(r) + "\n" for r in records))
+    journal.chmod(0o600)
+
+    host.run("--layout", "legacy")
+    host.run("--layout", "legacy")
+    assert sorted((r["id"], r["outcome"]) for r in host.commands()) == [
+        ("old-1", "interrupted"), ("old-2", "done")]
+    [start_log] = log_for(alice, "web", "start")
+    assert "start: interrupted" in start_log
+    assert f"{stamp}-{a}-dom-web-start.log" in legacy_logs(alice)
+    assert log_for(alice, "web", "autostart") == ["... done [old-2]\n"]  # not written twice
