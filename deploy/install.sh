@@ -161,6 +161,15 @@ install_executables() {
   fi
   make_dir "$SHIM_TOP" 0755
   make_dir "$SHIM_DIR" 0755
+  local d
+  for d in "$SHIM_TOP" "$SHIM_DIR"; do
+    # sudo runs the drop-in as root: whoever could replace it would be root
+    if [ "$(stat -c %u "$d")" != 0 ] || [ -n "$(find "$d" -maxdepth 0 -perm /022)" ]; then
+      chown root:root "$d"
+      chmod go-w "$d"
+      say "made $d root's alone (an old checkout?): the drop-in in it runs as root"
+    fi
+  done
   if [ -f "$SHIM" ] && ! grep -q 'drop-in for the legacy virsh-wrapper' "$SHIM"; then
     # the old script itself: keep it aside (not executable), never run it again
     mv "$SHIM" "$SHIM.legacy"

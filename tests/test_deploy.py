@@ -31,6 +31,7 @@ from guest import realvm
 T = TypeVar("T")
 
 INSTALL = ["bash", str(REPO / "deploy/install.sh")]
+OLD_TOP = "/usr/local/bin/virsh_wrapper"  # where the old script lived, in backend/
 PATHS = ["/opt/wirt", "/usr/local/sbin/virsh_wrapper", "/usr/local/bin/virsh_wrapper",
          "/usr/local/bin/wirt-migrate-legacy", "/etc/sudoers.d/wirt", "/etc/cron.d/wirt",
          "/etc/logrotate.d/wirt", "/etc/wirt/wirt.toml"]
@@ -140,6 +141,7 @@ def _names() -> Iterator[tuple[str, str]]:
         yield wrapper, group
     finally:
         subprocess.run([*INSTALL, "--uninstall", "--purge"], capture_output=True, check=False)
+        subprocess.run(["rm", "-rf", OLD_TOP], check=False)  # absent before (checked above)
         remove_user(wrapper)
         sh("groupdel", group, check=False)
 
@@ -149,6 +151,14 @@ def _names() -> Iterator[tuple[str, str]]:
 def test_install_cron_as_wrapper_then_uninstall(names: tuple[str, str], tmp_path: Path) -> None:
     wrapper, group = names
     pam_before = Path("/etc/pam.d/wirt").read_bytes()
+
+    # a legacy host: the old script at its path, in a folder anyone may write to
+    backend = Path(OLD_TOP) / "backend"
+    backend.mkdir(parents=True)
+    for folder in (backend, backend.parent):
+        folder.chmod(0o777)
+    (backend / "virsh_wrapper.sh").write_text("#!/bin/bash\n# the old script\nexit 1\n")
+    (backend / "virsh_wrapper.sh").chmod(0o755)
 
     # --- install, twice ---------------------------------------------------
     proc = subprocess.run([*INSTALL, "--wrapper-user", wrapper, "--group", group],
@@ -166,6 +176,12 @@ def test_install_cron_as_wrapper_then_uninstall(names: tuple[str, str], tmp_path
     assert sh("visudo", "-c").returncode == 0
     assert f"{wrapper} ALL = (root) NOPASSWD:" in Path("/etc/sudoers.d/wirt").read_text()
     assert stat.S_IMODE(os.stat("/var/log/wirt").st_mode) == 0o700
+    kept = backend / "virsh_wrapper.sh.legacy"
+    assert "the old script" in kept.read_text() and not os.access(kept, os.X_OK)
+    assert "drop-in for the legacy" in (backend / "virsh_wrapper.sh").read_text()
+    for folder in (backend, backend.parent):  # root runs what is in them
+        st = os.stat(folder)
+        assert st.st_uid == 0 and not st.st_mode & 0o022, folder
 
     proc = subprocess.run([*INSTALL, "--wrapper-user", wrapper, "--group", group],
                           capture_output=True, text=True)
@@ -222,14 +238,15 @@ def test_install_cron_as_wrapper_then_uninstall(names: tuple[str, str], tmp_path
     # --- uninstall: first the code, then everything install created --------
     proc = subprocess.run([*INSTALL, "--uninstall"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    for path in ("/opt/wirt", "/usr/local/sbin/virsh_wrapper", "/usr/local/bin/virsh_wrapper",
+    for path in ("/opt/wirt", "/usr/local/sbin/virsh_wrapper", str(backend / "virsh_wrapper.sh"),
                  "/etc/sudoers.d/wirt", "/etc/cron.d/wirt"):
         assert not os.path.lexists(path), path
     assert config.exists() and sh("getent", "passwd", wrapper).returncode == 0
     proc = subprocess.run([*INSTALL, "--uninstall", "--purge"], capture_output=True,
                           text=True)
     assert proc.returncode == 0, proc.stderr
-    assert [p for p in PATHS if os.path.lexists(p)] == []
+    assert os.listdir(backend) == ["virsh_wrapper.sh.legacy"]  # not install's: kept
+    assert [p for p in PATHS if os.path.lexists(p)] == [OLD_TOP]
     assert not os.path.lexists("/var/log/wirt")
     assert sh("getent", "passwd", wrapper, check=False).returncode == 2
     assert sh("getent", "group", group, check=False).returncode == 2
