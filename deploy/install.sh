@@ -9,7 +9,7 @@
 #   libvirt-python, sudo, cron); the group (default vmguests) and the wrapper
 #   user (default wrapper) if missing; wirt in a root-owned virtualenv
 #   /opt/wirt/venv on Debian's /usr/bin/python3; the pass at
-#   /usr/local/sbin/virsh_wrapper; the legacy drop-in at the old script's path
+#   /usr/local/sbin/virsh_wrapper and wirt-audit; the legacy drop-in at the old script's path
 #   /usr/local/bin/virsh_wrapper/backend/virsh_wrapper.sh; the users'
 #   /usr/local/bin/wirt-migrate-legacy; /etc/sudoers.d/wirt (checked with
 #   visudo -cf before it is put in place); /etc/cron.d/wirt;
@@ -30,6 +30,7 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 PREFIX=/opt/wirt
 VENV=$PREFIX/venv
 EXE=/usr/local/sbin/virsh_wrapper
+AUDIT=/usr/local/sbin/wirt-audit
 SHIM_TOP=/usr/local/bin/virsh_wrapper
 SHIM_DIR=$SHIM_TOP/backend
 SHIM=$SHIM_DIR/virsh_wrapper.sh
@@ -155,6 +156,7 @@ install_code() {
 
 install_executables() {
   install_file "$REPO/deploy/virsh_wrapper" "$EXE" 0755
+  install_file "$REPO/deploy/wirt-audit" "$AUDIT" 0755
   install_file "$REPO/legacy/wirt-migrate-legacy" "$MIGRATE" 0755
   if [ -e "$SHIM_TOP" ] && [ ! -d "$SHIM_TOP" ]; then
     die "$SHIM_TOP exists and is not a folder; the legacy drop-in goes in $SHIM_DIR"
@@ -206,7 +208,7 @@ install_cron_and_rotation() {
   sed -e "s/^\(\*\/2 \* \* \* \*\) wrapper /\1 $WRAPPER /" "$REPO/deploy/cron.d/wirt" > "$tmp"
   install_file "$tmp" "$CRON" 0644
   rm -f "$tmp"
-  install_file "$REPO/deploy/logrotate.d/wirt" "$LOGROTATE" 0644
+  install_file "$REPO/logrotate.d/wirt" "$LOGROTATE" 0644
 }
 
 install_config() {
@@ -244,6 +246,9 @@ install_all() {
   if ! command -v libvirtd >/dev/null; then
     say "note: no libvirtd on this host; passes will report libvirt unreachable"
   fi
+  if [ ! -x /usr/sbin/sendmail ]; then
+    say "note: no /usr/sbin/sendmail (no MTA): set [mail] in $CONFIG, or turn it off"
+  fi
   say "installed: $EXE (cron: $CRON, as $WRAPPER; group $GROUP)"
 }
 
@@ -252,7 +257,7 @@ uninstall_all() {
   local path name
   # first what lets a pass start, then what it runs
   rm -f "$SUDOERS" "$CRON" "$LOGROTATE"
-  rm -f "$EXE" "$MIGRATE" "$SHIM"
+  rm -f "$EXE" "$AUDIT" "$MIGRATE" "$SHIM"
   rm -rf "$PREFIX"
   rmdir "$SHIM_DIR" "$SHIM_TOP" 2>/dev/null || true
   say "removed wirt's code, executables, sudoers, cron and logrotate files"

@@ -32,7 +32,8 @@ T = TypeVar("T")
 
 INSTALL = ["bash", str(REPO / "deploy/install.sh")]
 OLD_TOP = "/usr/local/bin/virsh_wrapper"  # where the old script lived, in backend/
-PATHS = ["/opt/wirt", "/usr/local/sbin/virsh_wrapper", "/usr/local/bin/virsh_wrapper",
+PATHS = ["/opt/wirt", "/usr/local/sbin/virsh_wrapper", "/usr/local/sbin/wirt-audit",
+         "/usr/local/bin/virsh_wrapper",
          "/usr/local/bin/wirt-migrate-legacy", "/etc/sudoers.d/wirt", "/etc/cron.d/wirt",
          "/etc/logrotate.d/wirt", "/etc/wirt/wirt.toml"]
 
@@ -190,6 +191,9 @@ def test_install_cron_as_wrapper_then_uninstall(names: tuple[str, str], tmp_path
     again = os.stat(config)
     assert (again.st_ino, again.st_mtime_ns) == (first.st_ino, first.st_mtime_ns)
     assert sh("getent", "passwd", wrapper).stdout.count("\n") == 1
+    assert os.access("/usr/local/sbin/wirt-audit", os.X_OK)
+    # no mail from this test: the host's real MTA would deliver it
+    config.write_text(config.read_text().replace("enabled = true", "enabled = false"))
 
     # --- a member with a real guest, both layouts --------------------------
     sh("useradd", "-m", "-U", "-G", group, f"{wrapper[:-1]}alice")
@@ -265,8 +269,13 @@ def test_install_refuses_non_root_and_bad_names() -> None:
 def test_default_config_is_the_built_in_defaults() -> None:
     """deploy/wirt.toml documents the defaults; it must parse to exactly them."""
     import tomllib
+    from dataclasses import fields
 
-    from wirt_wrapper.config import Config, parse_config
+    from wirt_wrapper.config import Config, Limits, MailConfig, parse_config
 
-    text = (REPO / "deploy/wirt.toml").read_text()
-    assert parse_config(tomllib.loads(text), "x") == Config(path="x")
+    data = tomllib.loads((REPO / "deploy/wirt.toml").read_text())
+    assert parse_config(data, "x") == Config(path="x")
+    # and it lists every key, so that a new one is not missing from the admin's file
+    assert set(data) == {f.name for f in fields(Config)} - {"path"}
+    assert set(data["limits"]) == {f.name for f in fields(Limits)}
+    assert set(data["mail"]) == {f.name for f in fields(MailConfig)}
