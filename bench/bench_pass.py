@@ -3,6 +3,7 @@
 Run as root on a host prepared by tests/setup-host.sh:
 
     /opt/wirt-test/bin/python bench/bench_pass.py [--users 200] [--vms 5] [--runs 5] [--keep]
+                                                  [--layout wirt|legacy]
 
 It creates real users (prefix ``wb``) in a real group, defines one domain per
 VM folder on the real libvirtd (``qemu:///system``; libvirt's test driver when
@@ -33,7 +34,6 @@ from pathlib import Path
 import libvirt
 
 PREFIX = "wb"
-GROUP = "wbguests"
 EXE = str(Path(sys.executable).parent / "virsh_wrapper")
 TARGETS = {"idle": 0.5, "busy": 2.5, "memory_mb": 100.0}
 LEGACY = {"idle": 12.7, "busy": 49.7}
@@ -43,14 +43,15 @@ def sh(*args: str) -> None:
     subprocess.run(args, check=True, capture_output=True)
 
 
-def make_users(count: int) -> list[tuple[str, int, int, Path]]:
-    if subprocess.run(["getent", "group", GROUP], capture_output=True).returncode:
-        sh("groupadd", GROUP)
+def make_users(count: int, prefix: str = PREFIX) -> list[tuple[str, int, int, Path]]:
+    group = prefix + "guests"
+    if subprocess.run(["getent", "group", group], capture_output=True).returncode:
+        sh("groupadd", group)
     users = []
     for index in range(count):
-        name = f"{PREFIX}{index:03d}"
+        name = f"{prefix}{index:03d}"
         if subprocess.run(["id", name], capture_output=True).returncode:
-            sh("useradd", "-m", "-G", GROUP, name)
+            sh("useradd", "-m", "-G", group, name)
         import pwd
 
         entry = pwd.getpwnam(name)
@@ -58,16 +59,22 @@ def make_users(count: int) -> list[tuple[str, int, int, Path]]:
     return users
 
 
-def make_folders(users: list[tuple[str, int, int, Path]], vms: int) -> list[Path]:
+# where each layout keeps its VM folders, and the folder name of VM "vm0"
+SPOOLS = {"wirt": (("wirt", "service", "vm"), ""), "legacy": (("virsh",), "dom-")}
+
+
+def make_folders(users: list[tuple[str, int, int, Path]], vms: int,
+                 layout: str = "wirt") -> list[Path]:
     folders = []
+    spool, prefix = SPOOLS[layout]
     for _name, uid, gid, home in users:
         path = home
-        for part in ("wirt", "service", "vm"):
+        for part in spool:
             path = path / part
             path.mkdir(mode=0o755, exist_ok=True)
             os.chown(path, uid, gid)
         for k in range(vms):
-            folder = path / f"vm{k}"
+            folder = path / f"{prefix}vm{k}"
             folder.mkdir(mode=0o755, exist_ok=True)
             os.chown(folder, uid, gid)
             folders.append(folder)
@@ -172,28 +179,34 @@ def main() -> None:
     parser.add_argument("--uri", default="qemu:///system")
     parser.add_argument("--keep", action="store_true", help="keep users and domains")
     parser.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
+    parser.add_argument("--prefix", default=PREFIX,
+                        help=f"user name prefix; the group is PREFIX + 'guests' (default {PREFIX})")
+    parser.add_argument("--layout", choices=sorted(SPOOLS), default="wirt",
+                        help="the spool layout to fill and serve (legacy: ~/virsh/dom-<vm>)")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="wirt-bench-"))
     work.chmod(0o755)
     t0 = time.perf_counter()
-    users = make_users(args.users)
-    folders = make_folders(users, args.vms)
+    users = make_users(args.users, args.prefix)
+    folders = make_folders(users, args.vms, args.layout)
     owners = {}
     names = []
+    spool, prefix = SPOOLS[args.layout]
     for name, uid, gid, home in users:
         for k in range(args.vms):
-            owners[home / "wirt/service/vm" / f"vm{k}"] = (uid, gid)
+            owners[home.joinpath(*spool) / f"{prefix}vm{k}"] = (uid, gid)
             names.append(f"{name}-vm{k}")
     uri = define_domains(args.uri, names, work)
     config = work / "wirt.toml"
     config.write_text(
-        f'group = "{GROUP}"\nuri = "{uri}"\naudit_log = "{work}/state/audit.log"\n'
+        f'group = "{args.prefix}guests"\nuri = "{uri}"\naudit_log = "{work}/state/audit.log"\n'
         f'lock_file = "{work}/state/lock"\nstate_dir = "{work}/state"\n'
+        f'layouts = ["{args.layout}"]\n'
         "[limits]\nseconds_per_user = 30\n"
     )
     config.chmod(0o600)
-    print(f"setup: {len(users)} users, {len(folders)} VM folders, {uri}, "
+    print(f"setup: {len(users)} users, {len(folders)} VM folders ({args.layout}), {uri}, "
           f"{time.perf_counter() - t0:.1f} s", flush=True)
 
     run_pass(config)  # warm-up: writes every status.xml once
@@ -238,7 +251,7 @@ def main() -> None:
         undefine(uri, names)
         for name, *_ in users:
             subprocess.run(["userdel", "-r", "-f", name], capture_output=True)
-        subprocess.run(["groupdel", GROUP], capture_output=True)
+        subprocess.run(["groupdel", args.prefix + "guests"], capture_output=True)
 
 
 if __name__ == "__main__":
