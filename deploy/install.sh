@@ -44,6 +44,7 @@ CONFIG=$ETC/wirt.toml
 LOGDIR=/var/log/wirt
 STATE=/var/lib/wirt
 MANIFEST=$STATE/installed
+LOCK=/run/lock/wirt.lock  # the pass lock (lock_file's default)
 PACKAGES=(python3-venv python3-dev gcc pkg-config libvirt-dev sudo cron)
 
 say() { echo "wirt-install: $*"; }
@@ -255,8 +256,12 @@ install_all() {
 # --- uninstall -------------------------------------------------------------
 uninstall_all() {
   local path name
-  # first what lets a pass start, then what it runs
+  # first what lets a pass start, then (once a running pass is done) what it runs
   rm -f "$SUDOERS" "$CRON" "$LOGROTATE"
+  if [ -f "$LOCK" ]; then
+    exec 9<"$LOCK"  # read-only: never create it (the pass wants it root-only, 0600)
+    flock -w 120 9 || say "a pass still holds $LOCK after 2 minutes; going on"
+  fi
   rm -f "$EXE" "$AUDIT" "$MIGRATE" "$SHIM"
   rm -rf "$PREFIX"
   rmdir "$SHIM_DIR" "$SHIM_TOP" 2>/dev/null || true
@@ -266,8 +271,11 @@ uninstall_all() {
   for path in $(remembered file); do rm -f "$path"; done
   for name in $(remembered user); do
     if getent passwd "$name" >/dev/null; then
-      userdel -r "$name" 2>/dev/null || userdel "$name"
-      say "removed user $name"
+      if userdel -r "$name" 2>/dev/null || userdel "$name"; then
+        say "removed user $name"
+      else
+        say "could not remove user $name (still logged in or running something?)"
+      fi
     fi
   done
   for name in $(remembered group); do
@@ -278,8 +286,7 @@ uninstall_all() {
     if [ -n "$members" ] || getent passwd | cut -d: -f4 | grep -qx "$gid"; then
       say "kept group $name: it still has members"
     else
-      groupdel "$name"
-      say "removed group $name"
+      if groupdel "$name"; then say "removed group $name"; fi
     fi
   done
   for path in $(remembered dir | sort -r); do
