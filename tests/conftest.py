@@ -24,8 +24,9 @@ REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 VIRSH_WRAPPER = str(BIN / "virsh_wrapper")
 
-# Real-hypervisor fixtures (qemu:///system, the tiny guest) and their timing summary.
-pytest_plugins = ("guest.fixtures",)
+# Real-hypervisor fixtures (qemu:///system, the tiny guest) and their timing summary;
+# the legacy tests' ``deployed`` (wrapper user, shim and sudoers drop-in).
+pytest_plugins = ("guest.fixtures", "legacy_support")
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -1,4 +1,5 @@
-"""The legacy layout (~/virsh/dom-<vm>/) through the real executable, run as root.
+"""The legacy layout (~/virsh/dom-<vm>/), served by passes from the old cron line:
+the real shim, run by a real wrapper user through real sudo (``deployed``).
 
 Kept from virsh-wrapper (LEGACY.md "What we keep"): folder and file names, the
 log and history name patterns, empty files and ``--disable``, oldest first.
@@ -15,12 +16,20 @@ import time
 
 import pytest
 from conftest import Host
-from legacy_support import STAMP, legacy_history, legacy_logs, log_for, not_owned_by, write_host
+from legacy_support import (
+    STAMP,
+    Deployed,
+    legacy_history,
+    legacy_logs,
+    log_for,
+    not_owned_by,
+    write_host,
+)
 
 from wirt_wrapper.layouts import legacy_stamp
 
 
-def test_legacy_tree_every_kind_of_entry(host: Host) -> None:
+def test_legacy_tree_every_kind_of_entry(host: Host, deployed: Deployed) -> None:
     alice = host.add_user("alice")
     a = alice.name
     write_host(host, running={f"{a}-db": None, f"{a}-mail": None},
@@ -33,8 +42,14 @@ def test_legacy_tree_every_kind_of_entry(host: Host) -> None:
     alice.write("virsh/dom-mail/destroy", mtime=1_000_000)
     alice.write("virsh/dom-mail/start", mtime=1_000_100)  # after destroy: works
     alice.write("virsh/dom-old/autostart", "--disable\n", mtime=1_000_000)
+    # and what the old script left: log/ and history/ made by root, with root's files
+    old_names = {"log": "25_Nov_13_15.15-" + a + "-dom-web-start.log",
+                 "history": "25_Nov_13_15.15-dom-web-start"}
+    for folder, name in old_names.items():
+        (alice.home / "virsh" / folder).mkdir(mode=0o755)
+        (alice.home / "virsh" / folder / name).write_text("from the old script\n")
 
-    host.run("--layout", "legacy")
+    deployed.pass_ok()
 
     got = [(r["vm"], r["action"], r["outcome"], r["layout"]) for r in host.commands()]
     assert sorted(got) == sorted([
@@ -46,7 +61,7 @@ def test_legacy_tree_every_kind_of_entry(host: Host) -> None:
         ("mail", "destroy"), ("mail", "start")]  # oldest first
 
     # one log file per command, the old name pattern, the outcome and the domain's state
-    logs = legacy_logs(alice)
+    logs = {n: t for n, t in legacy_logs(alice).items() if n != "wirt.log"}
     assert len(logs) == 6, logs
     for name in logs:
         assert re.fullmatch(rf"{STAMP}-{a}-dom-[a-z]+-[a-z]+\.log", name), name
@@ -68,14 +83,25 @@ def test_legacy_tree_every_kind_of_entry(host: Host) -> None:
     for vm in ("web", "db", "mail", "old"):
         assert os.listdir(alice.home / "virsh" / f"dom-{vm}") == []
 
-    # created by the user side, as alice, private; no wirt-layout files appear
-    assert not_owned_by(alice, alice.home / "virsh") == []
+    # root's old folders are set aside, as alice, whole and readable; the new ones are hers
+    for folder, name in old_names.items():
+        aside = alice.home / "virsh" / f"{folder}.virsh-wrapper"
+        assert os.stat(aside).st_uid == 0
+        assert (aside / name).read_text() == "from the old script\n"
+    notes = (alice.home / "virsh/log/wirt.log").read_text()
+    assert "~/virsh/history belonged to root" in notes and "~/virsh/log belonged" in notes
+    assert "is now ~/virsh/history.virsh-wrapper" in notes
+    assert "ignored" not in notes  # the set-aside folders are the tool's, not unknown
+    # everything new is created by the user side, as alice, private; no wirt layout appears
+    assert sorted(not_owned_by(alice, alice.home / "virsh")) == sorted(
+        f"{alice.home}/virsh/{folder}.virsh-wrapper{tail}"
+        for folder, name in old_names.items() for tail in ("", "/" + name))
     for folder in ("log", "history"):
         assert stat.S_IMODE(os.stat(alice.home / "virsh" / folder).st_mode) == 0o700
     assert not (alice.home / "wirt").exists()
 
 
-def test_rejected_files_go_to_errorfile_and_the_run_goes_on(host: Host) -> None:
+def test_rejected_files_go_to_errorfile_and_the_run_goes_on(host: Host, deployed: Deployed) -> None:
     alice, bob = host.add_user("alice"), host.add_user("bob")
     write_host(host, off={f"{alice.name}-web": None, f"{bob.name}-web": None,
                           f"{alice.name}-db": None})
@@ -87,7 +113,7 @@ def test_rejected_files_go_to_errorfile_and_the_run_goes_on(host: Host) -> None:
     alice.write("virsh/dom-db/start", mtime=1_000_004)
     bob.write("virsh/dom-web/start")
 
-    host.run()  # default: every layout of the config (wirt and legacy)
+    deployed.pass_ok()
 
     by = {(r["user"], r["vm"], r["file"]): r for r in host.commands()}
     assert by[(bob.name, "web", "start")]["outcome"] == "done"  # the others' turn still comes
@@ -109,19 +135,19 @@ def test_rejected_files_go_to_errorfile_and_the_run_goes_on(host: Host) -> None:
     assert os.listdir(alice.home / "virsh" / "dom-web") == []
 
 
-def test_same_minute_commands_are_all_kept(host: Host) -> None:
+def test_same_minute_commands_are_all_kept(host: Host, deployed: Deployed) -> None:
     alice = host.add_user("alice")
     write_host(host, off={f"{alice.name}-web": None})
     for content in ("", "--disable", ""):
         alice.write("virsh/dom-web/autostart", content)
-        host.run("--layout", "legacy")
+        deployed.pass_ok()
     history = legacy_history(alice)
     logs = log_for(alice, "web", "autostart")
     assert sorted(history.values()) == ["", "", "--disable"]
     assert len(logs) == 3 and len(set(logs)) == 3
 
 
-def test_tool_names_are_never_overwritten(host: Host) -> None:
+def test_tool_names_are_never_overwritten(host: Host, deployed: Deployed) -> None:
     """The names the tool will choose are taken in advance, by symlinks and files."""
     alice = host.add_user("alice")
     a = alice.name
@@ -136,7 +162,7 @@ def test_tool_names_are_never_overwritten(host: Host) -> None:
                   f"virsh/log/{stamp}-{a}-dom-web-start.log",
                   f"virsh/history/{stamp}-dom-web-start")
     alice.write("virsh/dom-web/start")
-    host.run("--layout", "legacy")
+    deployed.pass_ok()
     assert target.read_text() == "root's\n"
     assert [r["outcome"] for r in host.commands()] == ["done"]
     history = legacy_history(alice)
@@ -150,7 +176,7 @@ def test_tool_names_are_never_overwritten(host: Host) -> None:
 
 
 @pytest.mark.attack
-def test_symlinked_log_and_history_are_not_followed(host: Host) -> None:
+def test_symlinked_log_and_history_are_not_followed(host: Host, deployed: Deployed) -> None:
     alice, bob = host.add_user("alice"), host.add_user("bob")
     write_host(host, off={f"{alice.name}-web": None, f"{bob.name}-web": None})
     victim = host.root / "victim"
@@ -161,7 +187,7 @@ def test_symlinked_log_and_history_are_not_followed(host: Host) -> None:
         user.run(f"mkdir -p ~/virsh/dom-web && ln -s {victim} ~/virsh/{name} "
                  "&& touch ~/virsh/dom-web/start")
 
-    host.run()
+    deployed.pass_ok()
     assert os.listdir(victim) == []
     by_user = {r["user"]: r for r in host.commands()}
     # alice's command runs (its history is fine); its log cannot be written, root's audit has it
@@ -176,14 +202,14 @@ def test_symlinked_log_and_history_are_not_followed(host: Host) -> None:
 
 
 @pytest.mark.attack
-def test_another_members_file_in_a_group_writable_spool(host: Host) -> None:
+def test_another_members_file_in_a_group_writable_spool(host: Host, deployed: Deployed) -> None:
     alice, bob = host.add_user("alice"), host.add_user("bob")
     write_host(host, running={f"{alice.name}-web": None})
     # what the legacy README told users to do: ~/virsh group-writable for vmguests
     alice.run(f"mkdir -p ~/virsh/dom-web && chgrp -R {host.group} ~/virsh ~ "
               "&& chmod g+rwx ~/virsh ~/virsh/dom-web && chmod g+x ~")
     bob.run(f"echo > {alice.home}/virsh/dom-web/destroy")
-    host.run("--layout", "legacy")
+    deployed.pass_ok()
     [record] = host.commands()
     assert record["outcome"] == "rejected"
     assert f"owned by uid {bob.uid}" in str(record["reason"])
@@ -193,13 +219,13 @@ def test_another_members_file_in_a_group_writable_spool(host: Host) -> None:
 
 
 @pytest.mark.attack
-def test_name_collision_between_a_and_a_b(host: Host) -> None:
+def test_name_collision_between_a_and_a_b(host: Host, deployed: Deployed) -> None:
     a, ab = host.add_user("a"), host.add_user("a-b")
     # a's VM "b-c" and a-b's VM "c" both mean the domain "<a>-b-c"
     write_host(host, running={f"{a.name}-b-c": None})
     a.write("virsh/dom-b-c/destroy")
     ab.write("virsh/dom-c/destroy")
-    host.run("--layout", "legacy")
+    deployed.pass_ok()
     records = host.commands()
     assert [r["outcome"] for r in records] == ["rejected", "rejected"], records
     assert all("is ambiguous" in str(r["reason"]) for r in records), records
@@ -226,13 +252,13 @@ def test_layout_selection_and_both_layouts(host: Host) -> None:
     assert not (alice.home / "wirt/service/vm/db/start").exists()
 
 
-def test_unknown_entries_are_left_alone_and_reported_once(host: Host) -> None:
+def test_unknown_entries_are_left_alone_and_reported_once(host: Host, deployed: Deployed) -> None:
     alice = host.add_user("alice")
     write_host(host, off={f"{alice.name}-web": None})
     alice.write("virsh/notes.txt", "mine")
     alice.run("mkdir -p ~/virsh/backup ~/virsh/dom-web ~/virsh/dom-")
-    host.run("--layout", "legacy")
-    host.run("--layout", "legacy")
+    deployed.pass_ok()
+    deployed.pass_ok()
     assert (alice.home / "virsh/notes.txt").read_text() == "mine"
     assert (alice.home / "virsh/backup").is_dir()
     notes = (alice.home / "virsh/log/wirt.log").read_text()
@@ -242,7 +268,7 @@ def test_unknown_entries_are_left_alone_and_reported_once(host: Host) -> None:
     assert not any(n.startswith("ERRORENTITY") for n in os.listdir(alice.home / "virsh"))
 
 
-def test_recovery_after_a_killed_pass_uses_the_legacy_names(host: Host) -> None:
+def test_recovery_after_a_killed_pass_uses_the_legacy_names(host: Host, deployed: Deployed) -> None:
     """A pass died after claiming two commands: one mid-run, one after its log was written.
     The journal it left is written here the way rootside writes it."""
     import json
@@ -269,8 +295,8 @@ def test_recovery_after_a_killed_pass_uses_the_legacy_names(host: Host) -> None:
     journal.write_text("".join(json.dumps(r) + "\n" for r in records))
     journal.chmod(0o600)
 
-    host.run("--layout", "legacy")
-    host.run("--layout", "legacy")
+    deployed.pass_ok()
+    deployed.pass_ok()
     assert sorted((r["id"], r["outcome"]) for r in host.commands()) == [
         ("old-1", "interrupted"), ("old-2", "done")]
     [start_log] = log_for(alice, "web", "start")

@@ -1,14 +1,6 @@
-"""The legacy cron line, through the real shim, real sudo and a real wrapper user.
-
-The fixture puts the repository's files in place the way deploy/install.sh
-does, with three differences it has to have on a shared test machine: the
-wrapper user has a unique name, the shim and the executable live in a
-root-owned temporary folder (their fixed paths rendered into them, and into
-the sudoers drop-in, with the same substitutions the installer makes), and
-the shim's interpreter is this test run's virtualenv.  The sudoers drop-in
-is a real file in /etc/sudoers.d (checked with visudo -cf before it is put
-there, removed afterwards).
-"""
+"""The legacy cron line, through the real shim, real sudo and a real wrapper user
+(the ``deployed`` fixture, legacy_support.py): what sudo allows and refuses,
+the environment, the lock."""
 
 from __future__ import annotations
 
@@ -17,94 +9,17 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
-from conftest import REPO, Host, User, remove_user, sh
-from legacy_support import STAMP, legacy_history, legacy_logs, log_for, write_host
-
-EXE_PATH = "/usr/local/sbin/virsh_wrapper"
-SHIM_PATH = "/usr/local/bin/virsh_wrapper/backend/virsh_wrapper.sh"
-SUDOERS_D = Path("/etc/sudoers.d")
-
-
-def legacy_cron_command() -> str:
-    """The command of the old cron line (legacy/cron.d/virsh-wrapper), run by 'wrapper'."""
-    lines = [line for line in (REPO / "legacy/cron.d/virsh-wrapper").read_text().splitlines()
-             if line.strip() and not line.startswith("#")]
-    [line] = lines
-    fields = line.split(None, 6)
-    assert fields[:6] == ["*/2", "*", "*", "*", "*", "wrapper"], fields
-    return fields[6]
-
-
-def render_sudoers(user: str, exe: str, shim: str) -> str:
-    """sudoers.d/wirt for another user name and paths (deploy/install.sh does the name)."""
-    text = (REPO / "sudoers.d/wirt").read_text()
-    text = re.sub(r"^Defaults:wrapper ", f"Defaults:{user} ", text, flags=re.M)
-    text = re.sub(r"^wrapper ALL", f"{user} ALL", text, flags=re.M)
-    return text.replace(SHIM_PATH, shim).replace(EXE_PATH, exe)
-
-
-@dataclass
-class Deployed:
-    folder: Path
-    exe: str
-    shim: str
-    wrapper: User
-    cron_command: str
-
-    def as_user(self, user: User, command: str, env: dict[str, str] | None = None,
-                ) -> subprocess.CompletedProcess[str]:
-        """Run *command* with /bin/sh as *user*, in their home, the way cron does."""
-        base = {"HOME": str(user.home), "LOGNAME": user.name, "SHELL": "/bin/sh",
-                "PATH": "/usr/bin:/bin"}
-        return subprocess.run(
-            ["/usr/sbin/runuser", "-u", user.name, "--", "/bin/sh", "-c", command],
-            cwd=user.home, env={**base, **(env or {})}, capture_output=True, text=True,
-            stdin=subprocess.DEVNULL, timeout=120,
-        )
-
-    def cron(self, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        return self.as_user(self.wrapper, self.cron_command, env)
-
-
-@pytest.fixture
-def deployed(host: Host) -> Iterator[Deployed]:
-    name = f"{host.prefix}w"
-    sh("useradd", "-m", "-U", name)  # not a member of the group
-    import pwd
-
-    entry = pwd.getpwnam(name)
-    wrapper = User(name, entry.pw_uid, entry.pw_gid, Path(entry.pw_dir))
-    folder = Path(tempfile.mkdtemp(prefix=f"wirt-{host.prefix}-", dir="/var/tmp"))
-    folder.chmod(0o755)
-    sudoers = SUDOERS_D / f"wirt-test-{host.prefix}"
-    try:
-        exe, shim = str(folder / "virsh_wrapper"), str(folder / "virsh_wrapper.sh")
-        text = (REPO / "deploy/virsh_wrapper").read_text()
-        Path(exe).write_text(re.sub(r"^#!.*", f"#!{sys.executable} -I", text, count=1))
-        text = (REPO / "bin/virsh_wrapper.sh").read_text()
-        for key, value in (("SELF", shim), ("PYTHON", sys.executable),
-                           ("CONFIG", str(host.config))):
-            text = re.sub(rf"^{key}=.*$", f"{key}={value}", text, count=1, flags=re.M)
-        Path(shim).write_text(text)
-        os.chmod(exe, 0o755)
-        os.chmod(shim, 0o755)
-        draft = folder / "sudoers"
-        draft.write_text(render_sudoers(name, exe, shim))
-        sh("visudo", "-cqf", str(draft))  # never install a drop-in that could break sudo
-        os.chmod(draft, 0o440)
-        os.rename(draft, sudoers)
-        yield Deployed(folder, exe, shim, wrapper,
-                       legacy_cron_command().replace(SHIM_PATH, shim))
-    finally:
-        sudoers.unlink(missing_ok=True)
-        subprocess.run(["rm", "-rf", str(folder)], check=False)
-        remove_user(name)
+from conftest import REPO, Host, sh
+from legacy_support import (
+    STAMP,
+    Deployed,
+    legacy_history,
+    legacy_logs,
+    log_for,
+    write_host,
+)
 
 
 def test_sudoers_drop_in_passes_visudo() -> None:

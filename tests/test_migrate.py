@@ -136,3 +136,20 @@ def test_refuses_root_and_is_quiet_without_legacy_folders(host: Host) -> None:
     alice = host.add_user("alice")
     proc = migrate(alice)
     assert proc.returncode == 0 and "nothing to migrate" in proc.stdout
+
+
+def test_root_owned_folders_of_the_old_script_are_left_and_named(host: Host) -> None:
+    """The old script made log/ and history/ as root (a pass renames them *.virsh-wrapper):
+    the user cannot move them; they are named, and are not a failure."""
+    alice = host.add_user("alice")
+    alice.write("virsh/dom-web/start")
+    for folder in ("history", "log.virsh-wrapper"):
+        (alice.home / "virsh" / folder).mkdir(mode=0o755)
+        (alice.home / "virsh" / folder / "old").write_text("root's\n")
+    proc = migrate(alice)
+    assert proc.returncode == 0, proc.stdout
+    assert "left ~/virsh/history: the old virsh-wrapper made it as root" in proc.stdout
+    assert "left ~/virsh/log.virsh-wrapper: the old virsh-wrapper made it" in proc.stdout
+    assert "moved 1 entries; 0 left where they are; 2 folders of root's left" in proc.stdout
+    assert (alice.home / "wirt/service/vm/web/start").exists()
+    assert (alice.home / "virsh/history/old").read_text() == "root's\n"

@@ -13,9 +13,10 @@ import time
 from dataclasses import dataclass
 from typing import ClassVar
 
-__all__ = ["LAYOUTS", "LEGACY", "WIRT", "Layout", "LegacyLayout", "history_stamp",
-           "legacy_stamp"]
+__all__ = ["LAYOUTS", "LEGACY", "SET_ASIDE", "WIRT", "Layout", "LegacyLayout",
+           "history_stamp", "legacy_stamp"]
 
+SET_ASIDE = ".virsh-wrapper"  # log -> log.virsh-wrapper: the old tool's root-owned folder
 HISTORY_NAME = re.compile(r"[A-Za-z0-9_.-]{1,200}")
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 LEGACY_STAMP = re.compile(r"[0-9]{2}_[A-Z][a-z]{2}_[0-9]{2}_[0-9]{2}\.[0-9]{2}\.[0-9]{2}")
@@ -56,6 +57,8 @@ class Layout:
     info: tuple[str, ...] | None  # status.xml folders; None: this layout has none
     # False: append to one log per VM; True: one new log file per command
     per_command_log: ClassVar[bool] = False
+    # spool entries an older tool made as root: set aside (renamed to NAME + SET_ASIDE)
+    made_by_root: ClassVar[tuple[str, ...]] = ()
 
     def stamp(self, now_ns: int) -> str:
         return history_stamp(now_ns)
@@ -109,6 +112,8 @@ class LegacyLayout(Layout):
     ``history/<stamp>-dom-<vm>-<action>``, ``history/ERRORFILE-<stamp>`` (LEGACY.md)."""
 
     per_command_log: ClassVar[bool] = True
+    # virsh_wrapper.sh ran "mkdir -p ~/virsh/log ~/virsh/history" as root
+    made_by_root: ClassVar[tuple[str, ...]] = ("log", "history")
 
     def stamp(self, now_ns: int) -> str:
         return legacy_stamp(now_ns)
@@ -128,7 +133,7 @@ LEGACY = LegacyLayout(
     name="legacy",
     spool=("virsh",),
     vm_prefix="dom-",
-    own_entries=frozenset({"log", "history"}),
+    own_entries=frozenset({"log", "history", "log" + SET_ASIDE, "history" + SET_ASIDE}),
     history=("virsh", "history"),
     logs=("virsh", "log"),
     general_log=("virsh", "log", "wirt.log"),

@@ -13,7 +13,10 @@ taken stays where it is, and the legacy layout keeps serving it.
     ~/virsh/log/<entry>       ->  ~/wirt/logs/legacy/<entry>
 
 Left where they are, and listed: symbolic links, FIFOs, sockets, devices,
-entries owned by someone else, anything else in ``~/virsh``.
+entries owned by someone else, anything else in ``~/virsh``.  The folders the
+old script made as root (``log``, ``history``, or the ``*.virsh-wrapper``
+names a pass renamed them to) cannot be moved by the user: they stay, are
+named, and only the admin can remove them; they do not count as a failure.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import sys
 
 from . import userfs
 from .actions import VM_NAME
-from .layouts import LEGACY, WIRT
+from .layouts import LEGACY, SET_ASIDE, WIRT
 from .userfs import Unsafe
 
 __all__ = ["main", "move_noreplace"]
@@ -67,6 +70,7 @@ class Migration:
         self.dry_run = dry_run
         self.moved = 0
         self.kept = 0
+        self.roots = 0
 
     def keep(self, where: str, why: str) -> None:
         self.kept += 1
@@ -85,7 +89,12 @@ class Migration:
             entries, truncated = userfs.list_dir(spool, LIMIT)
             for name, st in sorted(entries):
                 vm = LEGACY.vm_of(name)
-                if name == "history":
+                if name.removesuffix(SET_ASIDE) in LEGACY.made_by_root and st.st_uid == 0 \
+                        and stat.S_ISDIR(st.st_mode):
+                    self.roots += 1
+                    print(f"left {shown(LEGACY.spool, name)}: the old virsh-wrapper made it as "
+                          "root; you can read it, only the admin can remove it")
+                elif name == "history":
                     self.folder(spool, name, st, WIRT.history)
                 elif name == "log":
                     self.folder(spool, name, st, LEGACY_LOGS)
@@ -100,7 +109,8 @@ class Migration:
         if not self.dry_run and not self.kept:
             self._rmdir(self.home, LEGACY.spool[0])
         verb = "would move" if self.dry_run else "moved"
-        print(f"{verb} {self.moved} entries; {self.kept} left where they are")
+        print(f"{verb} {self.moved} entries; {self.kept} left where they are"
+              + (f"; {self.roots} folders of root's left" if self.roots else ""))
         return 1 if self.kept else 0
 
     def folder(self, parent: int, name: str, st: os.stat_result,

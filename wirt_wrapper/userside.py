@@ -26,7 +26,7 @@ from typing import Any
 from . import status as status_xml
 from . import userfs, userlogs
 from .actions import RESERVED, Rejection, check_vm_name, parse_command
-from .layouts import LAYOUTS, Layout
+from .layouts import LAYOUTS, SET_ASIDE, Layout
 from .privsep import Channel
 from .userfs import Unsafe
 
@@ -262,8 +262,35 @@ class UserSide:
         finally:
             os.close(spool)
 
+    def set_aside(self, layout: Layout, spool: int,
+                  entries: list[tuple[str, os.stat_result]]) -> None:
+        """Rename the old tool's root-owned output folders aside, as the user (nothing is
+        lost: they stay readable), so that new ones can be the user's own."""
+        for name, st in entries:
+            if name not in layout.made_by_root or st.st_uid != 0 \
+                    or not stat.S_ISDIR(st.st_mode) or self.job.dry_run:
+                continue
+            aside = name + SET_ASIDE
+            old, new = layout.shown(*layout.spool, name), layout.shown(*layout.spool, aside)
+            try:
+                try:  # never over an existing entry (a race would be the user's own doing)
+                    os.stat(aside, dir_fd=spool, follow_symlinks=False)
+                    raise FileExistsError(errno.EEXIST, "it exists already")
+                except FileNotFoundError:
+                    os.rename(name, aside, src_dir_fd=spool, dst_dir_fd=spool)
+            except OSError as exc:
+                self.notice(layout, f"aside:{name}", f"{old} belongs to root (the old "
+                            f"virsh-wrapper made it) and cannot be renamed to {new}: "
+                            f"{_why(exc)}; commands wait until {old} is yours")
+                continue
+            self.notice(layout, f"aside:{name}", f"{old} belonged to root (the old "
+                        f"virsh-wrapper made it): it is now {new}, still readable; "
+                        f"a new {old} is yours")
+
     def _process(self, layout: Layout, spool: int) -> None:
         entries, truncated = userfs.list_dir(spool, self.job.max_files * 10)
+        if layout.made_by_root:
+            self.set_aside(layout, spool, entries)
         where = layout.shown(*layout.spool)
         if truncated:
             self.notice(layout, "spool-size", f"{where} has too many entries; only some were "
