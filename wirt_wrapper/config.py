@@ -8,6 +8,7 @@ error that names the key, so a typo never silently weakens a limit.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shlex
@@ -68,8 +69,9 @@ class Config:
 def _positive(key: str, value: Any, kind: type) -> Any:
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
+    # TOML has nan and inf: neither is a usable limit (a nan deadline breaks select)
     if not isinstance(value, (int, float)) or not isinstance(value, kind) \
-            or isinstance(value, bool) or value <= 0:
+            or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
         raise ConfigError(f"{key}: must be a positive {kind.__name__}, got {value!r}")
     return value
 
