@@ -13,6 +13,7 @@ import os
 import re
 import shlex
 import stat
+import string
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,10 +90,14 @@ def _string(key: str, value: Any, *, absolute: bool = False, empty_ok: bool = Fa
 def _check_template(value: str) -> str:
     try:
         probe = value.format(user="u", vm="v")
-    except (KeyError, IndexError, ValueError) as exc:
+        # the real fields, not the text: "{{user}}" is a literal, not a field
+        fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(value)
+                  if name is not None]
+    except (KeyError, IndexError, ValueError, AttributeError) as exc:
         raise ConfigError(f"domain_name: bad template {value!r} ({exc})") from None
-    if value.count("{user}") != 1 or value.count("{vm}") != 1:
-        raise ConfigError("domain_name: must contain {user} and {vm} exactly once each")
+    if sorted(fields) != [("user", "", None), ("vm", "", None)]:
+        raise ConfigError("domain_name: must contain {user} and {vm} exactly once each "
+                          "(plain fields, nothing else)")
     if "/" in probe:
         raise ConfigError("domain_name: a domain name cannot contain '/'")
     return value
