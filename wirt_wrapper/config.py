@@ -189,11 +189,12 @@ def parse_config(data: dict[str, Any], path: str) -> Config:
     return Config(**values)
 
 
-def check_root_owned(path: str, what: str) -> None:
+def check_root_owned(path: str, what: str) -> str:
     """Refuse *path* unless it and every folder above it are root's alone.
 
     Root-owned sticky folders (``/tmp``) are accepted: nobody else can rename
-    or replace root's entries in them.
+    or replace root's entries in them.  Returns the resolved path that was
+    checked: open that one, not *path*, whose links someone else may retarget.
     """
     current = Path(os.path.realpath(path))
     for item in (current, *current.parents):
@@ -207,6 +208,7 @@ def check_root_owned(path: str, what: str) -> None:
         sticky = stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX
         if writable and not sticky:
             raise ConfigError(f"{what} {path}: {item} is writable by group or others")
+    return str(current)
 
 
 def load_config(path: str | None) -> Config:
@@ -215,12 +217,12 @@ def load_config(path: str | None) -> Config:
     path = path or DEFAULT_PATH
     if not explicit and not os.path.lexists(path):
         return Config()
-    check_root_owned(path, "config file")
+    checked = check_root_owned(path, "config file")
     try:
-        with open(path, "rb") as handle:
+        with open(checked, "rb") as handle:
             data = tomllib.load(handle)
     except OSError as exc:
         raise ConfigError(f"config file {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {path}: not valid TOML: {exc}") from None
     return parse_config(data, path)
