@@ -8,6 +8,7 @@ resolves no entities and loads nothing from the network.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from lxml import etree
@@ -20,9 +21,19 @@ _PARSER = etree.XMLParser(
 )
 
 
+# Characters XML 1.0 cannot carry: C0 controls but tab/LF/CR, surrogates, U+FFFE/FFFF.
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def _xml_safe(value: object) -> str:
+    """*value* as text XML can hold: libvirt's messages and file names may hold anything."""
+    return _NOT_XML.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                        else f"\\u{ord(m.group()):04x}", str(value))
+
+
 def _text(parent: etree._Element, tag: str, value: object, **attrs: str) -> etree._Element:
-    child = etree.SubElement(parent, tag, {k: v for k, v in attrs.items() if v != ""})
-    child.text = str(value)
+    child = etree.SubElement(parent, tag, {k: _xml_safe(v) for k, v in attrs.items() if v != ""})
+    child.text = _xml_safe(value)
     return child
 
 
@@ -43,7 +54,7 @@ def render(vm: str, info: dict[str, Any], last: dict[str, str] | None) -> bytes:
         graphics = info.get("graphics")
         if graphics:
             etree.SubElement(
-                root, "graphics", {k: str(v) for k, v in sorted(graphics.items()) if v != ""}
+                root, "graphics", {k: _xml_safe(v) for k, v in sorted(graphics.items()) if v != ""}
             )
     if last:
         node = _text(root, "last-command", last.get("message", ""),
