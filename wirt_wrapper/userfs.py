@@ -6,10 +6,11 @@ refuses whatever the user could not do.  On top of that, nothing is trusted:
 
 * paths are walked one component at a time from a directory descriptor,
   with ``O_NOFOLLOW`` at every step, and every folder must be the user's;
-* a file is judged by ``lstat`` before it is opened (a FIFO, socket, device
-  or link is never opened), opened ``O_NOFOLLOW | O_NONBLOCK``, and judged
-  again by ``fstat`` on the descriptor: same inode, regular, owned by the
-  user, one link, within the size limit (Postfix ``safe_open``);
+* a file is judged by ``lstat`` before it is opened (a FIFO, socket, device,
+  link, another owner's or a hard-linked file is never opened), opened
+  ``O_NOFOLLOW | O_NONBLOCK``, and judged again by ``fstat`` on the
+  descriptor: same inode, regular, owned by the user, one link, within the
+  size limit (Postfix ``safe_open``);
 * the tool's own outputs are created under a fresh name with ``O_EXCL`` and
   renamed over the target, never opened for writing by a name the user
   could have prepared (status.xml, history entries, log generations);
@@ -145,6 +146,15 @@ def list_dir(fd: int, limit: int) -> tuple[list[tuple[str, os.stat_result]], boo
     return entries, False
 
 
+def _judge_regular(st: os.stat_result, uid: int) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        raise Unsafe(f"is {_kind(st.st_mode)}; {ONLY_REGULAR}")
+    _judge_owner(st, uid)
+    if st.st_nlink != 1:
+        raise Unsafe(f"has {st.st_nlink} hard links (a command file must have exactly one); "
+                     "write a new file instead of linking one")
+
+
 def open_regular(parent: int, name: str, uid: int) -> tuple[int, os.stat_result]:
     """Open the user's regular file *name* for reading, judged on the descriptor.
 
@@ -152,8 +162,9 @@ def open_regular(parent: int, name: str, uid: int) -> tuple[int, os.stat_result]
     raises Unsafe with the reason, or OSError.  No size limit: the caller's.
     """
     before = os.stat(name, dir_fd=parent, follow_symlinks=False)
-    if not stat.S_ISREG(before.st_mode):
-        raise Unsafe(f"is {_kind(before.st_mode)}; {ONLY_REGULAR}")
+    # Judged before it is opened too: a file of another owner or with another link is
+    # never opened, and the user learns why (not "permission denied").
+    _judge_regular(before, uid)
     try:
         fd = os.open(name, READ_FLAGS, dir_fd=parent)
     except OSError as exc:
@@ -164,12 +175,7 @@ def open_regular(parent: int, name: str, uid: int) -> tuple[int, os.stat_result]
         st = os.fstat(fd)
         if (st.st_dev, st.st_ino) != (before.st_dev, before.st_ino):
             raise Unsafe("was replaced while being read")
-        if not stat.S_ISREG(st.st_mode):
-            raise Unsafe(f"is {_kind(st.st_mode)}; {ONLY_REGULAR}")
-        _judge_owner(st, uid)
-        if st.st_nlink != 1:
-            raise Unsafe(f"has {st.st_nlink} hard links (a command file must have exactly one); "
-                         "write a new file instead of linking one")
+        _judge_regular(st, uid)
     except BaseException:
         os.close(fd)
         raise
