@@ -359,6 +359,12 @@ class UserSide:
     def _one(self, layout: Layout, vm: str, folder: str, vm_fd: int, name: str,
              st: os.stat_result) -> dict[str, Any] | None:
         path = layout.shown(*layout.spool, folder, name)
+        if stat.S_ISDIR(st.st_mode):
+            # not a command file, and it cannot move over history's placeholder file:
+            # ignored and reported once, like any other stray entry
+            self.notice(layout, f"entry:{folder}/{name}:{st.st_ino}",
+                        f"{path}: ignored: is a folder, not a command file")
+            return None
         request: dict[str, Any] = {"layout": layout.name, "vm": vm, "file": name,
                                    "ino": st.st_ino}
         try:
@@ -402,9 +408,10 @@ class UserSide:
             os.unlink(hist, dir_fd=hist_fd)
             self.ask("unclaimed", id=reply["id"])
             if exc.errno != errno.ENOENT:
+                where = layout.shown(*layout.spool, layout.folder_of(request["vm"]), name)
                 self.notice(layout, f"claim:{request['vm']}:{name}",
-                            f"{layout.shown(*layout.spool)}/{name}: cannot be moved to "
-                            f"history ({exc.strerror}); it stays where it is")
+                            f"{where}: cannot be moved to history ({exc.strerror}); "
+                            "it stays where it is")
             return None
         result = self.ask("run", id=reply["id"])
         self.record(layout, {**request, **result, "hist": hist, "id": reply["id"],
