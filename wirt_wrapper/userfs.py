@@ -81,6 +81,15 @@ def _judge_owner(st: os.stat_result, uid: int) -> None:
         )
 
 
+def _explain_denied(parent: int, name: str, uid: int) -> None:
+    """After EACCES: an entry of another owner says so (Unsafe), with that owner's uid."""
+    try:
+        st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+    except OSError:
+        return
+    _judge_owner(st, uid)
+
+
 def open_dir(parent: int, name: str, uid: int, *, create: bool = False) -> int:
     """Open folder *name* below *parent* without following links; it must be the user's."""
     try:
@@ -97,6 +106,8 @@ def open_dir(parent: int, name: str, uid: int, *, create: bool = False) -> int:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR):
             st = os.stat(name, dir_fd=parent, follow_symlinks=False)
             raise Unsafe(f"is {_kind(st.st_mode)}, not a folder; make it a real folder") from None
+        if exc.errno == errno.EACCES:
+            _explain_denied(parent, name, uid)
         raise
     try:
         _judge_owner(os.fstat(fd), uid)
@@ -273,7 +284,11 @@ def replace_file(parent: int, name: str, data: bytes, mode: int = 0o600) -> None
 
 def append_line(parent: int, name: str, line: str, uid: int) -> None:
     """Append one line to the user's log file *name* (created if missing)."""
-    fd = os.open(name, APPEND_FLAGS, 0o600, dir_fd=parent)
+    try:
+        fd = os.open(name, APPEND_FLAGS, 0o600, dir_fd=parent)
+    except PermissionError:
+        _explain_denied(parent, name, uid)
+        raise
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
