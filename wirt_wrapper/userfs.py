@@ -32,10 +32,12 @@ __all__ = [
     "check_entry",
     "claim",
     "create_new",
+    "free_name",
     "list_dir",
     "numbered",
     "open_dir",
     "open_regular",
+    "place",
     "read_file",
     "rename_in",
     "replace_file",
@@ -258,6 +260,22 @@ def rename_in(parent: int, old: str, new: str) -> None:
     nothing is ever written through it.
     """
     os.rename(old, new, src_dir_fd=parent, dst_dir_fd=parent)
+
+
+def free_name(parent: int, base: str) -> str:
+    """The first of ``base``, ``base-2``, ... that does not exist now (see :func:`place`)."""
+    for attempt in range(1, 1000):
+        name = base if attempt == 1 else f"{base}-{attempt}"
+        try:
+            os.stat(name, dir_fd=parent, follow_symlinks=False)
+        except FileNotFoundError:
+            return name
+    raise Unsafe(f"cannot find a free name for {base}")
+
+
+def place(parent: int, name: str) -> None:
+    """Create the empty placeholder *name* with O_EXCL (FileExistsError if it was taken)."""
+    os.close(os.open(name, NEW_FLAGS, 0o600, dir_fd=parent))
 
 
 def claim(src_dir: int, name: str, dst_dir: int, dst_name: str) -> None:

@@ -7,11 +7,11 @@ asks root over the channel and writes what root answers back into the
 user's tree, as the user.
 
 Per command, the order is what makes "exactly one outcome" hold:
-reserve a history name -> root journals the intent -> claim (rename the file
-into history) -> root runs it -> the log line (appended to the VM's log, or,
-in the legacy layout, a new ``O_EXCL`` file per command).  A command file is
-never read twice, because it has left the spool before anything happens to
-the VM.
+pick a free history name -> root journals the intent (with that name) ->
+placeholder (O_EXCL) -> claim (rename the file over it) -> root runs it ->
+the log line (appended to the VM's log, or, in the legacy layout, a new
+``O_EXCL`` file per command).  A command file is never read twice, because
+it has left the spool before anything happens to the VM.
 """
 
 from __future__ import annotations
@@ -216,8 +216,10 @@ class UserSide:
                 with userfs.opened(self.home, layout.history, self.uid) as fd:
                     st = os.stat(entry["hist"], dir_fd=fd, follow_symlinks=False)
                     claimed = st.st_ino == entry["ino"]
-                    if not claimed and stat.S_ISREG(st.st_mode) and st.st_size == 0:
-                        os.unlink(entry["hist"], dir_fd=fd)  # our own unused placeholder
+                    # an empty file at the name journaled before it was made: our placeholder
+                    if not claimed and stat.S_ISREG(st.st_mode) and st.st_size == 0 \
+                            and st.st_uid == self.uid:
+                        os.unlink(entry["hist"], dir_fd=fd)
             except (Unsafe, OSError):
                 pass
             logged = self.logged_already(layout, entry)
@@ -369,6 +371,9 @@ class UserSide:
                                    "ino": st.st_ino}
         try:
             data, fst = userfs.read_file(vm_fd, name, self.uid, self.job.max_bytes)
+            # the inode that was judged (the listing may be seconds old): recovery
+            # recognises the claimed file by it
+            request["ino"] = fst.st_ino
             command = parse_command(name, data, self.job.max_bytes)
             request.update(action=command.action.name, tokens=command.tokens())
         except FileNotFoundError:
@@ -396,16 +401,21 @@ class UserSide:
         stamp = layout.stamp(time.time_ns())
         # the user side's own rejections go where the legacy script put them (ERRORFILE-)
         naming = layout.rejected_base if "rejected" in request else layout.history_base
-        hist = userfs.reserve_name(hist_fd, naming(stamp, request["vm"], name, self.job.user))
+        hist = userfs.free_name(hist_fd, naming(stamp, request["vm"], name, self.job.user))
+        # Root journals the name before the placeholder exists, so a pass killed at any
+        # point leaves nothing in history that the next pass cannot account for.
         reply = self.ask("intend", hist=hist, **request)
         if reply.get("pending"):
-            os.unlink(hist, dir_fd=hist_fd)
             self.stopped = True
             return None
+        placed = False
         try:
+            userfs.place(hist_fd, hist)
+            placed = True
             userfs.claim(vm_fd, name, hist_fd, hist)
         except OSError as exc:
-            os.unlink(hist, dir_fd=hist_fd)
+            if placed:
+                os.unlink(hist, dir_fd=hist_fd)
             self.ask("unclaimed", id=reply["id"])
             if exc.errno != errno.ENOENT:
                 where = layout.shown(*layout.spool, layout.folder_of(request["vm"]), name)
