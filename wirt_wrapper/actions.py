@@ -31,6 +31,7 @@ __all__ = [
     "owner_problem",
     "parse_command",
     "parse_params",
+    "printable",
 ]
 
 VM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
@@ -142,6 +143,11 @@ def lookup_action(file_name: str) -> Action:
         raise Rejection(f"'{_show(file_name)}' is not an action (known: {known}); "
                         "name the file after one of them")
     return action
+
+
+def printable(text: str) -> str:
+    """A user's file or folder name made safe to show in a log line, a mail or status.xml."""
+    return _show(text, 255)
 
 
 def _show(text: str, limit: int = 40) -> str:

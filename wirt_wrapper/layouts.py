@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass
 from typing import ClassVar
 
+from .actions import printable
+
 __all__ = ["LAYOUTS", "LEGACY", "SET_ASIDE", "WIRT", "Layout", "LegacyLayout",
            "history_stamp", "legacy_stamp"]
 
@@ -90,7 +92,8 @@ class Layout:
         return bool(HISTORY_NAME.fullmatch(name)) and not name.startswith(".")
 
     def shown(self, *parts: str) -> str:
-        return "~/" + "/".join(parts)
+        """A path for messages; names the user chose may hold newlines or escapes."""
+        return "~/" + "/".join(printable(part) for part in parts)
 
 
 WIRT = Layout(

@@ -34,6 +34,7 @@ from .actions import (
     no_domain,
     owner_problem,
     parse_params,
+    printable,
 )
 from .audit import AuditLog, Journal, open_root_file
 from .config import Config
@@ -307,11 +308,11 @@ class Pass:
                 entry["action"] = action.name
                 entry["tokens"] = canonical(params)
             except Rejection as exc:
-                entry["rejected"] = f"{file_name}: {exc}"
+                entry["rejected"] = f"{printable(file_name)}: {exc}"
         if msg.get("dry"):
             verdict = f"reject: {entry['rejected']}" if "rejected" in entry else (
                 f"run {entry['action']} {' '.join(entry['tokens'])} on {entry['domain']}")
-            self.say(f"{ctx.user.pw_name} {vm} {file_name}: would {verdict}")
+            self.say(f"{ctx.user.pw_name} {vm} {printable(file_name)}: would {verdict}")
             return {}
         if self.hv.down and "rejected" not in entry:
             self.summary.pending = True
@@ -393,7 +394,8 @@ class Pass:
             reason=message, duration=round(seconds, 4),
         )
         self.report.command(entry, outcome, message)
-        self.say(f"{entry['user']} {entry['vm']} {entry.get('action') or entry['file']}: "
+        what = entry.get("action") or printable(entry["file"])
+        self.say(f"{entry['user']} {entry['vm']} {what}: "
                  f"{outcome}{': ' + message if message else ''}")
 
     def on_recovered(self, ctx: UserContext, msg: dict[str, Any]) -> dict[str, Any]:

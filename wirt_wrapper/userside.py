@@ -25,7 +25,7 @@ from typing import Any
 
 from . import status as status_xml
 from . import userfs, userlogs
-from .actions import RESERVED, Rejection, check_vm_name, parse_command
+from .actions import RESERVED, Rejection, check_vm_name, parse_command, printable
 from .layouts import LAYOUTS, SET_ASIDE, Layout
 from .privsep import Channel
 from .userfs import Unsafe
@@ -233,14 +233,14 @@ class UserSide:
     def record(self, layout: Layout, entry: dict[str, Any]) -> None:
         """The user-visible end of a command: its log line, and status's last command."""
         params = " ".join(entry.get("tokens") or [])
-        action = entry.get("action") or entry["file"]
+        action = entry.get("action") or printable(entry["file"])
         message = entry.get("message") or ""
         stamp = now_text()
         hist = layout.shown(*layout.history, entry["hist"])
         line = (
             f"{stamp} {entry['vm']} {action}{' ' + params if params else ''}: "
             f"{entry['outcome']}{': ' + message if message else ''} "
-            f"(file {entry['file']}, kept as {hist}) [{entry['id']}]\n"
+            f"(file {printable(entry['file'])}, kept as {hist}) [{entry['id']}]\n"
         )
         if layout.info is None and entry.get("status"):
             line += state_line(entry["status"])  # no status.xml in this layout: say it here
@@ -314,7 +314,7 @@ class UserSide:
                     problem = str(exc)
             if problem:
                 self.notice(layout, f"entry:{name}:{st.st_ino}",
-                            f"{where}/{name}: ignored: {problem}")
+                            f"{layout.shown(*layout.spool, name)}: ignored: {problem}")
                 continue
             assert vm is not None  # for mypy; checked above
             vms.append((vm, name))
