@@ -1,0 +1,258 @@
+"""Reading and validating the config (wirt_wrapper.config, SPEC section 7 and 5.8).
+
+Every key, every wrong type, and the ownership walk up to ``/``.  Runs as
+root; "another owner" is uid 65534 (nobody), no user needs to exist.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import wirt_wrapper.config as config_module
+from wirt_wrapper.config import Config, check_root_owned, load_config, parse_config
+from wirt_wrapper.errors import EXIT_CONFIG, ConfigError
+
+NOBODY = 65534
+
+
+def bad(data: dict[str, Any]) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, "/x.toml")
+    assert info.value.exit_code == EXIT_CONFIG
+    return str(info.value)
+
+
+class TestKeys:
+    def test_empty_is_the_defaults(self) -> None:
+        assert parse_config({}, "/x.toml") == Config(path="/x.toml")
+
+    def test_every_key(self) -> None:
+        data = {
+            "group": "vm", "uri": "test:///default", "layouts": ["wirt", "wirt"],
+            "domain_name": "vm-{user}.{vm}", "pam_service": "", "audit_log": "/a/audit",
+            "lock_file": "/a/lock", "state_dir": "/a/state",
+            "limits": {"max_files_per_user": 5, "max_file_bytes": 10,
+                       "seconds_per_user": 2, "libvirt_timeout": 1.5},
+            "mail": {"enabled": False, "sendmail": "/bin/true", "admin": "ops"},
+        }
+        config = parse_config(data, "/x.toml")
+        assert (config.group, config.uri, config.layouts) == ("vm", "test:///default", ("wirt",))
+        assert config.domain_name == "vm-{user}.{vm}" and config.pam_service == ""
+        assert (config.audit_log, config.lock_file, config.state_dir) == (
+            "/a/audit", "/a/lock", "/a/state")
+        assert config.limits.max_files_per_user == 5 and config.limits.max_file_bytes == 10
+        assert config.limits.seconds_per_user == 2.0
+        assert isinstance(config.limits.seconds_per_user, float)
+        assert config.limits.libvirt_timeout == 1.5
+        assert (config.mail.enabled, config.mail.sendmail, config.mail.admin) == (
+            False, "/bin/true", "ops")
+
+    @pytest.mark.parametrize("key,value", [
+        ("group", 1), ("group", ""), ("group", ["vm"]), ("group", "vm\n"), ("group", True),
+        ("uri", 3), ("uri", ""), ("uri", "qemu:///system\x00"),
+        ("layouts", "wirt"), ("layouts", []), ("layouts", ["wirt", "bsd"]), ("layouts", [1]),
+        ("domain_name", 5), ("domain_name", ""),
+        ("pam_service", None), ("pam_service", 1),
+        ("audit_log", "audit.log"), ("audit_log", ""), ("audit_log", 1),
+        ("lock_file", "run/lock"), ("state_dir", "var/lib/wirt"), ("state_dir", ["/"]),
+        ("audit_log", "/var/log/a\nb"),
+    ])
+    def test_wrong_value_names_the_key(self, key: str, value: Any) -> None:
+        assert bad({key: value}).startswith(f"{key}:")
+
+    @pytest.mark.parametrize("key,value", [
+        ("max_files_per_user", 0), ("max_files_per_user", -1), ("max_files_per_user", 1.5),
+        ("max_files_per_user", "100"), ("max_files_per_user", True),
+        ("max_file_bytes", 0), ("max_file_bytes", 4096.0), ("max_file_bytes", False),
+        ("seconds_per_user", 0), ("seconds_per_user", -0.5), ("seconds_per_user", "30"),
+        ("seconds_per_user", float("nan")), ("seconds_per_user", float("inf")),
+        ("libvirt_timeout", 0.0), ("libvirt_timeout", None), ("libvirt_timeout", float("nan")),
+        ("libvirt_timeout", float("inf")),
+    ])
+    def test_limits(self, key: str, value: Any) -> None:
+        message = bad({"limits": {key: value}})
+        assert message.startswith(f"limits.{key}:") and "positive" in message
+
+    @pytest.mark.parametrize("key,value", [
+        ("enabled", "yes"), ("enabled", 1), ("sendmail", 1), ("admin", ["root"]),
+        ("admin", "ro\not"),
+    ])
+    def test_mail(self, key: str, value: Any) -> None:
+        assert bad({"mail": {key: value}}).startswith(f"mail.{key}:")
+
+    @pytest.mark.parametrize("key", ["limits", "mail"])
+    def test_table_must_be_a_table(self, key: str) -> None:
+        assert bad({key: 5}).startswith(f"[{key}]")
+
+    @pytest.mark.parametrize("data,name", [
+        ({"groups": "vm"}, "groups"), ({"URI": "x"}, "URI"), ({"user": "x"}, "user"),
+        ({"limits": {"max_files": 1}}, "limits.max_files"),
+        ({"mail": {"to": "x"}}, "mail.to"),
+    ])
+    def test_unknown_key(self, data: dict[str, Any], name: str) -> None:
+        message = bad(data)
+        assert message.startswith(f"{name}: unknown key") and "known:" in message
+
+
+class TestTemplate:
+    @pytest.mark.parametrize("template", [
+        "{user}", "{vm}", "{user}{user}-{vm}", "{user}-{vm}-{vm}", "{user}-{name}",
+        "{user}-{vm", "{user}-{vm}-{0}", "{user}-{vm!r}", "{user}-{vm:>9}", "{user}/{vm}",
+        "{user.__class__}-{vm}", "{{user}}-{vm}", "web",
+    ])
+    def test_bad(self, template: str) -> None:
+        assert bad({"domain_name": template}).startswith("domain_name:")
+
+    @pytest.mark.parametrize("template", ["{user}-{vm}", "{vm}.{user}", "vm_{user}_{vm}"])
+    def test_good(self, template: str) -> None:
+        assert parse_config({"domain_name": template}, "/x").domain_name == template
+
+
+def write(path: Path, text: str, mode: int = 0o600) -> Path:
+    path.write_text(text)
+    path.chmod(mode)
+    return path
+
+
+@pytest.fixture
+def etc(tmp_path: Path) -> Path:
+    folder = tmp_path / "etc"
+    folder.mkdir(mode=0o755)
+    folder.chmod(0o755)
+    tmp_path.chmod(0o755)
+    return folder
+
+
+class TestFile:
+    def test_good_file(self, etc: Path) -> None:
+        path = write(etc / "wirt.toml", 'group = "g"\n[limits]\nmax_file_bytes = 10\n')
+        config = load_config(str(path))
+        assert config.group == "g" and config.limits.max_file_bytes == 10
+        assert config.path == str(path)
+
+    @pytest.mark.parametrize("text", ['group = "g', "group = g", "[limits\n", "= 1",
+                                      'group = "a"\ngroup = "b"', "\x00", "limits = {a=}"])
+    def test_malformed_toml(self, etc: Path, text: str) -> None:
+        path = write(etc / "wirt.toml", text)
+        with pytest.raises(ConfigError, match="not valid TOML"):
+            load_config(str(path))
+
+    def test_not_utf8(self, etc: Path) -> None:
+        path = etc / "wirt.toml"
+        path.write_bytes(b'group = "\xff"\n')
+        path.chmod(0o600)
+        with pytest.raises(ConfigError, match="not valid TOML"):
+            load_config(str(path))
+
+    def test_unknown_key_in_file(self, etc: Path) -> None:
+        path = write(etc / "wirt.toml", "[limits]\nmax_file_byte = 1\n")
+        with pytest.raises(ConfigError, match=r"^limits\.max_file_byte: unknown key"):
+            load_config(str(path))
+
+    def test_missing_explicit_file(self, etc: Path) -> None:
+        with pytest.raises(ConfigError, match="cannot check"):
+            load_config(str(etc / "nope.toml"))
+
+    def test_folder_instead_of_file(self, etc: Path) -> None:
+        (etc / "wirt.toml").mkdir(mode=0o755)
+        with pytest.raises(ConfigError):
+            load_config(str(etc / "wirt.toml"))
+
+    @pytest.mark.parametrize("mode", [0o620, 0o602, 0o666, 0o660, 0o622])
+    def test_writable_by_others(self, etc: Path, mode: int) -> None:
+        path = write(etc / "wirt.toml", "", mode)
+        with pytest.raises(ConfigError, match="writable by group or others"):
+            load_config(str(path))
+
+    @pytest.mark.parametrize("mode", [0o600, 0o644, 0o400, 0o640])
+    def test_readable_modes_are_fine(self, etc: Path, mode: int) -> None:
+        assert load_config(str(write(etc / "wirt.toml", "", mode))).group == "vmguests"
+
+    def test_not_root_owned(self, etc: Path) -> None:
+        path = write(etc / "wirt.toml", "")
+        os.chown(path, NOBODY, 0)
+        with pytest.raises(ConfigError, match=f"owned by uid {NOBODY}, not root"):
+            load_config(str(path))
+
+    def test_parent_not_root_owned(self, etc: Path) -> None:
+        path = write(etc / "wirt.toml", "")
+        os.chown(etc, NOBODY, 0)
+        with pytest.raises(ConfigError, match=f"{etc} is owned by uid {NOBODY}"):
+            load_config(str(path))
+
+    @pytest.mark.parametrize("mode", [0o775, 0o757, 0o777])
+    def test_parent_writable(self, etc: Path, mode: int) -> None:
+        path = write(etc / "wirt.toml", "")
+        etc.chmod(mode)
+        with pytest.raises(ConfigError, match=f"{etc} is writable by group or others"):
+            load_config(str(path))
+
+    def test_walk_goes_up_to_the_root(self, tmp_path: Path) -> None:
+        deep = tmp_path / "a" / "b" / "c"
+        deep.mkdir(parents=True, mode=0o755)
+        path = write(deep / "wirt.toml", "")
+        (tmp_path / "a").chmod(0o777)  # three levels above the file
+        with pytest.raises(ConfigError, match=f"{tmp_path / 'a'} is writable"):
+            load_config(str(path))
+        (tmp_path / "a").chmod(0o755)
+        os.chown(tmp_path / "a", NOBODY, 0)
+        with pytest.raises(ConfigError, match=f"{tmp_path / 'a'} is owned by uid"):
+            load_config(str(path))
+
+    def test_sticky_root_folder_is_fine(self, tmp_path: Path) -> None:
+        sticky = tmp_path / "sticky"
+        sticky.mkdir()
+        sticky.chmod(0o1777)
+        tmp_path.chmod(0o755)
+        assert load_config(str(write(sticky / "wirt.toml", ""))).group == "vmguests"
+
+    def test_sticky_folder_of_another_owner(self, tmp_path: Path) -> None:
+        sticky = tmp_path / "sticky"
+        sticky.mkdir()
+        sticky.chmod(0o1777)
+        os.chown(sticky, NOBODY, 0)
+        tmp_path.chmod(0o755)
+        with pytest.raises(ConfigError, match="owned by uid"):
+            load_config(str(write(sticky / "wirt.toml", "")))
+
+    def test_symlink_to_a_user_file(self, etc: Path, tmp_path: Path) -> None:
+        user_dir = tmp_path / "home"
+        user_dir.mkdir(mode=0o755)
+        target = write(user_dir / "evil.toml", 'group = "evil"')
+        os.chown(target, NOBODY, 0)
+        (etc / "wirt.toml").symlink_to(target)
+        with pytest.raises(ConfigError, match="owned by uid"):
+            load_config(str(etc / "wirt.toml"))
+
+    def test_link_swapped_after_the_check(self, etc: Path, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+        # --config names a link in someone else's folder: they retarget it to their own
+        # file right after the ownership check; the file read must be the one checked
+        good = write(etc / "wirt.toml", 'group = "good"')
+        user_dir = tmp_path / "home"
+        user_dir.mkdir(mode=0o755)
+        os.chown(user_dir, NOBODY, 0)
+        evil = write(user_dir / "evil.toml", 'group = "evil"')
+        os.chown(evil, NOBODY, 0)
+        link = user_dir / "wirt.toml"
+        link.symlink_to(good)
+
+        real_check = config_module.check_root_owned
+
+        def check_then_swap(path: str, what: str) -> str:
+            checked = real_check(path, what)
+            link.unlink()
+            link.symlink_to(evil)
+            return checked
+
+        monkeypatch.setattr("wirt_wrapper.config.check_root_owned", check_then_swap)
+        assert load_config(str(link)).group == "good"
+
+    def test_check_root_owned_names_what(self, etc: Path) -> None:
+        path = write(etc / "x", "", 0o666)
+        with pytest.raises(ConfigError, match=r"^code .*x is writable"):
+            check_root_owned(str(path), "code")
