@@ -15,6 +15,7 @@ PACKAGES=(
   python3-venv python3-dev sudo cron passwd util-linux procps
   busybox-static cpio gzip xz-utils kmod
   msmtp logrotate  # mail tests relay through msmtp (no daemon); audit tests run logrotate
+  libfaketime  # the history-name spoofing attack freezes the pass's clock
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

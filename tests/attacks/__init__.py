@@ -1,0 +1,1 @@
+"""Attacks from SECURITY.md mounted for real against virsh_wrapper (``pytest -m attack``)."""
