@@ -25,6 +25,27 @@ LOG_LINE = re.compile(r"\(file (?P<file>[^,]+), kept as ~/wirt/logs/history/(?P<
 OUTCOMES = {"done", "failed", "rejected", "interrupted"}
 
 
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of *pid* (the pass forks a spawner, which forks user sides)."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{parent}/task/{task}/children") as handle:
+                    kids = [int(c) for c in handle.read().split()]
+            except OSError:
+                continue
+            found += kids
+            todo += kids
+    return found
+
+
 def write_commands(user: User, vms: list[str], files: list[tuple[str, str]],
                    base_mtime: int) -> dict[Identity, tuple[int, bytes]]:
     """Write every (file, content) into every VM folder, as the user; distinct mtimes."""

@@ -25,7 +25,7 @@ from collections import Counter
 
 import pytest
 from conftest import VIRSH_WRAPPER, Host
-from outcomes import check_exactly_once, write_commands
+from outcomes import check_exactly_once, descendants, write_commands
 
 pytestmark = pytest.mark.slow
 
@@ -42,18 +42,16 @@ def start_pass(host: Host) -> subprocess.Popen[bytes]:
 
 
 def user_sides(pid: int) -> list[int]:
-    """Children of the pass that have dropped to a user (not e.g. PAM's ldconfig helper)."""
+    """Descendants of the pass that have dropped to a user (not PAM's ldconfig, say)."""
     found = []
-    try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as handle:
-                for child in handle.read().split():
-                    with open(f"/proc/{child}/status") as status:
-                        uid = next(ln for ln in status if ln.startswith("Uid:")).split()[1]
-                    if uid != "0":
-                        found.append(int(child))
-    except (OSError, StopIteration):
-        pass
+    for child in descendants(pid):
+        try:
+            with open(f"/proc/{child}/status") as status:
+                uid = next(ln for ln in status if ln.startswith("Uid:")).split()[1]
+        except (OSError, StopIteration):
+            continue
+        if uid != "0":
+            found.append(child)
     return found
 
 
@@ -63,7 +61,7 @@ def test_killed_passes_lose_and_repeat_nothing(host: Host) -> None:
     print(f"seed {seed} (WIRT_CRASH_SEED to repeat)", file=sys.stderr)
     users = [host.add_user(n) for n in ("alice", "bob", "carol")]
     vms = [f"v{i}" for i in range(10)]
-    host.extra_config = "[limits]\nmax_files_per_user = 5\n"  # keeps the spool busy
+    host.extra_config = "[limits]\nmax_files_per_user = 3\n"  # busy for all the kills
     host.write_config({f"{u.name}-{vm}": None for u in users for vm in vms})
     expected = {}
     for index, user in enumerate(users):
@@ -100,7 +98,7 @@ def test_killed_passes_lose_and_repeat_nothing(host: Host) -> None:
               for p in (u.home / "wirt/service/vm").glob("*/*")):
         host.run()
         clean += 1
-        assert clean < 20, "the spools do not empty"
+        assert clean < 100, "the spools do not empty"
     host.run()  # one more: recovery of anything the last kill left, and nothing else
     counts = check_exactly_once(host, users, expected)
     print(f"{dict(kinds)}; {clean + 1} clean passes; outcomes {dict(counts)}", file=sys.stderr)

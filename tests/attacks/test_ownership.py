@@ -6,7 +6,8 @@ belongs to its user, uid AND gid.  Then a pass runs with root holding an
 extra supplementary group that owns a secret; the user-side children are
 watched through /proc while they run (uid, gid, groups, capabilities), and
 the secret, placed in alice's tree readable by that group only, must never
-be read into anything alice can see.
+be read into anything alice can see.  (User sides are forked by a spawner
+process, itself a child of the pass: all descendants are watched.)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from conftest import VIRSH_WRAPPER, sh
+from outcomes import descendants
 
 from .kit import Scene
 
@@ -54,22 +56,13 @@ def proc_status(pid: int) -> dict[str, str]:
     return dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
 
 
-def watch_children(parent: int, seen: list[dict[str, str]], done: threading.Event) -> None:
-    """Sample *parent* and every child of it as often as possible until *done*."""
+def watch(parent: int, seen: list[dict[str, str]], done: threading.Event) -> None:
+    """Sample *parent* and all its descendants as often as possible until *done*."""
     while not done.is_set():
-        status = proc_status(parent)
-        if status:
-            seen.append(status)
-        for task in os.listdir(f"/proc/{parent}/task") if os.path.exists(
-                f"/proc/{parent}/task") else []:
-            try:
-                children = Path(f"/proc/{parent}/task/{task}/children").read_text().split()
-            except OSError:
-                continue
-            for child in children:
-                status = proc_status(int(child))
-                if status:
-                    seen.append(status)
+        for pid in [parent, *descendants(parent)]:
+            status = proc_status(pid)
+            if status:
+                seen.append(status)
 
 
 def test_groups_are_dropped(scene: Scene) -> None:
@@ -100,7 +93,7 @@ def test_groups_are_dropped(scene: Scene) -> None:
             ["setpriv", f"--groups=0,{gid}", "--", VIRSH_WRAPPER, "--config", str(host.config),
              "--user", alice.name], env={"PATH": "/usr/bin:/bin"},
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        watcher = threading.Thread(target=watch_children, args=(proc.pid, seen, done))
+        watcher = threading.Thread(target=watch, args=(proc.pid, seen, done))
         watcher.start()
         out, err = proc.communicate(timeout=60)
         done.set()
