@@ -256,3 +256,9 @@ class TestFile:
         path = write(etc / "x", "", 0o666)
         with pytest.raises(ConfigError, match=r"^code .*x is writable"):
             check_root_owned(str(path), "code")
+
+
+@pytest.mark.parametrize("key,value", [("max_file_bytes", 1 << 30), ("max_files_per_user", 10**7)])
+def test_limits_have_an_upper_bound(key: str, value: int) -> None:
+    with pytest.raises(ConfigError, match=f"limits.{key}: must be at most"):
+        parse_config({"limits": {key: value}}, "x")

@@ -145,9 +145,10 @@ def lookup_action(file_name: str) -> Action:
     return action
 
 
-def printable(text: str) -> str:
-    """A user's file or folder name made safe to show in a log line, a mail or status.xml."""
-    return _show(text, 255)
+def printable(text: str, limit: int = 255) -> str:
+    """User-controlled text made safe for a log line, a mail, syslog or status.xml:
+    one line of printable ASCII (everything else escaped), cut at *limit*."""
+    return _show(text, limit)
 
 
 def _show(text: str, limit: int = 40) -> str:

@@ -146,9 +146,20 @@ def _check_mail(mail: MailConfig) -> MailConfig:
     return mail
 
 
+# Upper bounds: a limit is there to bound work and memory, so it is bounded too.
+MAX_FILE_BYTES = 1 << 20  # a command file is read whole into memory
+MAX_FILES_PER_USER = 100_000
+
+
 def _check_limits(limits: Limits) -> Limits:
     if limits.log_keep > 99:
         raise ConfigError(f"limits.log_keep: must be at most 99, got {limits.log_keep}")
+    if limits.max_file_bytes > MAX_FILE_BYTES:
+        raise ConfigError(f"limits.max_file_bytes: must be at most {MAX_FILE_BYTES}, "
+                          f"got {limits.max_file_bytes}")
+    if limits.max_files_per_user > MAX_FILES_PER_USER:
+        raise ConfigError(f"limits.max_files_per_user: must be at most {MAX_FILES_PER_USER}, "
+                          f"got {limits.max_files_per_user}")
     return limits
 
 

@@ -37,7 +37,7 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from typing import Any, Protocol
 
-from .actions import Rejection, lookup_action
+from .actions import Rejection, lookup_action, printable
 from .audit import AuditLog, open_root_file
 from .config import Config, MailConfig, check_root_owned
 from .errors import ConfigError
@@ -53,13 +53,6 @@ TIMEOUT = 30.0  # one SMTP conversation step or one sendmail run
 # sendmail runs with this environment only (no shell, nothing of the caller's).
 MAIL_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C"}
 MAILED = ("rejected", "failed", "interrupted")
-
-
-def printable(text: str, limit: int = 600) -> str:
-    """*text* as one line of printable ASCII (others escaped), cut at *limit*."""
-    out = "".join(c if " " <= c <= "~" else repr(c)[1:-1] if ord(c) < 0x80
-                  else f"\\u{ord(c):04x}" for c in text)
-    return out if len(out) <= limit else out[:limit] + "..."
 
 
 class PassSummary(Protocol):
@@ -300,7 +293,7 @@ def _user_item(number: int, p: Problem) -> str:
     status = f" in {paths['status']}" if "status" in paths else ""
     lines = [
         f"{number}. VM {p.vm}, {what}: {p.outcome.upper()}",
-        f"   Why: {printable(p.reason)}",
+        f"   Why: {printable(p.reason, 600)}",
         f"   What to do: {ADVICE[p.outcome].format(status=status)}",
     ]
     if "kept" in paths:
@@ -345,11 +338,12 @@ def digest_mail(mail: MailConfig, mailer: Mailer, problems: list[Problem], notes
                 repeated: int, summary: PassSummary, host: str, stamp: str) -> EmailMessage:
     parts = [f"wirt pass on {host} at {stamp}: {summary.line()}"]
     if notes:
-        parts.append("Problems of the pass:\n" + "\n".join(f"  - {printable(n)}" for n in notes))
+        lines = [f"  - {printable(n, 600)}" for n in notes]
+        parts.append("Problems of the pass:\n" + "\n".join(lines))
     if problems:
         rows = [("USER", "VM", "ACTION", "OUTCOME", "REASON")] + [
             (printable(p.user, 40), p.vm, p.action or printable(p.file, 40), p.outcome,
-             printable(p.reason)) for p in problems]
+             printable(p.reason, 600)) for p in problems]
         widths = [max(len(row[i]) for row in rows) for i in range(4)]
         table = "\n".join(
             "  " + "".join(cell.ljust(w + 2) for cell, w in zip(row, widths, strict=False))
