@@ -20,6 +20,7 @@ refuses whatever the user could not do.  On top of that, nothing is trusted:
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import stat
@@ -38,6 +39,7 @@ __all__ = [
     "open_dir",
     "open_regular",
     "place",
+    "place_file",
     "read_file",
     "rename_in",
     "replace_file",
@@ -315,3 +317,61 @@ def append_line(parent: int, name: str, line: str, uid: int) -> None:
         os.write(fd, line.encode("utf-8", "backslashreplace"))
     finally:
         os.close(fd)
+
+
+_RENAME_NOREPLACE = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _rename_noreplace(parent: int, src: str, dst: str) -> None:
+    """renameat2(RENAME_NOREPLACE): atomic, and never replaces an existing *dst*.
+
+    Python's os module has no renameat2; link()+unlink() would show the file
+    with two links for a moment (which the pass rejects).
+    """
+    if _libc.renameat2(parent, src.encode(), parent, dst.encode(), _RENAME_NOREPLACE) == 0:
+        return
+    err = ctypes.get_errno()
+    if err not in (errno.EINVAL, errno.ENOSYS):
+        raise OSError(err, os.strerror(err), dst)
+    # The file system cannot refuse to replace: check, then rename (a race only
+    # with another writer of the same name in the user's own folder).
+    try:
+        os.stat(dst, dir_fd=parent, follow_symlinks=False)
+    except FileNotFoundError:
+        os.rename(src, dst, src_dir_fd=parent, dst_dir_fd=parent)
+        return
+    raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), dst)
+
+
+def place_file(parent: int, name: str, data: bytes, mode: int = 0o600) -> os.stat_result:
+    """Write *data* under a fresh ``.name.*`` and rename it to *name*; never replaces.
+
+    A reader that ignores dot-files sees nothing or the whole file, never a part.
+    Raises FileExistsError if *name* exists, Unsafe if the file in place is not the
+    one written (someone with write access to the folder swapped it).  Returns the
+    placed file's fstat: its inode identifies it after the pass moves it to history.
+    """
+    temp, fd = create_new(parent, f".{name}.wirt-new", mode)  # written through this fd
+    try:
+        try:
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        _rename_noreplace(parent, temp, name)
+    except BaseException:
+        with suppress(OSError):
+            os.unlink(temp, dir_fd=parent)
+        raise
+    try:
+        placed = os.stat(name, dir_fd=parent, follow_symlinks=False)
+    except FileNotFoundError:
+        return st  # a pass claimed it already
+    if (placed.st_dev, placed.st_ino) != (st.st_dev, st.st_ino):
+        raise Unsafe("was swapped for another file while being written")
+    return st
