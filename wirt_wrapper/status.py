@@ -1,4 +1,4 @@
-"""status.xml: render the VM's state for the user, and read back the last command.
+"""status.xml: render the VM's state for the user, and read it back (last command, CLI).
 
 Rendering is deterministic (no clock, sorted attributes), so an idle pass
 can compare bytes and leave unchanged files alone.  Reading an existing
@@ -13,7 +13,7 @@ from typing import Any
 
 from lxml import etree
 
-__all__ = ["last_command", "render"]
+__all__ = ["last_command", "parse", "render"]
 
 VERSION = "1"
 _PARSER = etree.XMLParser(
@@ -76,4 +76,38 @@ def last_command(document: bytes) -> dict[str, str] | None:
     keep = ("action", "outcome", "time", "params")
     found = {k: str(node.get(k)) for k in keep if node.get(k) is not None}
     found["message"] = node.text or ""
+    return found
+
+
+def parse(document: bytes) -> dict[str, Any]:
+    """Every field :func:`render` writes, read back (for the ``wirt`` CLI); ValueError if bad."""
+    try:
+        root = etree.fromstring(document, _PARSER)
+    except etree.XMLSyntaxError as exc:
+        raise ValueError(f"not valid XML: {exc}") from None
+    if root.tag != "status":
+        raise ValueError("not a wirt status document")
+    found: dict[str, Any] = {
+        "vm": root.findtext("vm") or "", "domain": root.findtext("domain") or "",
+    }
+    problem = root.find("problem")
+    if problem is not None:
+        found["problem"] = problem.text or ""
+        found["problem_kind"] = problem.get("kind", "")
+    state = root.find("state")
+    if state is not None:
+        found["state"] = state.text or ""
+        found["reason"] = state.get("reason", "")
+    for tag in ("autostart", "persistent"):
+        text = root.findtext(tag)
+        if text is not None:
+            found[tag] = text == "yes"
+    for tag, key in (("memory", "memory_kib"), ("vcpus", "vcpus")):
+        text = root.findtext(tag)
+        if text is not None:
+            found[key] = int(text)
+    graphics = root.find("graphics")
+    if graphics is not None:
+        found["graphics"] = {str(k): str(v) for k, v in graphics.attrib.items()}
+    found["last"] = last_command(document)
     return found
