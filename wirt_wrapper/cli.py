@@ -1,0 +1,562 @@
+"""``wirt``: drive your own VMs without knowing the spool layout.
+
+Run by a member of the group it runs as that user, with no privilege: it
+never talks to libvirt, it writes command files into the caller's own spool
+and reads back what the pass wrote there, all through :mod:`spool` (no link
+followed, nothing replaced, files 0600, folders 0700).  It trusts nothing in
+the home more than the pass does, and the site config (``/etc/wirt/wirt.toml``,
+when readable) only for its messages: the pass decides.
+
+Run by root it offers only the admin verbs (:mod:`admin`).  Exit status: the
+table in :mod:`clierrors`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import grp
+import json
+import os
+import pwd
+import re
+import sys
+import tomllib
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+from .actions import (
+    ACTIONS,
+    Action,
+    Rejection,
+    canonical,
+    check_vm_name,
+    lookup_action,
+    parse_params,
+)
+from .clierrors import (
+    EXIT_BY_OUTCOME,
+    EXIT_OK,
+    EXIT_TIMEOUT,
+    CliError,
+    NotAllowed,
+    UsageError,
+)
+from .config import DEFAULT_PATH, Config, load_config
+from .errors import ConfigError
+from .spool import Home, Outcome, VmRef
+
+__all__ = ["main"]
+
+USER_CONFIG = (".config", "wirt")
+USER_CONFIG_FILE = "config.toml"
+OLD_CONFIG_FILE = ".wirt.json"
+DEFAULT_TIMEOUT = 300.0
+READ_COMMANDS = ("list", "status", "log", "history", "create")
+
+
+# -- the command line ---------------------------------------------------------
+class Parser(argparse.ArgumentParser):
+    """argparse, but errors become UsageError (exit 64) with an actionable message."""
+
+    def error(self, message: str) -> NoReturn:
+        bad = re.search(r"argument command: invalid choice: '([^']*)'", message)
+        if bad:
+            raise UsageError(unknown_command(bad.group(1)))
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def unknown_command(word: str) -> str:
+    actions = ", ".join(
+        f"{a.name} ({'/'.join(a.aliases)})" if a.aliases else a.name
+        for a in ACTIONS if a.name != "status"
+    )
+    return (f"'{word}' is not a wirt command. Actions: {actions}, refresh. "
+            f"Other commands: {', '.join(READ_COMMANDS)}; as root: admin")
+
+
+def _dest(option: str) -> str:
+    return "opt_" + option.lstrip("-").replace("-", "_")
+
+
+def _common(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """Options accepted before and after the command (defaults live on the top parser)."""
+    default: Any = None if top else argparse.SUPPRESS
+    parser.add_argument("--vm", default=default, metavar="VM",
+                        help="the VM (default: vm in ~/.config/wirt/config.toml, "
+                        "or machine in ~/.wirt.json)")
+    parser.add_argument("--json", action="store_true",
+                        default=False if top else argparse.SUPPRESS,
+                        help="print JSON for scripts")
+    parser.add_argument("--config", default=default, metavar="FILE",
+                        help="site config (default /etc/wirt/wirt.toml)")
+    parser.add_argument("--layout", choices=("wirt", "legacy"), default=default,
+                        help="which spool layout (default: the VM's; wirt for create)")
+
+
+def _vm_arg(parser: argparse.ArgumentParser, required: bool = False) -> None:
+    parser.add_argument("vm_arg", nargs=None if required else "?", metavar="VM",
+                        help="VM folder name" + ("" if required else " (default: --vm or config)"))
+
+
+def _action_parser(sub: Any, name: str, action: Action, aliases: list[str],
+                   common: argparse.ArgumentParser) -> None:
+    parser = sub.add_parser(name, aliases=aliases, parents=[common], help=action.summary,
+                            description=f"{name}: {action.summary}. Writes the command into "
+                            "your spool; a pass runs it.")
+    _vm_arg(parser)
+    for option in action.options:
+        if option.values:
+            parser.add_argument(option.name, dest=_dest(option.name), choices=option.values)
+        else:
+            parser.add_argument(option.name, dest=_dest(option.name), action="store_true")
+    parser.add_argument("-w", "--wait", action="store_true",
+                        help="wait for the outcome; the exit status tells it")
+    parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                        help=f"give up waiting after this long (default {DEFAULT_TIMEOUT:g})")
+    parser.set_defaults(command="action", action=action.name)
+
+
+def build_parser() -> Parser:
+    parser = Parser(
+        prog="wirt",
+        description="Drive your own VMs: wirt writes command files into your spool "
+        "(~/wirt/service/vm/<vm>/) and reads the results a pass writes back.",
+        epilog="Exit status: 0 done/ok, 1 failed, 2 rejected, 3 interrupted, 4 timed out, "
+        "5 already pending, 64 usage, 66 unknown VM or no spool, 77 not allowed.",
+    )
+    _common(parser, top=True)
+    common = Parser(add_help=False)
+    _common(common, top=False)
+    sub = parser.add_subparsers(dest="command", metavar="command", parser_class=Parser)
+    sub.required = True
+
+    sub.add_parser("list", parents=[common], help="your VMs, their state and last command")
+    p = sub.add_parser("status", parents=[common], help="one VM in detail (console address too)")
+    _vm_arg(p)
+    for action in ACTIONS:
+        if action.name != "status":
+            _action_parser(sub, action.name, action, list(action.aliases), common)
+    _action_parser(sub, "refresh", lookup_action("status"), [], common)
+    p = sub.add_parser("log", parents=[common], help="the VM's log (one line per command)")
+    _vm_arg(p)
+    p.add_argument("-n", "--lines", type=int, default=20,
+                   help="how many of the last lines (0: all; default 20)")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    p = sub.add_parser("history", parents=[common], help="handled commands and their outcomes")
+    p.add_argument("vm_arg", nargs="?", metavar="VM", help="only this VM (default: all)")
+    p.add_argument("-n", "--lines", type=int, default=20,
+                   help="how many of the newest (0: all; default 20)")
+    p = sub.add_parser("create", parents=[common], help="make a VM's folder (private, 0700)")
+    _vm_arg(p)
+
+    from .admin import add_admin_parser
+
+    add_admin_parser(sub, common)
+    return parser
+
+
+# -- output -------------------------------------------------------------------
+class Out:
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+
+    def emit(self, data: Any, text: Callable[[], list[str]]) -> None:
+        if self.as_json:
+            print(json.dumps(data, indent=2, sort_keys=True))
+        else:
+            for line in text():
+                print(line)
+
+
+class Progress:
+    """A one-line spinner on stderr, only when stderr is a terminal."""
+
+    STAGES = {"pending": "waiting for a pass to pick it up",
+              "claimed": "a pass is running it"}
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.enabled = sys.stderr.isatty()
+        self.count = 0
+
+    def tick(self, stage: str, elapsed: float) -> None:
+        if not self.enabled:
+            return
+        self.count += 1
+        spin = "|/-\\"[self.count % 4]
+        text = f"\r{spin} {self.label}: {self.STAGES.get(stage, stage)} ({elapsed:.0f} s) "
+        sys.stderr.write(text)
+        sys.stderr.flush()
+
+    def clear(self) -> None:
+        if self.enabled and self.count:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+
+
+def table(rows: list[list[str]], header: list[str]) -> list[str]:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+            for r in [header, *rows]]
+
+
+def when(text: str) -> str:
+    return text[:19].replace("T", " ") if text else ""
+
+
+def warn(message: str) -> None:
+    print(f"wirt: warning: {message}", file=sys.stderr)
+
+
+# -- settings ---------------------------------------------------------------------
+def site_config(path: str | None) -> Config | None:
+    """The admin's config, when this user can read it; None when unknown."""
+    if path is None and not os.path.lexists(DEFAULT_PATH):
+        return None  # the pass may run with --config elsewhere: do not guess
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        if path is not None:
+            warn(f"cannot use {path}: {exc}")
+        return None
+
+
+def membership_problem(config: Config | None, user: str) -> str | None:
+    """Why the pass would ignore this user (group database, as the pass reads it)."""
+    if config is None:
+        return None  # the site config is not readable: the pass decides
+    try:
+        group = grp.getgrnam(config.group)
+    except KeyError:
+        return f"the group '{config.group}' that wirt serves does not exist; ask the admin"
+    if user in group.gr_mem or pwd.getpwnam(user).pw_gid == group.gr_gid:
+        return None
+    hint = " (your session still has it: you were removed)" \
+        if group.gr_gid in os.getgroups() else ""
+    return (f"you ({user}) are not in the group '{config.group}' that wirt serves{hint}: "
+            f"passes ignore your spool. Ask the admin: adduser {user} {config.group}")
+
+
+def default_vm(home: Home) -> str | None:
+    """``vm`` from ~/.config/wirt/config.toml, else ``machine`` from the old ~/.wirt.json."""
+    try:
+        raw = home.read_small(USER_CONFIG, USER_CONFIG_FILE)
+    except FileNotFoundError:
+        pass
+    else:
+        where = f"~/{'/'.join(USER_CONFIG)}/{USER_CONFIG_FILE}"
+        try:
+            data = tomllib.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise UsageError(f"{where}: not valid TOML: {exc}") from None
+        for key in data:
+            if key != "vm":
+                warn(f"{where}: unknown key '{key}' ignored (known: vm)")
+        vm = data.get("vm")
+        if vm is not None:
+            if not isinstance(vm, str):
+                raise UsageError(f"{where}: vm must be a string")
+            return vm
+    try:
+        raw = home.read_small((), OLD_CONFIG_FILE)
+    except FileNotFoundError:
+        return None
+    try:
+        old = json.loads(raw)
+    except ValueError as exc:
+        raise UsageError(f"~/{OLD_CONFIG_FILE}: not valid JSON: {exc}") from None
+    machine = old.get("machine") if isinstance(old, dict) else None
+    return machine if isinstance(machine, str) and machine else None
+
+
+def chosen_vm(args: argparse.Namespace, home: Home) -> str:
+    given, flag = getattr(args, "vm_arg", None), args.vm
+    if given and flag and given != flag:
+        raise UsageError(f"two VMs given: '{given}' and --vm '{flag}'")
+    vm = given or flag or default_vm(home)
+    if not vm:
+        raise UsageError(
+            f"which VM? Name it (wirt {args.command} web), or use --vm, or set a default: "
+            'vm = "web" in ~/.config/wirt/config.toml'
+        )
+    return str(vm)
+
+
+# -- commands -------------------------------------------------------------------------
+def describe_state(status: dict[str, Any] | None) -> str:
+    if status is None:
+        return "unknown (no status yet)"
+    if status.get("problem"):
+        return {"missing": "no domain", "not-yours": "not yours"}.get(
+            status.get("problem_kind", ""), "problem")
+    state, reason = status.get("state", "?"), status.get("reason", "")
+    return f"{state} ({reason})" if reason and reason != "unknown" else state
+
+
+def console(graphics: dict[str, str] | None) -> str:
+    if not graphics:
+        return "none"
+    kind, listen, port = graphics.get("type", "?"), graphics.get("listen", ""), \
+        graphics.get("port", "")
+    if not port:
+        return f"{kind} on {listen or '?'} (port assigned when the VM runs)"
+    text = f"{kind} {listen or '?'} port {port}"
+    if kind == "vnc" and port.isdigit() and int(port) >= 5900:
+        text += f" (display :{int(port) - 5900})"
+    if graphics.get("tls-port"):
+        text += f", TLS port {graphics['tls-port']}"
+    return text
+
+
+def vm_summary(home: Home, ref: VmRef) -> dict[str, Any]:
+    status = home.status(ref)
+    last = (status or {}).get("last")
+    if last is None and ref.layout.info is None:
+        records = [r for r in home.history(ref.vm) if r.get("layout") == ref.layout.name]
+        last = records[-1] if records else None
+    return {
+        "vm": ref.vm, "layout": ref.layout.name, "folder": ref.shown(),
+        "state": describe_state(status), "status": status, "last": last,
+        "pending": home.pending(ref),
+    }
+
+
+def cmd_list(home: Home, args: argparse.Namespace, out: Out) -> int:
+    refs = home.vms()
+    if not refs and not home.has_spool():
+        print("You have no VM folders yet. Create one with: wirt create VM", file=sys.stderr)
+    items = [vm_summary(home, ref) for ref in refs]
+
+    def text() -> list[str]:
+        rows = []
+        for item in items:
+            status, last = item["status"] or {}, item["last"] or {}
+            auto = status.get("autostart")
+            rows.append([
+                item["vm"] + ("" if item["layout"] == "wirt" else " (legacy)"),
+                item["state"],
+                "-" if auto is None else ("yes" if auto else "no"),
+                " ".join(filter(None, [last.get("action", "-"), last.get("params", "")])),
+                last.get("outcome", "-") or "-",
+                when(last.get("time", "")) or "-",
+                ", ".join(item["pending"]) or "-",
+            ])
+        header = ["VM", "STATE", "AUTOSTART", "LAST COMMAND", "OUTCOME", "AT", "PENDING"]
+        return table(rows, header) if rows else []
+
+    out.emit(items, text)
+    return EXIT_OK
+
+
+def cmd_status(home: Home, args: argparse.Namespace, out: Out) -> int:
+    ref = home.find(chosen_vm(args, home), args.layout)
+    item = vm_summary(home, ref)
+    status = item["status"]
+
+    def text() -> list[str]:
+        lines = [("VM", f"{ref.vm} ({ref.layout.name} layout, {ref.shown()})")]
+        if ref.layout.info is None:
+            lines.append(("state", "not reported in the legacy layout (no status.xml)"))
+        elif status is None:
+            lines.append(("state", "unknown: no pass has written its status yet "
+                          f"(wirt refresh {ref.vm} --wait)"))
+        else:
+            lines.append(("domain", status.get("domain", "")))
+            if status.get("problem"):
+                lines.append(("problem", status["problem"]))
+            else:
+                lines += [
+                    ("state", describe_state(status)),
+                    ("autostart", "yes" if status.get("autostart") else "no"),
+                    ("persistent", "yes" if status.get("persistent") else "no"),
+                    ("memory", f"{status.get('memory_kib', 0) // 1024} MiB"),
+                    ("vCPUs", str(status.get("vcpus", "?"))),
+                    ("console", console(status.get("graphics"))),
+                ]
+        last = item["last"]
+        if last:
+            params = f" {last['params']}" if last.get("params") else ""
+            message = f": {last['message']}" if last.get("message") else ""
+            lines.append(("last command", f"{last.get('action', '?')}{params}: "
+                          f"{last.get('outcome', '?')}{message} ({when(last.get('time', ''))})"))
+        lines.append(("pending", ", ".join(item["pending"]) or "none"))
+        width = max(len(k) for k, _ in lines) + 1
+        return [f"{k + ':':<{width}} {v}" for k, v in lines]
+
+    out.emit(item, text)
+    return EXIT_OK
+
+
+def cmd_create(home: Home, args: argparse.Namespace, out: Out, config: Config | None) -> int:
+    vm = chosen_vm(args, home)
+    ref, created = home.create(vm, args.layout or "wirt")
+    problem = membership_problem(config, home.user)
+    if problem:
+        warn(problem)
+    domain = (config or Config()).domain_name.format(user=home.user, vm=vm)
+
+    def text() -> list[str]:
+        head = f"created {ref.shown()} (mode 0700)" if created else f"{ref.shown()} exists already"
+        return [head, f"It drives the libvirt domain '{domain}' (the admin must define it). "
+                f"Try: wirt refresh {vm} --wait"]
+
+    out.emit({"vm": vm, "layout": ref.layout.name, "folder": ref.shown(), "created": created,
+              "domain": domain}, text)
+    return EXIT_OK
+
+
+def command_content(action: Action, args: argparse.Namespace) -> str:
+    tokens: list[str] = []
+    for option in action.options:
+        value = getattr(args, _dest(option.name), None)
+        if value:
+            tokens += [option.name, value] if option.values else [option.name]
+    try:
+        params = parse_params(action, tokens)  # the same table the pass checks against
+    except Rejection as exc:
+        raise UsageError(str(exc)) from None
+    text = " ".join(canonical(params))
+    return text + "\n" if text else ""
+
+
+def cmd_action(home: Home, args: argparse.Namespace, out: Out, config: Config | None) -> int:
+    action = lookup_action(args.action)
+    content = command_content(action, args)
+    vm = chosen_vm(args, home)
+    problem = membership_problem(config, home.user)
+    if problem:
+        raise NotAllowed(problem)
+    ref = home.find(vm, args.layout)
+    if config is not None and ref.layout.name not in config.layouts:
+        warn(f"this host's passes do not serve the {ref.layout.name} layout ({ref.shown()})")
+    written = home.write(ref, action.name, content)
+    shown = " ".join([action.name, content.strip()]).strip()
+    base = {"vm": vm, "layout": ref.layout.name, "action": action.name,
+            "params": content.split(), "file": ref.shown(action.name)}
+    if not args.wait:
+        out.emit({**base, "stage": "pending"}, lambda: [
+            f"{vm}: {shown}: written to {ref.shown(action.name)}; the next pass runs it. "
+            f"Follow with: wirt log {vm} -f (or use --wait)"])
+        return EXIT_OK
+    timeout = DEFAULT_TIMEOUT if args.timeout is None else args.timeout
+    progress = Progress(f"{vm}: {shown}")
+    try:
+        result = home.wait(written, timeout, progress.tick)
+    finally:
+        progress.clear()
+    return report(out, base, vm, shown, result, timeout)
+
+
+def report(out: Out, base: dict[str, Any], vm: str, shown: str, result: Outcome,
+           timeout: float) -> int:
+    data = {**base, "stage": result.stage, "outcome": result.outcome,
+            "message": result.message, "history": result.history, "log": result.line}
+    if result.outcome in EXIT_BY_OUTCOME:
+        message = f": {result.message}" if result.message else ""
+        out.emit(data, lambda: [f"{vm}: {shown}: {result.outcome}{message}"])
+        return EXIT_BY_OUTCOME[str(result.outcome)]
+    if result.stage == "vanished":
+        text = (f"{vm}: {shown}: the command file disappeared but no pass recorded it "
+                "(was it removed?)")
+    elif result.stage == "pending":
+        text = (f"{vm}: {shown}: still waiting after {timeout:g} s: no pass has picked it up "
+                f"yet (passes run from cron; libvirt may be down). It stays in "
+                f"{base['file']} and runs later")
+    else:
+        text = (f"{vm}: {shown}: picked up (kept as {result.history}) but no outcome after "
+                f"{timeout:g} s; see: wirt log {vm}")
+    if out.as_json:
+        out.emit(data, list)
+    print(f"wirt: {text}", file=sys.stderr)
+    return EXIT_TIMEOUT
+
+
+def cmd_log(home: Home, args: argparse.Namespace, out: Out) -> int:
+    ref = home.find(chosen_vm(args, home), args.layout)
+    lines = home.log_lines(ref, max(args.lines, 0))
+    if not args.follow:
+        out.emit(lines, lambda: lines)
+        return EXIT_OK
+    # Following: one line at a time (with --json: one JSON string per line).
+    show = json.dumps if out.as_json else str
+    for line in lines:
+        print(show(line))
+    sys.stdout.flush()
+    for text in home.follow(ref):
+        for line in text.splitlines():
+            print(show(line))
+        sys.stdout.flush()
+    return EXIT_OK
+
+
+def cmd_history(home: Home, args: argparse.Namespace, out: Out) -> int:
+    vm = getattr(args, "vm_arg", None) or args.vm
+    if vm:
+        try:
+            check_vm_name(vm)  # no find(): the log of a removed VM folder is still shown
+        except Rejection as exc:
+            raise UsageError(str(exc)) from None
+    records = home.history(vm)
+    if args.layout:
+        records = [r for r in records if r.get("layout") == args.layout]
+    if args.lines > 0:
+        records = records[-args.lines:]
+
+    def text() -> list[str]:
+        rows = [[when(r.get("time", "")), r.get("vm", ""),
+                 " ".join(filter(None, [r.get("action", ""), r.get("params", "")])),
+                 r.get("outcome", "") or "?", r.get("message", ""), r.get("history", "")]
+                for r in records]
+        return table(rows, ["TIME", "VM", "COMMAND", "OUTCOME", "MESSAGE", "KEPT AS"]) \
+            if rows else ["no handled commands yet"]
+
+    out.emit(records, text)
+    return EXIT_OK
+
+
+def run_user(args: argparse.Namespace, out: Out) -> int:
+    if os.geteuid() == 0:
+        raise NotAllowed("root has no spool: wirt serves the members of the group. "
+                         "As root, use: wirt admin assign|unassign|run|audit")
+    home = Home()
+    config = site_config(args.config)
+    try:
+        if args.command == "list":
+            return cmd_list(home, args, out)
+        if args.command == "status":
+            return cmd_status(home, args, out)
+        if args.command == "create":
+            return cmd_create(home, args, out, config)
+        if args.command == "log":
+            return cmd_log(home, args, out)
+        if args.command == "history":
+            return cmd_history(home, args, out)
+        return cmd_action(home, args, out, config)
+    finally:
+        for message in dict.fromkeys(home.warnings):
+            warn(message)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        out = Out(args.json)
+        if args.command == "admin":
+            from .admin import run_admin
+
+            return run_admin(args, out)
+        return run_user(args, out)
+    except CliError as exc:
+        print(f"wirt: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+    except OSError as exc:
+        print(f"wirt: {exc}", file=sys.stderr)
+        return CliError.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
