@@ -16,6 +16,7 @@ PACKAGES=(
   busybox-static cpio gzip xz-utils kmod
   msmtp logrotate  # mail tests relay through msmtp (no daemon); audit tests run logrotate
   libfaketime  # the history-name spoofing attack freezes the pass's clock
+  strace  # the CLI tests slow or hold a process at one system call
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -1,0 +1,560 @@
+"""The ``wirt`` CLI, run as real users (never root) against real passes of ``virsh_wrapper``.
+
+libvirt's test driver provides the domains (each pass starts again from the
+host file), except for the admin-assign scenario, which needs a libvirtd that
+keeps what ``wirt admin assign`` wrote between processes (qemu:///system).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import BIN, REPO, Host, User, remove_user, sh
+
+from wirt_wrapper.actions import ACTIONS
+
+WIRT = str(BIN / "wirt")
+
+
+# The members' readable copy of the test's site config (set by the `site` fixture), so
+# that no /etc/wirt/wirt.toml of the machine leaks into a test.
+SITE_CONFIG: list[str] = []
+
+
+def wirt(user: User, *args: str, env: dict[str, str] | None = None
+         ) -> subprocess.CompletedProcess[str]:
+    """Run the installed ``wirt`` as *user* (uid, gid and groups), in their home."""
+    prefix = ["env", *(f"{k}={v}" for k, v in (env or {}).items())] if env else []
+    config = ["--config", SITE_CONFIG[-1]] if SITE_CONFIG else []
+    return user.run('exec "$@"', *prefix, WIRT, *config, *args, check=False)
+
+
+def publish(host: Host) -> str:
+    """A copy of the site config that members can read (root-owned, 0644, in a 0755 folder).
+
+    The host's own config lives below pytest's 0700 temp folder, out of the users' reach.
+    """
+    folder = Path(tempfile.mkdtemp(prefix=f"{host.prefix}-etc-", dir="/tmp"))
+    folder.chmod(0o755)
+    target = folder / "wirt.toml"
+    shutil.copy(host.config, target)
+    target.chmod(0o644)
+    return str(target)
+
+
+@contextmanager
+def published(host: Host) -> Iterator[str]:
+    path = publish(host)
+    SITE_CONFIG.append(path)
+    try:
+        yield path
+    finally:
+        SITE_CONFIG.remove(path)
+        shutil.rmtree(os.path.dirname(path), ignore_errors=True)
+
+
+@pytest.fixture
+def site(host: Host) -> Iterator[Host]:
+    """alice (VMs web, db) and bob (VM mail) in the group; alice-db is assigned to bob."""
+    alice, bob = host.add_user("alice"), host.add_user("bob")
+    host.write_config({f"{alice.name}-web": None, f"{alice.name}-db": bob.name,
+                       f"{bob.name}-mail": None})
+    with published(host):
+        yield host
+
+
+@contextmanager
+def passes(host: Host, interval: float = 0.05) -> Iterator[list[str]]:
+    """Passes of the real executable, one after the other, until the block ends."""
+    stop = threading.Event()
+    outputs: list[str] = []
+
+    def loop() -> None:
+        while not stop.is_set():
+            proc = host.run("--verbose", check=False)
+            outputs.append(proc.stdout + proc.stderr)
+            if proc.returncode:
+                outputs.append(f"EXIT {proc.returncode}")
+            stop.wait(interval)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield outputs
+    finally:
+        stop.set()
+        thread.join(60)
+    assert not any(o.startswith("EXIT") for o in outputs), outputs
+
+
+def spool(user: User, vm: str) -> Path:
+    return user.home / "wirt/service/vm" / vm
+
+
+# -- write, wait, read back ------------------------------------------------------------
+def test_create_write_wait_and_read_back(site: Host) -> None:
+    alice = site.users[0]
+    proc = wirt(alice, "create", "web")
+    assert proc.returncode == 0, proc.stderr
+    folder = spool(alice, "web")
+    st = folder.lstat()
+    assert stat.S_IMODE(st.st_mode) == 0o700 and st.st_uid == alice.uid
+
+    # written, not run: the file is the user's, 0600, complete; no temp file left
+    proc = wirt(alice, "autostart", "web", "--disable")
+    assert proc.returncode == 0, proc.stderr
+    command = folder / "autostart"
+    st = command.lstat()
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (alice.uid, 0o600)
+    assert command.read_text() == "--disable\n"
+    assert os.listdir(folder) == ["autostart"]
+    site.run()
+
+    with passes(site):
+        proc = wirt(alice, "autostart", "web", "--wait", "--timeout", "60")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "web: autostart: done"
+    assert proc.stderr == ""  # not a terminal: no progress indicator
+
+    # (each test-driver pass starts from the host file: autostart is off again)
+    status = json.loads(wirt(alice, "status", "web", "--json").stdout)
+    assert status["status"]["domain"] == f"{alice.name}-web"
+    assert status["status"]["graphics"] == {"type": "vnc", "listen": "127.0.0.1", "port": "5901"}
+    assert status["last"]["action"] == "autostart" and status["last"]["outcome"] == "done"
+    text = wirt(alice, "status", "web").stdout
+    assert "console:" in text and "vnc 127.0.0.1 port 5901 (display :1)" in text
+
+    listed = json.loads(wirt(alice, "list", "--json").stdout)
+    assert [(v["vm"], v["state"], v["last"]["outcome"]) for v in listed] == [
+        ("web", "running", "done")]
+    table = wirt(alice, "list").stdout.splitlines()
+    assert table[0].split()[:3] == ["VM", "STATE", "AUTOSTART"]
+    row = table[1].split()
+    assert row[:2] == ["web", "running"] and row[2] in ("yes", "no") and row[3] == "autostart"
+
+    history = json.loads(wirt(alice, "history", "web", "--json").stdout)
+    assert [(h["action"], h["params"], h["outcome"]) for h in history] == [
+        ("autostart", "--disable", "done"), ("autostart", "", "done")]
+    for item in history:
+        assert (alice.home / item["history"][2:]).is_file()
+    log = wirt(alice, "log", "web").stdout
+    assert log.count(": done") == 2 and log == alice.vm_log("web")
+
+
+def test_wait_json_and_the_refresh_action(site: Host) -> None:
+    alice = site.users[0]
+    wirt(alice, "create", "web")
+    with passes(site):
+        proc = wirt(alice, "refresh", "web", "--wait", "--json", "--timeout", "60")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert (data["action"], data["outcome"], data["stage"]) == ("status", "done", "handled")
+    assert data["history"].startswith("~/wirt/logs/history/") and data["history"].endswith(
+        "-web-status")
+    assert "(file status, kept as " + data["history"] + ")" in data["log"]
+    assert (alice.home / "wirt/info/vm/web/status.xml").is_file()
+
+
+# -- exit status per outcome -------------------------------------------------------------
+def test_exit_status_per_outcome(site: Host) -> None:
+    alice = site.users[0]
+    for vm in ("web", "db", "gone"):
+        assert wirt(alice, "create", vm).returncode == 0
+    with passes(site):
+        done = wirt(alice, "autostart", "web", "--wait", "--timeout", "60")
+        failed = wirt(alice, "start", "gone", "--wait", "--timeout", "60")
+        rejected = wirt(alice, "suspend", "db", "--wait", "--timeout", "60")
+    assert done.returncode == 0, done.stderr
+    assert failed.returncode == 1, failed.stderr
+    assert failed.stdout.startswith("gone: start: failed: ") and "no domain named" in failed.stdout
+    assert rejected.returncode == 2, rejected.stderr
+    assert "rejected: " in rejected.stdout and "assigned to another user" in rejected.stdout
+
+    # no pass: timed out (4), the file stays; a second one is refused (5)
+    timed_out = wirt(alice, "reset", "web", "--wait", "--timeout", "0.5")
+    assert timed_out.returncode == 4
+    assert "no pass has picked it up" in timed_out.stderr
+    assert (spool(alice, "web") / "reset").is_file()
+    again = wirt(alice, "reset", "web")
+    assert again.returncode == 5 and "already waiting" in again.stderr
+
+
+def test_exit_status_interrupted(site: Host) -> None:
+    """A pass killed right after it claimed the command: the next pass records 'interrupted'."""
+    alice = site.users[0]
+    wirt(alice, "create", "web")
+    waiting = subprocess.Popen(
+        ["/usr/sbin/runuser", "-u", alice.name, "--", WIRT, "autostart", "web", "--wait",
+         "--timeout", "60", "--config", SITE_CONFIG[-1]],
+        cwd=alice.home, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={"HOME": str(alice.home), "PATH": "/usr/bin:/bin"},
+    )
+    command = spool(alice, "web") / "autostart"
+    deadline = time.monotonic() + 20
+    while not command.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # The first rename of a pass is the claim (spool -> history); strace holds the pass
+    # right after it, long enough to kill it there.
+    killed = subprocess.Popen(
+        ["strace", "-f", "-o", "/dev/null", "-e", "trace=rename,renameat,renameat2",
+         "-e", "inject=rename,renameat,renameat2:delay_exit=5000000",
+         str(BIN / "virsh_wrapper"), "--config", str(site.config)],
+        start_new_session=True, env={"PATH": "/usr/bin:/bin"},
+    )
+    deadline = time.monotonic() + 20
+    while command.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not command.exists()
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.wait()
+    site.run()
+    out, err = waiting.communicate(timeout=60)
+    assert waiting.returncode == 3, err
+    assert out.startswith("web: autostart: interrupted: ")
+
+
+# -- atomic writes against running passes ---------------------------------------------------
+def test_never_seen_half_written(site: Host) -> None:
+    """strace makes every write(2) of the CLI take 0.3 s while passes run back to back.
+
+    A CLI that wrote the file in place would expose it empty, and a pass would run
+    ``autostart`` without ``--disable`` (or ``shutdown`` without its mode).
+    """
+    alice = site.users[0]
+    wirt(alice, "create", "web")
+    sent = [("autostart", "--disable"), ("shutdown", "--mode", "acpi"),
+            ("autostart", "--disable"), ("reboot", "--mode", "agent")]
+    with passes(site, interval=0.0):
+        for command in sent:
+            proc = alice.run(
+                'exec strace -f -o /dev/null -e trace=write '
+                '-e inject=write:delay_enter=300000 "$@"',
+                WIRT, *command, "web", check=False)
+            assert proc.returncode == 0, proc.stderr
+        deadline = time.monotonic() + 30
+        while os.listdir(spool(alice, "web")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    got = [(r["action"], r["params"]) for r in site.commands()]
+    assert got == [(c[0], list(c[1:])) for c in sent]
+    assert all(r["outcome"] != "rejected" for r in site.commands())
+
+
+# -- two users --------------------------------------------------------------------------------
+def test_users_only_reach_their_own_spool(site: Host) -> None:
+    alice, bob = site.users
+    wirt(alice, "create", "web")
+    wirt(bob, "create", "mail")
+    listed = json.loads(wirt(bob, "list", "--json").stdout)
+    assert [v["vm"] for v in listed] == ["mail"]
+
+    # $HOME does not choose the spool: the password database does
+    proc = wirt(bob, "start", "web", env={"HOME": str(alice.home)})
+    assert proc.returncode == 66 and "unknown VM 'web'" in proc.stderr
+    proc = wirt(bob, "list", "--json", env={"HOME": str(alice.home)})
+    assert [v["vm"] for v in json.loads(proc.stdout)] == ["mail"]
+    # no VM name can leave the spool
+    for name in ("../../../" + alice.name + "/wirt/service/vm/web", "..", "a/b", ".hidden"):
+        proc = wirt(bob, "start", name)
+        assert proc.returncode == 64, (name, proc.stderr)
+        assert wirt(bob, "create", name).returncode == 64
+    assert os.listdir(spool(alice, "web")) == []
+    assert os.listdir(bob.home / "wirt/service/vm") == ["mail"]
+
+
+def test_planted_links_and_files_are_not_followed(site: Host) -> None:
+    """alice made her spool group-writable; bob plants links and a file in it."""
+    alice, bob = site.users
+    wirt(alice, "create", "web")
+    wirt(bob, "create", "mail")
+    alice.run(f'chgrp {site.group} ~/wirt ~/wirt/service ~/wirt/service/vm ~/wirt/service/vm/web'
+              ' && chmod 2775 ~/wirt ~/wirt/service ~/wirt/service/vm ~/wirt/service/vm/web')
+    target = bob.home / "wirt/service/vm/mail"
+    bob.run(f'ln -s {target} {spool(alice, "db")} && '
+            f'ln -s {target}/start {spool(alice, "web")}/start && '
+            f'touch {spool(alice, "web")}/reset')
+
+    proc = wirt(alice, "start", "db")
+    assert proc.returncode == 77 and "symbolic link" in proc.stderr, proc.stderr
+    proc = wirt(alice, "start", "web")
+    assert proc.returncode == 77 and "symbolic link" in proc.stderr, proc.stderr
+    assert "writable by others" in proc.stderr
+    proc = wirt(alice, "reset", "web")
+    assert proc.returncode == 77 and f"owned by uid {bob.uid}" in proc.stderr, proc.stderr
+    assert os.listdir(target) == []  # nothing reached bob's folder
+    assert (spool(alice, "web") / "start").is_symlink()
+    assert (spool(alice, "web") / "reset").stat().st_uid == bob.uid  # left alone
+    assert "is a symbolic link" in wirt(alice, "list").stderr
+
+
+# -- defaults, config, errors -------------------------------------------------------------------
+def test_default_vm_from_the_user_config(site: Host) -> None:
+    alice = site.users[0]
+    for vm in ("web", "db", "mail"):
+        wirt(alice, "create", vm)
+    proc = wirt(alice, "suspend")
+    assert proc.returncode == 64 and "which VM?" in proc.stderr
+    alice.write(".wirt.json", '{"machine": "db"}')
+    assert wirt(alice, "suspend").returncode == 0
+    assert (spool(alice, "db") / "suspend").exists()
+    alice.write(".config/wirt/config.toml", 'vm = "web"\n')
+    assert wirt(alice, "suspend").returncode == 0
+    assert (spool(alice, "web") / "suspend").exists()
+    assert wirt(alice, "suspend", "--vm", "mail").returncode == 0
+    assert (spool(alice, "mail") / "suspend").exists()
+    proc = wirt(alice, "suspend", "web", "--vm", "mail")
+    assert proc.returncode == 64 and "two VMs" in proc.stderr
+    alice.write(".config/wirt/config.toml", 'vm = [1]\n')
+    proc = wirt(alice, "status")
+    assert proc.returncode == 64 and "config.toml: vm must be a string" in proc.stderr
+
+
+def test_clear_errors(site: Host) -> None:
+    alice = site.users[0]
+    proc = wirt(alice, "start", "web")
+    assert proc.returncode == 66
+    assert "no wirt spool yet" in proc.stderr and "wirt create web" in proc.stderr
+    wirt(alice, "create", "web")
+    proc = wirt(alice, "start", "nope")
+    assert proc.returncode == 66
+    assert "unknown VM 'nope'" in proc.stderr and "Your VMs: web" in proc.stderr
+    assert "wirt create nope" in proc.stderr
+    proc = wirt(alice, "launch", "web")
+    assert proc.returncode == 64
+    assert "'launch' is not a wirt command" in proc.stderr
+    assert "shutdown (stop)" in proc.stderr and "autostart" in proc.stderr
+    proc = wirt(alice, "shutdown", "web", "--force")
+    assert proc.returncode == 64 and "--force" in proc.stderr
+    proc = wirt(alice, "shutdown", "web", "--mode", "hard")
+    assert proc.returncode == 64 and "'acpi', 'agent'" in proc.stderr
+    assert os.listdir(spool(alice, "web")) == []
+
+    # not in the group (the site config is readable: see SITE_CONFIG)
+    name = f"{site.prefix}eve"
+    sh("useradd", "-m", "-U", name)
+    try:
+        import pwd
+
+        entry = pwd.getpwnam(name)
+        eve = User(name, entry.pw_uid, entry.pw_gid, Path(entry.pw_dir))
+        wirt(eve, "create", "web")
+        proc = wirt(eve, "start", "web")
+        assert proc.returncode == 77
+        assert f"not in the group '{site.group}'" in proc.stderr
+        assert f"adduser {name} {site.group}" in proc.stderr
+        assert os.listdir(spool(eve, "web")) == []
+        ok = wirt(alice, "start", "web")
+        assert ok.returncode == 0, ok.stderr
+    finally:
+        remove_user(name)
+
+    # root: no spool of its own; members: no admin verbs
+    root = subprocess.run([WIRT, "list"], capture_output=True, text=True)
+    assert root.returncode == 77 and "wirt admin" in root.stderr
+    proc = wirt(alice, "admin", "audit", alice.name)
+    assert proc.returncode == 77 and "run it as root" in proc.stderr
+
+
+def test_log_follow(site: Host) -> None:
+    alice = site.users[0]
+    wirt(alice, "create", "web")
+    follow = subprocess.Popen(
+        ["/usr/sbin/runuser", "-u", alice.name, "--", WIRT, "log", "web", "-f",
+         "--config", SITE_CONFIG[-1]],
+        cwd=alice.home, stdout=subprocess.PIPE, text=True,
+        env={"HOME": str(alice.home), "PATH": "/usr/bin:/bin"},
+    )
+    try:
+        time.sleep(1.0)
+        wirt(alice, "suspend", "web")
+        site.run()
+        assert follow.stdout is not None
+        line = follow.stdout.readline()
+        assert " web suspend: done (file suspend, kept as ~/wirt/logs/history/" in line
+    finally:
+        follow.terminate()
+        follow.wait(10)
+
+
+def test_progress_only_on_a_terminal(site: Host) -> None:
+    alice = site.users[0]
+    wirt(alice, "create", "web")
+    proc = alice.run(f"script -qec '{WIRT} suspend web --wait --timeout 1.5' /dev/null",
+                     check=False)
+    # (text mode turns the spinner's carriage returns into newlines)
+    assert proc.stdout.count("web: suspend: waiting for a pass to pick it up") > 2
+    assert "\x1b[K" in proc.stdout  # the spinner line is cleared at the end
+    plain = wirt(alice, "resume", "web", "--wait", "--timeout", "1")
+    assert plain.returncode == 4 and "waiting for a pass to" not in plain.stderr
+    assert "\x1b" not in plain.stderr
+
+
+# -- the legacy layout ---------------------------------------------------------------------------
+def test_legacy_layout(site: Host) -> None:
+    alice = site.users[0]
+    alice.run("mkdir -p ~/virsh/dom-old ~/virsh/log ~/virsh/history")
+    proc = wirt(alice, "autostart", "old", "--disable")
+    assert proc.returncode == 0, proc.stderr
+    command = alice.home / "virsh/dom-old/autostart"
+    assert command.read_text() == "--disable\n" and stat.S_IMODE(command.stat().st_mode) == 0o600
+    assert wirt(alice, "create", "new", "--layout", "legacy").returncode == 0
+    assert stat.S_IMODE((alice.home / "virsh/dom-new").stat().st_mode) == 0o700
+    listed = json.loads(wirt(alice, "list", "--json").stdout)
+    assert [(v["vm"], v["layout"], v["pending"]) for v in listed] == [
+        ("new", "legacy", []), ("old", "legacy", ["autostart"])]
+    # history: what a legacy pass leaves (written here by hand: see the docstring)
+    alice.write("virsh/history/20261125-101500.000001-dom-old-start")
+    alice.write("virsh/history/ERRORFILE-20261125-101600.000001")
+    history = json.loads(wirt(alice, "history", "--json").stdout)
+    assert [(h["vm"], h["action"], h["layout"]) for h in history] == [
+        ("old", "start", "legacy"), ("", "", "legacy")]
+    assert json.loads(wirt(alice, "history", "old", "--json").stdout)[0]["action"] == "start"
+
+
+@pytest.mark.skipif("legacy" not in __import__("wirt_wrapper.layouts").layouts.LAYOUTS,
+                    reason="the pass does not serve the legacy layout yet")
+def test_legacy_wait_against_a_real_pass(site: Host) -> None:
+    alice = site.users[0]
+    alice.run("mkdir -p ~/virsh/dom-web")
+    with passes(site):
+        proc = wirt(alice, "autostart", "web", "--wait", "--timeout", "60")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "web: autostart: done"
+
+
+# -- bash completion ------------------------------------------------------------------------------
+def test_bash_completion(site: Host) -> None:
+    alice = site.users[0]
+    wirt(alice, "create", "web")
+    wirt(alice, "create", "db")
+    script = REPO / "completions" / "wirt.bash"
+
+    def complete(*words: str) -> list[str]:
+        line = " ".join(f"'{w}'" for w in words)
+        proc = alice.run(
+            'exec bash -c "$1"',
+            f'. {script}; COMP_WORDS=({line}); COMP_CWORD={len(words) - 1}; _wirt; '
+            'printf "%s\\n" "${COMPREPLY[@]}"', check=False)
+        assert proc.returncode == 0, proc.stderr
+        return sorted(proc.stdout.split())
+
+    assert complete("wirt", "start", "") == ["db", "web"]
+    assert complete("wirt", "--vm", "w") == ["web"]
+    assert "autostart" in complete("wirt", "") and "refresh" in complete("wirt", "")
+    # every flag of the action table is offered for its action and aliases
+    for action in ACTIONS:
+        names = [n for n in (action.name, *action.aliases) if n != "status"]
+        for name in names:
+            offered = complete("wirt", name, "--")
+            for option in action.options:
+                assert option.name in offered, (name, option.name)
+
+
+# -- admin verbs ---------------------------------------------------------------------------
+def test_admin_assign_reads_back_on_the_test_driver(site: Host) -> None:
+    alice = site.users[0]
+    domain = f"{alice.name}-web"
+    proc = subprocess.run([WIRT, "admin", "assign", domain, alice.name, "--config",
+                           str(site.config)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert f"{domain}: assigned to {alice.name} (persistent and live definition" in proc.stdout
+    proc = subprocess.run([WIRT, "admin", "assign", domain, "nosuchuser-x", "--config",
+                           str(site.config)], capture_output=True, text=True)
+    assert proc.returncode == 66 and "no user" in proc.stderr
+    proc = subprocess.run([WIRT, "admin", "assign", "nosuchdomain", alice.name, "--config",
+                           str(site.config)], capture_output=True, text=True)
+    assert proc.returncode == 66 and "no domain 'nosuchdomain'" in proc.stderr
+
+
+@pytest.fixture
+def system_domain(host: Host) -> Iterator[tuple[Host, User, User, Any]]:
+    """alice-web on qemu:///system (defined, never booted), assigned to bob by metadata."""
+    import libvirt
+
+    alice, bob = host.add_user("alice"), host.add_user("bob")
+    host.uri = "qemu:///system"
+    host.write_config()
+    conn = libvirt.open("qemu:///system")
+    dom = conn.defineXML(
+        f"<domain type='qemu'><name>{alice.name}-web</name><uuid>{uuid.uuid4()}</uuid>"
+        "<memory unit='MiB'>32</memory><os><type arch='x86_64' machine='pc'>hvm</type></os>"
+        "<metadata><wirt:owner xmlns:wirt='http://wirt.weimarnetz.de/xmlns/owner/1'>"
+        f"{bob.name}</wirt:owner></metadata></domain>")
+    try:
+        with published(host):
+            yield host, alice, bob, dom
+    finally:
+        dom.setAutostart(0)
+        dom.undefine()
+        conn.close()
+
+
+@pytest.mark.realvm
+def test_admin_assign_then_the_users_command(system_domain: tuple[Host, User, User, Any]
+                                             ) -> None:
+    """qemu:///system keeps the metadata between processes (the test driver cannot)."""
+    import libvirt
+
+    host, alice, bob, dom = system_domain
+    domain = dom.name()
+
+    def admin(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([WIRT, "admin", *args, "--config", str(host.config)],
+                              capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+
+    def autostart_now() -> subprocess.CompletedProcess[str]:
+        """alice waits on her command while root runs a pass with `wirt admin run`."""
+        waiting = subprocess.Popen(
+            ["/usr/sbin/runuser", "-u", alice.name, "--", WIRT, "autostart", "web", "--wait",
+             "--timeout", "60", "--config", SITE_CONFIG[-1]], cwd=alice.home,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={"HOME": str(alice.home), "PATH": "/usr/bin:/bin"})
+        deadline = time.monotonic() + 20
+        while not (spool(alice, "web") / "autostart").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        ran = admin("run")
+        assert ran.returncode == 0, ran.stderr
+        assert f"{alice.name} web autostart:" in ran.stdout  # --verbose
+        out, err = waiting.communicate(timeout=60)
+        return subprocess.CompletedProcess(waiting.args, waiting.returncode, out, err)
+
+    wirt(alice, "create", "web")
+    proc = autostart_now()
+    assert proc.returncode == 2 and "assigned to another user" in proc.stdout, proc
+    assert not dom.autostart()
+
+    proc = admin("assign", domain, alice.name)
+    assert proc.returncode == 0, proc.stderr
+    assert f"was: {bob.name}" in proc.stdout
+    assert f">{alice.name}</wirt:owner>" in dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    proc = autostart_now()
+    assert proc.returncode == 0 and proc.stdout.strip() == "web: autostart: done", proc
+    assert dom.autostart()
+
+    audit = admin("audit", alice.name)
+    assert audit.returncode == 0, audit.stderr
+    rows = [line.split() for line in audit.stdout.splitlines()[1:]]
+    assert [(r[4], r[5]) for r in rows if r[2] == "command"] == [
+        ("autostart", "rejected"), ("autostart", "done")]
+    as_json = json.loads(admin("audit", alice.name, "--json").stdout)
+    assert {r["user"] for r in as_json} == {alice.name}
+
+    proc = admin("unassign", domain)
+    assert proc.returncode == 0 and f"was: {alice.name}" in proc.stdout, proc.stderr
+    assert "wirt:owner" not in dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    # members cannot use the admin verbs
+    proc = wirt(alice, "admin", "assign", domain, alice.name)
+    assert proc.returncode == 77 and "run it as root" in proc.stderr
