@@ -105,10 +105,13 @@ def _action_parser(sub: Any, name: str, action: Action, aliases: list[str],
                             "your spool; a pass runs it.")
     _vm_arg(parser)
     for option in action.options:
+        what = f"the parameter {option.name} of the command file"
         if option.values:
-            parser.add_argument(option.name, dest=_dest(option.name), choices=option.values)
+            parser.add_argument(option.name, dest=_dest(option.name), choices=option.values,
+                                help=what)
         else:
-            parser.add_argument(option.name, dest=_dest(option.name), action="store_true")
+            parser.add_argument(option.name, dest=_dest(option.name), action="store_true",
+                                help=what)
     parser.add_argument("-w", "--wait", action="store_true",
                         help="wait for the outcome; the exit status tells it")
     parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS",

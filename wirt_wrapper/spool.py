@@ -305,6 +305,8 @@ class Home:
                 st = userfs.place_file(fd, name, content.encode("ascii"))
             except FileExistsError:
                 raise self._in_the_way(fd, ref, name) from None
+            except Unsafe as exc:
+                raise _unsafe(exc, f"{ref.shown(name)} ") from None
         return Written(ref, name, content, st.st_dev, st.st_ino, time.time(), log_ino, log_size)
 
     def _in_the_way(self, fd: int, ref: VmRef, name: str) -> Exception:
