@@ -227,6 +227,43 @@ def test_exit_status_interrupted(site: Host) -> None:
     assert out.startswith("web: autostart: interrupted: ")
 
 
+def test_wait_finds_its_line_after_the_log_was_rotated(site: Host) -> None:
+    """The pass rotates web.log between our line and the next one: the line is in web.log.1.gz.
+
+    The waiting CLI is stopped (SIGSTOP) while the pass runs, so it can only find the
+    line in the rotated generation.
+    """
+    alice = site.users[0]
+    site.extra_config = "[limits]\nlog_max_bytes = 100\n"
+    site.write_config({f"{alice.name}-web": None})
+    with published(site):
+        wirt(alice, "create", "web")
+        # Not through runuser: runuser stops itself when its child stops, and may miss
+        # the SIGCONT; here the CLI process is the child, as alice (uid, gid, groups).
+        waiting = subprocess.Popen(
+            [WIRT, "autostart", "web", "--wait", "--timeout", "60", "--config", SITE_CONFIG[-1]],
+            cwd=alice.home, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={"HOME": str(alice.home), "PATH": "/usr/bin:/bin"}, user=alice.uid,
+            group=alice.gid, extra_groups=os.getgrouplist(alice.name, alice.gid))
+        deadline = time.monotonic() + 20
+        while not (spool(alice, "web") / "autostart").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        waiting.send_signal(signal.SIGSTOP)
+        try:
+            os.utime(spool(alice, "web") / "autostart", (1_000_000, 1_000_000))  # runs first
+            assert wirt(alice, "suspend", "web").returncode == 0
+            site.run()
+        finally:
+            waiting.send_signal(signal.SIGCONT)
+        out, err = waiting.communicate(timeout=60)
+    logs = alice.home / "wirt/logs/vm"
+    assert (logs / "web.log.1.gz").exists() and "autostart" not in (logs / "web.log").read_text()
+    assert waiting.returncode == 0, err
+    assert out.strip() == "web: autostart: done"
+    history = json.loads(wirt(alice, "history", "web", "--json").stdout)
+    assert [h["action"] for h in history] == ["autostart", "suspend"]
+
+
 # -- atomic writes against running passes ---------------------------------------------------
 def test_never_seen_half_written(site: Host) -> None:
     """strace makes every write(2) of the CLI take 0.3 s while passes run back to back.

@@ -17,6 +17,7 @@ inode, then wait for the log line that names that history entry.
 
 from __future__ import annotations
 
+import gzip
 import os
 import pwd
 import re
@@ -33,6 +34,7 @@ from .actions import RESERVED, Rejection, check_vm_name
 from .clierrors import NotAllowed, NotFound, Pending, UsageError
 from .layouts import LAYOUTS, WIRT, Layout
 from .userfs import Unsafe
+from .userlogs import generation
 
 __all__ = ["LEGACY", "Home", "Outcome", "VmRef", "Written", "parse_log_line"]
 
@@ -401,27 +403,41 @@ class Home:
         return None
 
     def _log_line(self, written: Written, history: str) -> str | None:
+        """The log line that names *history*, or None if it is not written yet."""
         needle = f"(file {written.name}, kept as {history}) ["
+
+        def find(text: str) -> str | None:
+            for line in text.splitlines():
+                if needle in line and line.rstrip().endswith("]"):
+                    return line
+            return None
+
         ref = written.ref
         try:
             with self.folder(ref.layout.logs) as fd:
-                if ref.layout.info is not None:
-                    names = [self._log_name(ref)]
-                    offsets = {names[0]: written.log_size if written.log_ino else 0}
-                else:
-                    names = self._legacy_logs(fd, ref, since=written.time - 5)
-                    offsets = {}
-                for name in names:
-                    try:
-                        data, ino, _ = self._read_from(fd, name, offsets.get(name, 0),
-                                                       LOG_READ_LIMIT)
-                    except (FileNotFoundError, Unsafe):
-                        continue
-                    if name in offsets and written.log_ino and ino != written.log_ino:
-                        data, _, _ = self._read_from(fd, name, 0, LOG_READ_LIMIT)
-                    for line in data.decode("utf-8", "replace").splitlines():
-                        if needle in line and line.rstrip().endswith("]"):
+                if ref.layout.info is None:
+                    for name in self._legacy_logs(fd, ref, since=written.time - 5):
+                        try:
+                            data, _, _ = self._read_from(fd, name, 0, SMALL_FILE)
+                        except (FileNotFoundError, Unsafe):
+                            continue
+                        if (line := find(data.decode("utf-8", "replace"))) is not None:
                             return line
+                    return None
+                name = self._log_name(ref)
+                try:
+                    data, ino, _ = self._read_from(fd, name, written.log_size, LOG_READ_LIMIT)
+                    if ino != written.log_ino:
+                        data, _, _ = self._read_from(fd, name, 0, LOG_READ_LIMIT)
+                except FileNotFoundError:
+                    data, ino = b"", 0
+                except Unsafe as exc:
+                    raise _unsafe(exc, f"{ref.layout.shown(*ref.layout.logs, name)} ") from None
+                if (line := find(data.decode("utf-8", "replace"))) is not None:
+                    return line
+                if ino != written.log_ino or not ino:
+                    # rotated since the command was written: generation 1 holds the rest
+                    return find(self._rotated(fd, name))
         except FileNotFoundError:
             return None
         return None
@@ -455,21 +471,36 @@ class Home:
             return None
 
     def log_lines(self, ref: VmRef, count: int) -> list[str]:
-        """The last *count* lines of the VM's log (0: all that fits the read limit)."""
-        lines = self._log_text(ref).splitlines()
+        """The last *count* lines of the VM's log and its newest rotated generation (0: all)."""
+        lines = self._log_text(ref, rotated=True).splitlines()
         return lines[-count:] if count else lines
 
-    def _log_text(self, ref: VmRef) -> str:
+    def _rotated(self, fd: int, name: str) -> str:
+        """Generation 1 of a rotated log (``web.log.1.gz``), or "" if there is none usable."""
+        try:
+            handle, _ = userfs.open_regular(fd, generation(name, 1), self.uid)
+        except (FileNotFoundError, Unsafe):
+            return ""
+        try:
+            with os.fdopen(handle, "rb") as raw, gzip.GzipFile(fileobj=raw) as packed:
+                data = packed.read(LOG_READ_LIMIT)
+        except (OSError, EOFError):
+            return ""
+        return data.decode("utf-8", "replace")
+
+    def _log_text(self, ref: VmRef, *, rotated: bool = False) -> str:
         try:
             with self.folder(ref.layout.logs) as fd:
                 if ref.layout.info is not None:
+                    name = self._log_name(ref)
+                    older = self._rotated(fd, name) if rotated else ""
                     try:
-                        data, _, _ = self._read_from(fd, self._log_name(ref), 0, LOG_READ_LIMIT)
+                        data, _, _ = self._read_from(fd, name, 0, LOG_READ_LIMIT)
                     except FileNotFoundError:
-                        return ""
+                        return older
                     except Unsafe as exc:
                         raise _unsafe(exc, f"{ref.layout.shown(*ref.layout.logs)}/ ") from None
-                    return data.decode("utf-8", "replace")
+                    return older + data.decode("utf-8", "replace")
                 parts = []
                 for name in self._legacy_logs(fd, ref)[-200:]:
                     try:
