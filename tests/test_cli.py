@@ -584,7 +584,7 @@ def test_admin_assign_then_the_users_command(system_domain: tuple[Host, User, Us
     audit = admin("audit", alice.name)
     assert audit.returncode == 0, audit.stderr
     rows = [line.split() for line in audit.stdout.splitlines()[1:]]
-    assert [(r[4], r[5]) for r in rows if r[2] == "command"] == [
+    assert [(r[4], r[5]) for r in rows if r[1] == "command"] == [
         ("autostart", "rejected"), ("autostart", "done")]
     as_json = json.loads(admin("audit", alice.name, "--json").stdout)
     assert {r["user"] for r in as_json} == {alice.name}

@@ -5,7 +5,8 @@
   through libvirt-python, then read it back the way the pass does
   (:func:`hypervisor._parse_xml`);
 * ``run``: a pass now, by exec'ing the installed ``virsh_wrapper --verbose``;
-* ``audit USER``: that user's records in the audit log, as a table.
+* ``audit USER``: that user's records in the audit log (all events, rotated
+  generations too), through ``wirt-audit``'s reader, which escapes every value.
 
 Trusts: root-owned code and config (checked as ``virsh_wrapper`` checks them),
 and root's own command line.  User names are checked against the password
@@ -15,10 +16,8 @@ database before they are written into a domain.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pwd
-import stat
 import sys
 from typing import Any
 from xml.sax.saxutils import escape
@@ -166,49 +165,22 @@ def run_pass(args: argparse.Namespace, config: Config) -> int:
     return 70  # not reached
 
 
-def audit_records(path: str, user: str) -> list[dict[str, Any]]:
-    """The audit log's records about *user* (root-only file, opened without following links)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise NotFound(f"no audit log at {path} (no pass has run yet?)") from None
-    except OSError as exc:
-        raise CliError(f"audit log {path}: {exc.strerror}") from None
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode) or st.st_uid != 0:
-        os.close(fd)
-        raise CliError(f"audit log {path} is not a regular file owned by root")
-    found = []
-    with os.fdopen(fd, "rb") as handle:
-        for raw in handle:
-            try:
-                record = json.loads(raw)
-            except ValueError:
-                continue  # a torn last line
-            if isinstance(record, dict) and record.get("user") == user:
-                found.append(record)
-    return found
-
-
 def audit(args: argparse.Namespace, config: Config, out: Any) -> int:
-    records = audit_records(config.audit_log, args.user)
+    """Every record about *user* (all events), through wirt-audit's reader and table."""
+    from .auditquery import COLUMNS, print_table, query, rotated_files
+
+    try:
+        files = rotated_files(config.audit_log)
+    except OSError as exc:
+        raise NotFound(f"audit log {config.audit_log}: {exc.strerror} "
+                       "(no pass has run yet?)") from None
+    records = [record for _, record in query(files, event=None, filters={"user": [args.user]})]
     if args.lines > 0:
         records = records[-args.lines:]
-
-    def text() -> list[str]:
-        from .cli import table, when
-
-        rows = []
-        for r in records:
-            what = r.get("action") or r.get("file") or ""
-            params = " ".join(r.get("params") or [])
-            rows.append([when(str(r.get("time", ""))), str(r.get("event", "")),
-                         str(r.get("vm", "")), f"{what} {params}".strip(),
-                         str(r.get("outcome", "")),
-                         str(r.get("reason") or r.get("message") or "")])
-        if not rows:
-            return [f"no audit records for {args.user} in {config.audit_log}"]
-        return table(rows, ["TIME", "EVENT", "VM", "COMMAND", "OUTCOME", "REASON"])
-
-    out.emit(records, text)
+    if not records:
+        print(f"wirt: no audit records for {args.user} in {config.audit_log}", file=sys.stderr)
+    if out.as_json:
+        out.emit(records, list)
+    elif records:
+        print_table(records, sys.stdout, COLUMNS)
     return EXIT_OK
