@@ -337,6 +337,22 @@ def test_planted_links_and_files_are_not_followed(site: Host) -> None:
     assert "is a symbolic link" in wirt(alice, "list").stderr
 
 
+def test_names_chosen_by_another_member_cannot_drive_the_terminal(site: Host) -> None:
+    """bob drops a file whose name holds terminal escapes into alice's group-writable folder."""
+    alice, bob = site.users
+    wirt(alice, "create", "web")
+    folders = "~/wirt ~/wirt/service ~/wirt/service/vm ~/wirt/service/vm/web"
+    alice.run(f"chgrp {site.group} {folders} && chmod 2775 {folders}")
+    bob.run(f"touch \"{spool(alice, 'web')}/$(printf 'x\\033]0;owned\\007\\033[2J')\"")
+    site.run()
+    assert "\x1b" in alice.vm_log("web")  # the pass quotes the name as it found it
+    for args in (("log", "web"), ("history", "web"), ("list",), ("status", "web")):
+        proc = wirt(alice, *args)
+        assert proc.returncode == 0, proc.stderr
+        assert "\x1b" not in proc.stdout + proc.stderr, args
+    assert "\\x1b]0;owned" in wirt(alice, "log", "web").stdout
+
+
 # -- defaults, config, errors -------------------------------------------------------------------
 def test_default_vm_from_the_user_config(site: Host) -> None:
     alice = site.users[0]

@@ -159,6 +159,11 @@ def build_parser() -> Parser:
 
 
 # -- output -------------------------------------------------------------------
+def printable(line: str) -> str:
+    """A line safe for a terminal: logs quote names that another member may have chosen."""
+    return "".join(c if c.isprintable() or c == "\t" else f"\\x{ord(c):02x}" for c in line)
+
+
 class Out:
     def __init__(self, as_json: bool) -> None:
         self.as_json = as_json
@@ -168,7 +173,7 @@ class Out:
             print(json.dumps(data, indent=2, sort_keys=True))
         else:
             for line in text():
-                print(line)
+                print(printable(line))
 
 
 class Progress:
@@ -208,7 +213,7 @@ def when(text: str) -> str:
 
 
 def warn(message: str) -> None:
-    print(f"wirt: warning: {message}", file=sys.stderr)
+    print(f"wirt: warning: {printable(message)}", file=sys.stderr)
 
 
 # -- settings ---------------------------------------------------------------------
@@ -481,7 +486,7 @@ def cmd_log(home: Home, args: argparse.Namespace, out: Out) -> int:
         out.emit(lines, lambda: lines)
         return EXIT_OK
     # Following: one line at a time (with --json: one JSON string per line).
-    show = json.dumps if out.as_json else str
+    show = json.dumps if out.as_json else printable
     for line in lines:
         print(show(line))
     sys.stdout.flush()
@@ -550,7 +555,7 @@ def main(argv: list[str] | None = None) -> int:
             return run_admin(args, out)
         return run_user(args, out)
     except CliError as exc:
-        print(f"wirt: {exc}", file=sys.stderr)
+        print(f"wirt: {printable(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
