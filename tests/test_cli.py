@@ -469,16 +469,14 @@ def test_legacy_layout(site: Host) -> None:
     assert [(v["vm"], v["layout"], v["pending"]) for v in listed] == [
         ("new", "legacy", []), ("old", "legacy", ["autostart"])]
     # history: what a legacy pass leaves (written here by hand: see the docstring)
-    alice.write("virsh/history/20261125-101500.000001-dom-old-start")
-    alice.write("virsh/history/ERRORFILE-20261125-101600.000001")
+    alice.write("virsh/history/25_Nov_26_10.15.00-dom-old-start")
+    alice.write("virsh/history/ERRORFILE-25_Nov_26_10.16.00")
     history = json.loads(wirt(alice, "history", "--json").stdout)
     assert [(h["vm"], h["action"], h["layout"]) for h in history] == [
         ("old", "start", "legacy"), ("", "", "legacy")]
     assert json.loads(wirt(alice, "history", "old", "--json").stdout)[0]["action"] == "start"
 
 
-@pytest.mark.skipif("legacy" not in __import__("wirt_wrapper.layouts").layouts.LAYOUTS,
-                    reason="the pass does not serve the legacy layout yet")
 def test_legacy_wait_against_a_real_pass(site: Host) -> None:
     alice = site.users[0]
     alice.run("mkdir -p ~/virsh/dom-web")
@@ -486,6 +484,12 @@ def test_legacy_wait_against_a_real_pass(site: Host) -> None:
         proc = wirt(alice, "autostart", "web", "--wait", "--timeout", "60")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "web: autostart: done"
+    history = json.loads(wirt(alice, "history", "web", "--json").stdout)
+    assert [(h["layout"], h["action"], h["outcome"]) for h in history] == [
+        ("legacy", "autostart", "done")]
+    assert history[0]["history"].startswith("~/virsh/history/")
+    assert " web autostart: done (file autostart, kept as ~/virsh/history/" in wirt(
+        alice, "log", "web").stdout
 
 
 # -- bash completion ------------------------------------------------------------------------------

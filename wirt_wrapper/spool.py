@@ -32,23 +32,12 @@ from . import status as status_xml
 from . import userfs
 from .actions import RESERVED, Rejection, check_vm_name
 from .clierrors import NotAllowed, NotFound, Pending, UsageError
-from .layouts import LAYOUTS, WIRT, Layout
+from .layouts import LEGACY, WIRT, Layout
 from .userfs import Unsafe
 from .userlogs import generation
 
-__all__ = ["LEGACY", "Home", "Outcome", "VmRef", "Written", "parse_log_line"]
+__all__ = ["Home", "Outcome", "VmRef", "Written", "parse_log_line"]
 
-# SPEC 2b.  Only the folder names matter here; the pass owns the details.
-LEGACY = LAYOUTS.get("legacy") or Layout(
-    name="legacy",
-    spool=("virsh",),
-    vm_prefix="dom-",
-    own_entries=frozenset({"log", "history"}),
-    history=("virsh", "history"),
-    logs=("virsh", "log"),
-    general_log=("virsh", "log", "wirt.log"),
-    info=None,
-)
 ORDER: tuple[Layout, ...] = (WIRT, LEGACY)
 BY_NAME = {layout.name: layout for layout in ORDER}
 
@@ -444,7 +433,8 @@ class Home:
 
     def _legacy_logs(self, fd: int, ref: VmRef, since: float = 0.0) -> list[str]:
         """Per-command log files of *ref* (``<stamp>-<user>-dom-<vm>-<action>.log``)."""
-        pattern = re.compile(rf".*-{re.escape(ref.folder)}-[^-]+\.log")
+        # (create_new adds -2, -3 ... when a name is taken)
+        pattern = re.compile(rf".*-{re.escape(ref.folder)}-[^-]+(?:-[0-9]+)?\.log")
         names = []
         with os.scandir(fd) as it:
             for entry in it:
