@@ -338,19 +338,27 @@ def test_planted_links_and_files_are_not_followed(site: Host) -> None:
 
 
 def test_names_chosen_by_another_member_cannot_drive_the_terminal(site: Host) -> None:
-    """bob drops a file whose name holds terminal escapes into alice's group-writable folder."""
+    """bob drops a file whose name holds terminal escapes into alice's group-writable folder.
+
+    The pass escapes the name in the log; a log line from an older wirt, which did not,
+    is escaped by the CLI when it prints.
+    """
     alice, bob = site.users
     wirt(alice, "create", "web")
     folders = "~/wirt ~/wirt/service ~/wirt/service/vm ~/wirt/service/vm/web"
     alice.run(f"chgrp {site.group} {folders} && chmod 2775 {folders}")
     bob.run(f"touch \"{spool(alice, 'web')}/$(printf 'x\\033]0;owned\\007\\033[2J')\"")
     site.run()
-    assert "\x1b" in alice.vm_log("web")  # the pass quotes the name as it found it
+    alice.run("printf '2026-01-01T00:00:00+0000 web y\\033[2J: rejected: old "
+              "(file y\\033[2J, kept as ~/wirt/logs/history/old) [1-1]\\n' "
+              ">> ~/wirt/logs/vm/web.log")
+    assert "\x1b" in alice.vm_log("web")
     for args in (("log", "web"), ("history", "web"), ("list",), ("status", "web")):
         proc = wirt(alice, *args)
         assert proc.returncode == 0, proc.stderr
         assert "\x1b" not in proc.stdout + proc.stderr, args
-    assert "\\x1b]0;owned" in wirt(alice, "log", "web").stdout
+    log = wirt(alice, "log", "web").stdout
+    assert "x\\x1b]0;owned" in log and "y\\x1b[2J" in log
 
 
 # -- defaults, config, errors -------------------------------------------------------------------

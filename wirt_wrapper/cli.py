@@ -32,6 +32,7 @@ from .actions import (
     check_vm_name,
     lookup_action,
     parse_params,
+    printable,
 )
 from .clierrors import (
     EXIT_BY_OUTCOME,
@@ -159,9 +160,9 @@ def build_parser() -> Parser:
 
 
 # -- output -------------------------------------------------------------------
-def printable(line: str) -> str:
-    """A line safe for a terminal: logs quote names that another member may have chosen."""
-    return "".join(c if c.isprintable() or c == "\t" else f"\\x{ord(c):02x}" for c in line)
+def shown(line: str) -> str:
+    """A line safe for a terminal (logs written before names were escaped, old tools)."""
+    return printable(line, limit=1 << 20)
 
 
 class Out:
@@ -173,7 +174,7 @@ class Out:
             print(json.dumps(data, indent=2, sort_keys=True))
         else:
             for line in text():
-                print(printable(line))
+                print(shown(line))
 
 
 class Progress:
@@ -213,7 +214,7 @@ def when(text: str) -> str:
 
 
 def warn(message: str) -> None:
-    print(f"wirt: warning: {printable(message)}", file=sys.stderr)
+    print(f"wirt: warning: {shown(message)}", file=sys.stderr)
 
 
 # -- settings ---------------------------------------------------------------------
@@ -486,7 +487,7 @@ def cmd_log(home: Home, args: argparse.Namespace, out: Out) -> int:
         out.emit(lines, lambda: lines)
         return EXIT_OK
     # Following: one line at a time (with --json: one JSON string per line).
-    show = json.dumps if out.as_json else printable
+    show = json.dumps if out.as_json else shown
     for line in lines:
         print(show(line))
     sys.stdout.flush()
@@ -555,7 +556,7 @@ def main(argv: list[str] | None = None) -> int:
             return run_admin(args, out)
         return run_user(args, out)
     except CliError as exc:
-        print(f"wirt: {printable(str(exc))}", file=sys.stderr)
+        print(f"wirt: {shown(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
