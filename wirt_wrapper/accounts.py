@@ -23,17 +23,10 @@ __all__ = ["AccountChecker", "group_lists", "members"]
 def members(group: str) -> list[pwd.struct_passwd]:
     """Members of *group*, supplementary and primary, sorted by name; never root."""
     entry = grp.getgrnam(group)
-    names = set(entry.gr_mem)
-    names.update(p.pw_name for p in pwd.getpwall() if p.pw_gid == entry.gr_gid)
-    found = []
-    for name in sorted(names):
-        try:
-            user = pwd.getpwnam(name)
-        except KeyError:
-            continue
-        if user.pw_uid != 0:
-            found.append(user)
-    return found
+    listed = set(entry.gr_mem)
+    found = {p.pw_name: p for p in pwd.getpwall()
+             if (p.pw_name in listed or p.pw_gid == entry.gr_gid) and p.pw_uid != 0}
+    return [found[name] for name in sorted(found)]
 
 
 def group_lists(users: list[pwd.struct_passwd]) -> dict[str, tuple[int, ...]]:

@@ -128,10 +128,15 @@ class Child:
     def fileno(self) -> int:
         return self.channel.sock.fileno()
 
-    def end(self) -> None:
-        """Close the channel and have the child killed (the user may have stopped it)."""
+    def end(self, *, kill: bool) -> None:
+        """Close the channel; *kill* a child that did not finish (the user may have stopped it).
+
+        A child that said 'bye' exits by itself; one the user stops after that is
+        killed when the spawner closes, at the end of the pass.
+        """
         self.channel.sock.close()
-        self.spawner.kill(self.number)
+        if kill:
+            self.spawner.kill(self.number)
 
 
 Target = Callable[[dict[str, Any], Channel], None]

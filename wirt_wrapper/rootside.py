@@ -17,7 +17,7 @@ import select
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import libvirt
@@ -219,7 +219,7 @@ class Pass:
         )
         identity = privsep.Identity(user.pw_name, user.pw_uid, user.pw_gid,
                                     self.groups[user.pw_name])
-        child = self.spawner.spawn(identity, asdict(job))
+        child = self.spawner.spawn(identity, vars(job))
         child.channel.deadline = time.monotonic() + self.config.limits.seconds_per_user
         return UserContext(user, child)
 
@@ -247,7 +247,7 @@ class Pass:
         return True
 
     def end(self, ctx: UserContext) -> None:
-        ctx.child.end()
+        ctx.child.end(kill=ctx.problem is not None)
         if ctx.problem:
             user = ctx.user
             self.summary.pending = True
