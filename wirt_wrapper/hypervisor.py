@@ -225,6 +225,10 @@ class Hypervisor:
         doms = list(self._doms.items())
         self._xml_job = self._pool.submit(lambda: {name: dom.XMLDesc(0) for name, dom in doms})
 
+    def details_ready(self) -> bool:
+        """Whether the bulk read of domain details is done (prefetch will not wait)."""
+        return self._xml_job is None or self._xml_job.done()
+
     def prefetch(self, names: list[str]) -> None:
         """Fill the snapshot for *names* from the bulk XML read (idle path)."""
         if self._xml_job is not None:

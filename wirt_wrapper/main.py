@@ -75,8 +75,8 @@ def run(args: argparse.Namespace) -> int:
     from .config import load_config
     from .errors import ConfigError
     from .layouts import LAYOUTS
-    from .privsep import Spawner
-    from .userside import user_main
+    from .privsep import Prober, Spawner
+    from .userprobe import look
 
     config = load_config(args.config)
     wanted = config.layouts if args.layout == "all" else (args.layout,)
@@ -88,16 +88,20 @@ def run(args: argparse.Namespace) -> int:
         if args.verbose:
             print("virsh_wrapper: another pass is running; nothing to do")
         return 0
-    # The spawner is forked before libvirt is loaded: see privsep.Spawner.
+    # Forked before libvirt is loaded (see privsep): the prober even before lxml.
+    prober = Prober(look)
+    from .userside import user_main
+
     spawner = Spawner(user_main)
     from .rootside import Options, Pass
 
     options = Options(layouts=layouts, user=args.user, dry_run=args.dry_run,
                       verbose=args.verbose)
     try:
-        summary = Pass(config, options, spawner).run()
+        summary = Pass(config, options, spawner, prober).run()
     finally:
         spawner.close()
+        prober.close()
     if args.verbose or args.dry_run:
         print(f"virsh_wrapper: {summary.line()}")
     os.close(lock)

@@ -10,10 +10,17 @@ are never in its process.
 Messages are JSON objects, length-prefixed, over a Unix stream socketpair.
 The root side reads with a deadline, so a stopped or hung child is killed
 and cannot stall the pass.
+
+Before that, a prober (root, also forked before libvirt) takes a quick look
+into each home with the user's *filesystem* identity only (setfsuid,
+setfsgid, the user's groups): listing and lstat, nothing else, so that users
+with nothing to do cost no process at all.  Everything that opens, reads,
+moves or writes a user's file happens in a child that dropped for good.
 """
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import json
 import os
@@ -22,14 +29,17 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import Callable
-from contextlib import suppress
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import ProtocolError
 
-__all__ = ["Channel", "Child", "Identity", "Spawner", "Timeout", "drop_for_good", "reap"]
+__all__ = [
+    "Channel", "Child", "Identity", "Prober", "Spawner", "Timeout", "drop_for_good",
+    "filesystem_identity", "reap",
+]
 
 MAX_MESSAGE = 4 << 20
 _HEADER = struct.Struct("!I")
@@ -252,6 +262,101 @@ def _fork_user(user: Identity, job: dict[str, Any], fd: int,
             os.write(2, f"wirt: user side for {user.name} failed: {exc!r}\n".encode())
     finally:
         os._exit(code)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+@contextmanager
+def filesystem_identity(user: Identity) -> Iterator[None]:
+    """Let the kernel judge file access as *user* (fsuid, fsgid, groups), then become root again.
+
+    For a single-threaded root process only (setfsuid is per thread; the
+    groups are per process).  Leaving fsuid 0 clears the filesystem
+    capabilities (CAP_DAC_OVERRIDE, ...) from the effective set, so nothing
+    reaches what the user could not.  Any failure to switch or to switch
+    back ends the process.
+    """
+    saved = os.getgroups()
+    os.setgroups(list(user.groups))
+    _libc.setfsgid(user.gid)
+    _libc.setfsuid(user.uid)
+    try:
+        # setfs[ug]id return the previous value: asking again tells the current one
+        if _libc.setfsuid(user.uid) != user.uid or _libc.setfsgid(user.gid) != user.gid:
+            os.write(2, b"wirt: cannot take the user's filesystem identity; aborting\n")
+            os._exit(70)
+        yield
+    finally:
+        _libc.setfsuid(0)
+        _libc.setfsgid(0)
+        os.setgroups(saved)
+        if _libc.setfsuid(0) != 0 or _libc.setfsgid(0) != 0:
+            os._exit(70)
+
+
+class Prober:
+    """A small root process that takes a quick look into homes, one user at a time.
+
+    Forked before libvirt is loaded; it holds only its socket.  For each
+    request it takes the user's filesystem identity (see
+    :func:`filesystem_identity`), calls *look* (which must only list folders
+    and lstat, never read or write), and answers.  Requests and answers are
+    single packets, answered in order; root reads them when they come.
+    """
+
+    def __init__(self, look: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - observed through the tests
+            code = 0
+            try:
+                mine.close()
+                keep = theirs.fileno()
+                os.closerange(3, keep)
+                os.closerange(keep + 1, 1 << 16)
+                gc.disable()
+                while data := theirs.recv(MAX_MESSAGE):
+                    request = json.loads(data)
+                    name, uid, gid, groups = request["user"]
+                    with filesystem_identity(Identity(name, uid, gid, tuple(groups))):
+                        report = look(request["job"])
+                    theirs.send(json.dumps(report).encode())
+            except BaseException:  # noqa: BLE001 - never return into the pass's code
+                code = 1
+            finally:
+                os._exit(code)
+        theirs.close()
+        self.pid = pid
+        self.sock = mine
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def ask(self, user: Identity, job: dict[str, Any]) -> None:
+        request = {"user": [user.name, user.uid, user.gid, list(user.groups)], "job": job}
+        self.sock.send(json.dumps(request).encode())
+
+    def answer(self) -> dict[str, Any]:
+        data = self.sock.recv(MAX_MESSAGE)
+        if not data:
+            raise EOFError("the prober ended")
+        report = json.loads(data)
+        if not isinstance(report, dict):
+            raise ProtocolError("a look is a JSON object")
+        return report
+
+    def close(self) -> None:
+        """End the prober (killed: it may be stuck in a hung file system); once only."""
+        if self.pid == 0:
+            return
+        self.sock.close()
+        with suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+        os.waitpid(self.pid, 0)
+        self.pid = 0  # reaped: never signal that number again
 
 
 def reap(pids: list[int], *, block: bool) -> list[int]:

@@ -16,6 +16,7 @@ import pwd
 import select
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +42,7 @@ from .config import Config
 from .errors import ProtocolError
 from .hypervisor import Hypervisor, Interrupted, Unreachable
 from .layouts import LAYOUTS
+from .status import info_digest
 from .userside import UserJob
 
 __all__ = ["Options", "Pass", "Summary"]
@@ -74,6 +76,8 @@ class Summary:
 
 # Users served at the same time: their children read homes while root answers.
 PARALLEL_USERS = 16
+# Questions the prober may owe at once (answers are read as they come).
+LOOK_AHEAD = 32
 
 
 @dataclass
@@ -89,8 +93,14 @@ class UserContext:
 class Pass:
     """One pass over every member (or one, with --user)."""
 
-    def __init__(self, config: Config, options: Options, spawner: privsep.Spawner) -> None:
+    def __init__(self, config: Config, options: Options, spawner: privsep.Spawner,
+                 prober: privsep.Prober | None = None) -> None:
         self.spawner = spawner
+        self.prober = prober
+        self.to_look: deque[pwd.struct_passwd] = deque()  # for the prober, not asked yet
+        self.looking: deque[pwd.struct_passwd] = deque()  # asked the prober, in order
+        self.look_deadline = 0.0
+        self.full: deque[pwd.struct_passwd] = deque()  # waiting for a full turn
         self.config = config
         self.options = options
         self.summary = Summary()
@@ -98,23 +108,30 @@ class Pass:
         self.audit = AuditLog(config.audit_log, dry_run=options.dry_run)
         self.journal = Journal(config.state_dir, dry_run=options.dry_run)
         self.reported_path = os.path.join(config.state_dir, "reported.json")
-        self.reported = self._load_reported()
+        self.reported: dict[str, Any] = self._load_json(self.reported_path)
+        # per uid, layout, VM: [digest of the info behind status.xml, its lstat signature]
+        self.idle_path = os.path.join(config.state_dir, "idle.json")
+        self.idle: dict[str, dict[str, dict[str, Any]]] = self._load_json(self.idle_path)
+        self.idle_loaded = json.dumps(self.idle, sort_keys=True)
         self.seen: dict[str, set[str]] = {}
         self.counter = 0
         self.claimants = Claimants(config.domain_name, [])
         self.groups: dict[str, tuple[int, ...]] = {}
         self.pass_id = f"{time.time_ns():x}"
         self.report = notify.Report()  # for syslog and mail at the end
+        self.deferred: list[tuple[pwd.struct_passwd, dict[str, Any]]] = []
 
     # -- helpers -----------------------------------------------------------
     def say(self, text: str) -> None:
         if self.options.verbose or self.options.dry_run:
             print(text, flush=True)
 
-    def _load_reported(self) -> dict[str, list[str]]:
-        if not os.path.lexists(self.reported_path):
+    @staticmethod
+    def _load_json(path: str) -> dict[str, Any]:
+        """A root-only state file in state_dir ({} when missing or torn)."""
+        if not os.path.lexists(path):
             return {}
-        fd = open_root_file(self.reported_path, os.O_RDONLY, "state file")
+        fd = open_root_file(path, os.O_RDONLY, "state file")
         with os.fdopen(fd, "rb") as handle:
             try:
                 data = json.load(handle)
@@ -122,19 +139,24 @@ class Pass:
                 return {}
         return data if isinstance(data, dict) else {}
 
-    def _save_reported(self) -> None:
+    @staticmethod
+    def _save_json(path: str, data: dict[str, Any]) -> None:
+        temp = path + ".new"
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, sort_keys=True)
+        os.rename(temp, path)
+
+    def _save_state(self) -> None:
         if self.options.dry_run:
             return
         merged = dict(self.reported)
         for uid, keys in self.seen.items():
             merged[uid] = sorted(keys)
-        if merged == self.reported:
-            return
-        temp = self.reported_path + ".new"
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(merged, handle)
-        os.rename(temp, self.reported_path)
+        if merged != self.reported:
+            self._save_json(self.reported_path, merged)
+        if json.dumps(self.idle, sort_keys=True) != self.idle_loaded:
+            self._save_json(self.idle_path, self.idle)
 
     # -- the pass ------------------------------------------------------------
     def run(self) -> Summary:
@@ -162,7 +184,7 @@ class Pass:
         with AccountChecker(self.config.pam_service) as accounts:
             self.serve_all(group, accounts)
         self.journal.compact()
-        self._save_reported()
+        self._save_state()
         self.hv.close()
         self.summary.seconds = time.monotonic() - started
         if self.hv.down and not self.summary.libvirt_down:  # lost during the pass
@@ -180,35 +202,101 @@ class Pass:
         return self.summary
 
     def serve_all(self, users: list[pwd.struct_passwd], accounts: AccountChecker) -> None:
-        """Serve every user, a few at a time; each turn ends by 'bye', error or deadline."""
-        queue = list(reversed(users))
+        """Serve every user: a quick look first (the prober), a full turn if there is work.
+
+        Full turns run a few at a time; each ends by 'bye', error or deadline.
+        """
+        for user in users:
+            self.start(user, accounts)
         active: dict[int, UserContext] = {}
-        while queue or active:
-            while queue and len(active) < PARALLEL_USERS:
-                ctx = self.start(queue.pop(), accounts)
-                if ctx is not None:
-                    active[ctx.child.fileno()] = ctx
-            if not active:
+        while self.full or active or self.looking or self.to_look or self.deferred:
+            while self.to_look and len(self.looking) < LOOK_AHEAD:
+                self.ask_prober(self.to_look.popleft())
+            while self.full and len(active) < PARALLEL_USERS:
+                ctx = self.start_full(self.full.popleft())
+                active[ctx.child.fileno()] = ctx
+            if self.deferred and (self.hv.details_ready() or not (active or self.looking)):
+                for user, report in self.deferred:
+                    if self.needs_turn(user, report):
+                        self.full.append(user)
+                self.deferred = []
                 continue
-            deadline = min(c.child.channel.deadline or 0.0 for c in active.values())
-            ready, _, _ = select.select(list(active), [], [],
-                                        max(0.0, deadline - time.monotonic()))
+            waits = [c.child.channel.deadline or 0.0 for c in active.values()]
+            fds: list[int] = list(active)
+            if self.looking and self.prober is not None:
+                waits.append(self.look_deadline)
+                fds.append(self.prober.fileno())
+            if not fds:
+                continue
+            ready, _, _ = select.select(fds, [], [], max(0.0, min(waits) - time.monotonic()))
             now = time.monotonic()
+            if self.prober is not None and self.prober.fileno() in ready:
+                self.take_look()
+            elif self.looking and now >= self.look_deadline:
+                self.prober_failed("no answer within the time limit")
             expired = [fd for fd, c in active.items() if now >= (c.child.channel.deadline or 0.0)]
-            for fd in set(ready) | set(expired):
+            for fd in (set(ready) | set(expired)) & set(active):
                 ctx = active[fd]
                 if self.step(ctx):
                     del active[fd]
                     self.end(ctx)
 
-    def start(self, user: pwd.struct_passwd, accounts: AccountChecker) -> UserContext | None:
+    def start(self, user: pwd.struct_passwd, accounts: AccountChecker) -> None:
+        """Check the account; then ask for a look, or queue a full turn straight away."""
         problem = accounts.problem(user.pw_name)
         if problem:
             self.summary.skipped += 1
             self.audit.write("user-skipped", user=user.pw_name, uid=user.pw_uid, reason=problem)
             self.say(f"{user.pw_name}: skipped: {problem}")
-            return None
+            return
         self.summary.users += 1
+        if self.prober is None or self.options.dry_run or self.journal.open_for(user.pw_uid):
+            self.full.append(user)
+        else:
+            self.to_look.append(user)
+
+    def ask_prober(self, user: pwd.struct_passwd) -> None:
+        if self.prober is None:
+            self.full.append(user)
+            return
+        job = {"home": user.pw_dir, "uid": user.pw_uid, "layouts": self.options.layouts,
+               "limit": self.config.limits.max_files_per_user * 10}
+        if not self.looking:
+            self.look_deadline = time.monotonic() + self.config.limits.seconds_per_user
+        self.prober.ask(self._identity(user), job)
+        self.looking.append(user)
+
+    def take_look(self) -> None:
+        """The prober's answer for the oldest user it was asked about."""
+        if self.prober is None:
+            return
+        try:
+            report = self.prober.answer()
+        except (EOFError, OSError, ProtocolError, ValueError) as exc:
+            self.prober_failed(str(exc))
+            return
+        user = self.looking.popleft()
+        self.look_deadline = time.monotonic() + self.config.limits.seconds_per_user
+        if not isinstance(report, dict) or set(report) != set(self.options.layouts):
+            self.full.append(user)  # not a look we understand: have a full look
+        elif self.hv.details_ready():
+            if self.needs_turn(user, report):
+                self.full.append(user)
+        else:  # deciding needs the domains' details, still on their way from libvirt
+            self.deferred.append((user, report))
+
+    def prober_failed(self, why: str) -> None:
+        """Stop asking the prober (a hung home, say); everyone it owes gets a full turn."""
+        self.audit.write("prober-failed", reason=why, users=[u.pw_name for u in self.looking])
+        if self.prober is not None:
+            self.prober.close()
+            self.prober = None
+        self.full.extend(self.looking)
+        self.full.extend(self.to_look)
+        self.looking.clear()
+        self.to_look.clear()
+
+    def start_full(self, user: pwd.struct_passwd) -> UserContext:
         job = UserJob(
             user=user.pw_name, uid=user.pw_uid, home=user.pw_dir,
             layouts=self.options.layouts, max_files=self.config.limits.max_files_per_user,
@@ -217,11 +305,12 @@ class Pass:
             log_keep=self.config.limits.log_keep,
             recover=[] if self.options.dry_run else self.journal.open_for(user.pw_uid),
         )
-        identity = privsep.Identity(user.pw_name, user.pw_uid, user.pw_gid,
-                                    self.groups[user.pw_name])
-        child = self.spawner.spawn(identity, vars(job))
+        child = self.spawner.spawn(self._identity(user), vars(job))
         child.channel.deadline = time.monotonic() + self.config.limits.seconds_per_user
         return UserContext(user, child)
+
+    def _identity(self, user: pwd.struct_passwd) -> privsep.Identity:
+        return privsep.Identity(user.pw_name, user.pw_uid, user.pw_gid, self.groups[user.pw_name])
 
     def step(self, ctx: UserContext) -> bool:
         """Answer one request of *ctx*'s child; True when its turn is over."""
@@ -265,21 +354,21 @@ class Pass:
         name = ctx.user.pw_name
         try:
             self.hv.prefetch([domain_for(self.config.domain_name, name, vm) for vm in vms])
-            status = {vm: self._status_for(ctx, vm) for vm in vms}
+            status = {vm: self._status_for(ctx.user, vm) for vm in vms}
         except Unreachable as exc:  # libvirt went away during the pass
             self.summary.pending = True
             return {"down": str(exc)}
         del layout
         return {"status": status}
 
-    def _status_for(self, ctx: UserContext, vm: str) -> dict[str, Any]:
-        domain = domain_for(self.config.domain_name, ctx.user.pw_name, vm)
+    def _status_for(self, user: pwd.struct_passwd, vm: str) -> dict[str, Any]:
+        domain = domain_for(self.config.domain_name, user.pw_name, vm)
         info = self.hv.info(domain)
         if info is None:
             return {"domain": domain, "problem_kind": "missing",
                     "problem": no_domain(domain)}
-        problem = owner_problem(ctx.user.pw_name, domain, info.owner,
-                                self.claimants.find(domain, besides=ctx.user.pw_name))
+        problem = owner_problem(user.pw_name, domain, info.owner,
+                                self.claimants.find(domain, besides=user.pw_name))
         if problem:
             return {"domain": domain, "problem_kind": "not-yours", "problem": problem}
         return info.as_status()
@@ -446,7 +535,38 @@ class Pass:
         return {"new": new}
 
     def on_bye(self, ctx: UserContext, msg: dict[str, Any]) -> dict[str, Any]:
+        statuses = msg.get("statuses", {})
+        if not isinstance(statuses, dict):
+            raise ProtocolError("statuses must be an object")
+        mine = self.idle.setdefault(str(ctx.user.pw_uid), {})
+        for layout, vms in statuses.items():
+            _layout(layout, self.options.layouts)
+            if not isinstance(vms, dict):
+                raise ProtocolError("statuses must map VMs")
+            for vm, seen in vms.items():
+                check_vm_name(vm)
+                mine.setdefault(layout, {})[vm] = seen
         return {}
+
+    def needs_turn(self, user: pwd.struct_passwd, report: dict[str, Any]) -> bool:
+        """Whether the prober's look shows anything for a full user side to do."""
+        cached = self.idle.get(str(user.pw_uid), {})
+        for layout, look in report.items():
+            if not isinstance(look, dict) or look.get("spool") == "absent":
+                continue
+            vms = look.get("vms")
+            if look.get("spool") != "ok" or not isinstance(vms, dict):
+                return True  # a command, or something the full side must look at
+            if LAYOUTS[layout].info is None or self.hv.down:
+                continue  # nothing to refresh (or nothing to refresh it from)
+            for vm, seen in vms.items():
+                try:
+                    status = self._status_for(user, check_vm_name(vm))
+                except Unreachable:
+                    return True
+                if cached.get(layout, {}).get(vm) != [info_digest(status), seen]:
+                    return True  # a new VM, a changed state, or a status.xml someone touched
+        return False
 
 
 Handler = Callable[[Pass, UserContext, dict[str, Any]], dict[str, Any]]

@@ -37,6 +37,14 @@ def _text(parent: etree._Element, tag: str, value: object, **attrs: str) -> etre
     return child
 
 
+def info_digest(info: dict[str, Any]) -> str:
+    """A short fingerprint of what root said about a VM (the same on both sides)."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(info, sort_keys=True).encode()).hexdigest()[:32]
+
+
 def render(vm: str, info: dict[str, Any], last: dict[str, str] | None) -> bytes:
     """The status document for *vm*; *info* comes from the privileged side."""
     root = etree.Element("status", version=VERSION)

@@ -29,6 +29,7 @@ from .actions import RESERVED, Rejection, check_vm_name, parse_command, printabl
 from .layouts import LAYOUTS, SET_ASIDE, Layout
 from .privsep import Channel
 from .userfs import Unsafe
+from .userprobe import signature
 
 __all__ = ["UserJob", "user_main"]
 
@@ -77,6 +78,7 @@ class UserSide:
         self.budget = job.max_files
         self.stopped = False  # root said: leave the rest pending
         self.dirs: dict[tuple[str, ...], int] = {}
+        self.statuses: dict[str, dict[str, list[Any]]] = {}
 
     def folder(self, parts: tuple[str, ...], *, create: bool = True) -> int:
         """An output folder, walked safely once per pass and then kept open (pinned)."""
@@ -205,6 +207,10 @@ class UserSide:
         new = status_xml.render(vm, info, last)
         if new != old:
             userfs.replace_file(vm_fd, STATUS_FILE, new)
+        # what lets the next pass's probe tell that nothing changed (userprobe)
+        st = os.stat(STATUS_FILE, dir_fd=vm_fd, follow_symlinks=False)
+        self.statuses.setdefault(layout.name, {})[vm] = [status_xml.info_digest(info),
+                                                         signature(st)]
 
     # -- recovery of commands a killed pass left in flight ----------------
     def recover(self) -> None:
@@ -440,7 +446,7 @@ class UserSide:
                 self.general(LAYOUTS[name], lines)
         elif self.notices:
             self.ask("notices", items=self.notices)
-        self.chan.send({"op": "bye", "logged": self.logged})
+        self.chan.send({"op": "bye", "logged": self.logged, "statuses": self.statuses})
 
 
 def _why(exc: BaseException) -> str:

@@ -13,6 +13,7 @@ import itertools
 import os
 import signal
 import sys
+import time
 
 flips = 0
 running = True
@@ -66,7 +67,13 @@ def main() -> None:
     signal.signal(signal.SIGTERM, stop)
 
     def fd(path: str) -> int:
-        return os.open(os.path.join(home, path), os.O_RDONLY | os.O_DIRECTORY)
+        # another racer may have this folder moved aside for a moment: try again
+        for _ in range(10_000):
+            try:
+                return os.open(os.path.join(home, path), os.O_RDONLY | os.O_DIRECTORY)
+            except (FileNotFoundError, NotADirectoryError):
+                time.sleep(0.001)
+        raise SystemExit(f"racer: {path} never came back")
 
     targets = ["/etc/shadow", canary, os.path.join(home, "private/precious")]
     steps = {

@@ -1,0 +1,130 @@
+"""The privilege boundary itself: the permanent drop and the prober's filesystem identity."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from conftest import Host
+
+from wirt_wrapper.privsep import Identity, filesystem_identity
+
+
+def in_child(fn: Callable[[], int]) -> int:
+    """Run *fn* in a forked child (root's credentials must not change here); its exit code."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os._exit(fn())
+        except BaseException:
+            os._exit(99)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def test_filesystem_identity_is_enforced_by_the_kernel(host: Host) -> None:
+    alice = host.add_user("alice")
+    bob = host.add_user("bob")
+    secret = bob.home / "secret"
+    secret.write_text("bob's")
+    os.chown(secret, bob.uid, bob.gid)
+    secret.chmod(0o600)
+    bob.home.chmod(0o755)
+    me = Identity(alice.name, alice.uid, alice.gid, (alice.gid,))
+
+    def probe() -> int:
+        # root reads it; as alice's filesystem identity the kernel says no; then root again
+        os.stat(secret)
+        open(secret).close()
+        with filesystem_identity(me):
+            try:
+                open(secret).close()
+                return 1  # read another user's 0600 file: the identity did not hold
+            except PermissionError:
+                pass
+            try:
+                os.listdir("/root")
+                return 2
+            except PermissionError:
+                pass
+            if os.geteuid() != 0:
+                return 3  # only the filesystem identity changes
+        open(secret).close()  # root's access is back
+        return 0
+
+    assert in_child(probe) == 0
+
+
+def test_groups_follow_the_filesystem_identity(host: Host) -> None:
+    alice = host.add_user("alice")
+    folder = Path(tempfile.mkdtemp(prefix="wirt-group-"))  # a folder she may search
+    folder.chmod(0o755)
+    group_file = folder / "for-the-group"
+    group_file.write_text("x")
+    os.chown(group_file, 0, alice.gid)
+    group_file.chmod(0o640)
+    # her group only as a supplementary group: the file opens through setgroups alone
+    member = Identity(alice.name, alice.uid, 65534, (65534, alice.gid))
+    outsider = Identity(alice.name, alice.uid, 65534, (65534,))
+
+    def probe() -> int:
+        with filesystem_identity(member):
+            open(group_file).close()  # a member of its group may read it
+        with filesystem_identity(outsider):
+            try:
+                open(group_file).close()
+                return 1
+            except PermissionError:
+                pass
+        return 0
+
+    try:
+        assert in_child(probe) == 0
+    finally:
+        shutil.rmtree(folder)
+
+
+def test_an_idle_pass_still_notices_a_touched_status(host: Host) -> None:
+    """The prober skips idle users; a status.xml someone changed is rewritten anyway."""
+    alice = host.add_user("alice")
+    host.write_config({f"{alice.name}-web": None})
+    alice.run("mkdir -p ~/wirt/service/vm/web")
+    host.run()
+    status = alice.home / "wirt/info/vm/web/status.xml"
+    good = status.read_text()
+    host.run()  # idle: nothing to do, nothing written
+    first = os.stat(status)
+    host.run()
+    assert (os.stat(status).st_ino, os.stat(status).st_mtime_ns) == (first.st_ino,
+                                                                      first.st_mtime_ns)
+    alice.run("echo scribbled > ~/wirt/info/vm/web/status.xml")
+    host.run()
+    assert status.read_text() == good
+    assert stat.S_IMODE(os.stat(status).st_mode) == 0o600
+
+
+def test_an_idle_pass_sees_a_changed_domain(host: Host) -> None:
+    alice = host.add_user("alice")
+    host.write_config({f"{alice.name}-web": None})
+    alice.run("mkdir -p ~/wirt/service/vm/web")
+    host.run()
+    host.run()
+    assert "65536" in alice.status("web")
+    host_xml = host.root / "etc" / "host.xml"
+    host_xml.write_text(host_xml.read_text().replace("<memory>65536", "<memory>131072"))
+    host.run()
+    assert "131072" in alice.status("web")
+
+
+def test_a_new_command_after_idle_passes_is_run(host: Host) -> None:
+    alice = host.add_user("alice")
+    host.write_config({f"{alice.name}-web": None})
+    alice.run("mkdir -p ~/wirt/service/vm/web")
+    host.run()
+    host.run()
+    alice.write("wirt/service/vm/web/autostart")
+    host.run()
+    assert [r["outcome"] for r in host.commands()] == ["done"]

@@ -1,0 +1,99 @@
+"""A quick look at a user's spool, so that idle users need no user-side process at all.
+
+Runs in :class:`privsep.Prober` with the user's *filesystem* identity
+(fsuid, fsgid and groups: the kernel checks every step as the user, as it
+does for knfsd and Samba).  It only walks folders with :mod:`userfs`, lists
+them and lstats ``status.xml``: it never opens a file, never reads content,
+never writes.  Root starts a full user side (dropped for good) only when
+something could need doing: a command file, anything unexpected, a new VM
+folder, or a status that is not the one the last full pass wrote (see
+``rootside.Pass.needs_turn``).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from typing import Any
+
+from . import userfs
+from .actions import RESERVED, VM_NAME
+from .layouts import LAYOUTS, Layout
+from .userfs import Unsafe
+
+__all__ = ["STATUS_FILE", "BUSY", "look", "signature"]
+
+STATUS_FILE = "status.xml"
+BUSY = {"spool": "busy"}  # something to do, or something to look at closely
+
+
+def signature(st: os.stat_result) -> list[int]:
+    """What tells a status.xml apart from the one wirt wrote (any write changes one)."""
+    return [st.st_ino, st.st_mtime_ns, st.st_size, st.st_mode, st.st_nlink]
+
+
+def _look(home: int, layout: Layout, uid: int, limit: int) -> dict[str, Any]:
+    try:
+        spool = userfs.walk(home, layout.spool, uid)
+    except FileNotFoundError:
+        return {"spool": "absent"}
+    except (Unsafe, OSError):
+        return BUSY
+    vms: dict[str, list[int] | None] = {}
+    try:
+        entries, truncated = userfs.list_dir(spool, limit)
+        if truncated:
+            return BUSY
+        for name, st in entries:
+            if name.startswith(".") or name in layout.own_entries:
+                continue
+            vm = layout.vm_of(name)
+            if vm is None or not stat.S_ISDIR(st.st_mode) or not VM_NAME.fullmatch(vm):
+                return BUSY  # the full side reports it (once)
+            try:
+                folder = userfs.open_dir(spool, name, uid)
+            except (Unsafe, OSError):
+                return BUSY
+            try:
+                inside, truncated = userfs.list_dir(folder, limit)
+            finally:
+                os.close(folder)
+            if truncated or any(not n.startswith(".") and n not in RESERVED for n, _ in inside):
+                return BUSY  # a command is waiting
+            vms[vm] = None
+    finally:
+        os.close(spool)
+    if layout.info is not None and vms:
+        try:
+            info = userfs.walk(home, layout.info, uid)
+        except (Unsafe, OSError):
+            return BUSY
+        try:
+            for vm in vms:
+                try:
+                    folder = userfs.open_dir(info, vm, uid)
+                except (Unsafe, OSError):
+                    return BUSY
+                try:
+                    vms[vm] = signature(os.stat(STATUS_FILE, dir_fd=folder,
+                                                follow_symlinks=False))
+                except OSError:
+                    return BUSY
+                finally:
+                    os.close(folder)
+        finally:
+            os.close(info)
+    return {"spool": "ok", "vms": vms}
+
+
+def look(job: dict[str, Any]) -> dict[str, Any]:
+    """Each layout's spool of one user: "absent", "busy", or "ok" with its VMs' status lstat."""
+    try:
+        home = os.open(job["home"], os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return {name: BUSY for name in job["layouts"]}
+    try:
+        return {name: _look(home, LAYOUTS[name], job["uid"], job["limit"])
+                for name in job["layouts"]}
+    finally:
+        os.close(home)
