@@ -63,6 +63,9 @@ class Action:
     options: tuple[Option, ...]
     call: Call | None  # None: no libvirt effect, only a status refresh
     summary: str
+    # what the call can change, so that only that is read back for status.xml:
+    # "state", "autostart", "devices" (the live XML: console port, memory, ...)
+    touches: frozenset[str] = frozenset({"state", "devices"})
 
     def option(self, name: str) -> Option | None:
         return next((o for o in self.options if o.name == name), None)
@@ -115,20 +118,23 @@ def _destroy(dom: Any, p: Params) -> object:
     return dom.destroyFlags(_flag_if(p, "--graceful", libvirt.VIR_DOMAIN_DESTROY_GRACEFUL))
 
 
+_STATE = frozenset({"state"})
+
 # fmt: off
 ACTIONS: tuple[Action, ...] = (
     Action("start", (), (Option("--paused"), Option("--force-boot")), _start,
            "boot the defined domain"),
     Action("shutdown", ("stop",), (_MODE,), _shutdown, "graceful shutdown"),
     Action("destroy", ("kill",), (Option("--graceful"),), _destroy, "hard power-off"),
-    Action("reboot", (), (_MODE,), _reboot, "graceful reboot"),
-    Action("reset", (), (), lambda d, p: d.reset(0), "hard reset"),
-    Action("suspend", (), (), lambda d, p: d.suspend(), "pause the vCPUs"),
-    Action("resume", (), (), lambda d, p: d.resume(), "continue after suspend"),
+    Action("reboot", (), (_MODE,), _reboot, "graceful reboot", _STATE),
+    Action("reset", (), (), lambda d, p: d.reset(0), "hard reset", _STATE),
+    Action("suspend", (), (), lambda d, p: d.suspend(), "pause the vCPUs", _STATE),
+    Action("resume", (), (), lambda d, p: d.resume(), "continue after suspend", _STATE),
     Action("autostart", (), (Option("--disable"),),
            lambda d, p: d.setAutostart(0 if "--disable" in p else 1),
-           "set (or with --disable clear) start on host boot"),
-    Action("status", (), (), None, "refresh status.xml now"),
+           "set (or with --disable clear) start on host boot", frozenset({"autostart"})),
+    Action("status", (), (), None, "refresh status.xml now",
+           frozenset({"state", "autostart", "devices"})),
 )
 # fmt: on
 

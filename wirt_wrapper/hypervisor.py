@@ -278,6 +278,8 @@ class Hypervisor:
         """
         missing = no_domain(name)
         sent = threading.Event()  # set on the libvirt thread just before the call
+        self.prefetch([name])
+        prev = self._info.get(name)  # the latest known: snapshot, or an earlier command
 
         def job() -> tuple[str, str, DomainInfo | None]:
             dom = self._doms.get(name)
@@ -302,9 +304,7 @@ class Hypervisor:
                     raise  # the connection dropped, not libvirt saying no
                 outcome, message = "failed", f"libvirt: {exc.get_error_message()}"
             try:
-                state, reason = dom.state()
-                info = self._make_info(name, state, reason, bool(dom.autostart()),
-                                       bool(dom.isPersistent()), dom.XMLDesc(0))
+                info = _read_back(dom, name, owner, prev, action.touches)
             except libvirt.libvirtError as exc:
                 info = None  # e.g. a transient domain that is gone after destroy
                 if not self._alive():  # the outcome stands; later commands wait
@@ -320,6 +320,23 @@ class Hypervisor:
         if info is not None:
             self._info[name] = info
         return outcome, message, info
+
+
+def _read_back(dom: Any, name: str, owner: str | None, prev: DomainInfo | None,
+               touches: frozenset[str]) -> DomainInfo:
+    """The domain after an action: what it *touches* asked again, the rest as known."""
+    if prev is None:
+        touches = frozenset({"state", "autostart", "devices"})
+        prev = DomainInfo(name, "", "", False, bool(dom.isPersistent()), 0, 0, owner)
+    graphics, memory, vcpus = prev.graphics, prev.memory_kib, prev.vcpus
+    if "devices" in touches:
+        _, graphics, memory, vcpus = _parse_xml(dom.XMLDesc(0))
+    state, reason = prev.state, prev.reason
+    if "state" in touches:
+        state, reason = state_names(*dom.state())
+    autostart = bool(dom.autostart()) if "autostart" in touches else prev.autostart
+    return DomainInfo(name, state, reason, autostart, prev.persistent, memory, vcpus, owner,
+                      graphics)
 
 
 def _owner(dom: Any) -> str | None:
