@@ -164,25 +164,7 @@ class Spawner:
     """
 
     def __init__(self, target: Target) -> None:
-        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - observed through the tests
-            code = 0
-            try:
-                mine.close()
-                keep = theirs.fileno()
-                os.closerange(3, keep)
-                os.closerange(keep + 1, 1 << 16)
-                _serve_spawns(theirs, target)
-            except BaseException:  # noqa: BLE001 - never return into the pass's code
-                code = 1
-            finally:
-                os._exit(code)
-        theirs.close()
-        self.pid = pid
-        self.sock = mine
+        self.pid, self.sock = _fork_helper(lambda sock: _serve_spawns(sock, target))
         self.count = 0
 
     def spawn(self, user: Identity, job: dict[str, Any]) -> Child:
@@ -206,6 +188,39 @@ class Spawner:
             pass
         self.sock.close()
         os.waitpid(self.pid, 0)
+
+
+def _fork_helper(serve: Callable[[socket.socket], None]) -> tuple[int, socket.socket]:
+    """Fork a helper that keeps only its end of a packet socketpair and runs *serve* on it."""
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - observed through the tests
+        code = 0
+        try:
+            mine.close()
+            keep = theirs.fileno()
+            os.closerange(3, keep)
+            os.closerange(keep + 1, 1 << 16)
+            serve(theirs)
+        except BaseException:  # noqa: BLE001 - never return into the pass's code
+            code = 1
+        finally:
+            os._exit(code)
+    theirs.close()
+    return pid, mine
+
+
+def _serve_looks(sock: socket.socket,
+                 look: Callable[[dict[str, Any]], dict[str, Any]]) -> None:  # pragma: no cover
+    gc.disable()
+    while data := sock.recv(MAX_MESSAGE):
+        request = json.loads(data)
+        name, uid, gid, groups = request["user"]
+        with filesystem_identity(Identity(name, uid, gid, tuple(groups))):
+            report = look(request["job"])
+        sock.send(json.dumps(report).encode())
 
 
 def _serve_spawns(sock: socket.socket, target: Target) -> None:  # pragma: no cover
@@ -306,31 +321,7 @@ class Prober:
     """
 
     def __init__(self, look: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
-        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - observed through the tests
-            code = 0
-            try:
-                mine.close()
-                keep = theirs.fileno()
-                os.closerange(3, keep)
-                os.closerange(keep + 1, 1 << 16)
-                gc.disable()
-                while data := theirs.recv(MAX_MESSAGE):
-                    request = json.loads(data)
-                    name, uid, gid, groups = request["user"]
-                    with filesystem_identity(Identity(name, uid, gid, tuple(groups))):
-                        report = look(request["job"])
-                    theirs.send(json.dumps(report).encode())
-            except BaseException:  # noqa: BLE001 - never return into the pass's code
-                code = 1
-            finally:
-                os._exit(code)
-        theirs.close()
-        self.pid = pid
-        self.sock = mine
+        self.pid, self.sock = _fork_helper(lambda sock: _serve_looks(sock, look))
 
     def fileno(self) -> int:
         return self.sock.fileno()
