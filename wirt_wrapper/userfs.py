@@ -286,10 +286,13 @@ def claim(src_dir: int, name: str, dst_dir: int, dst_name: str) -> None:
 
 
 def replace_file(parent: int, name: str, data: bytes, mode: int = 0o600) -> None:
-    """Write *data* to a fresh ``.name.*`` file and rename it over *name*."""
-    temp = reserve_name(parent, f".{name}.new")
+    """Write *data* to a fresh ``.name.*`` file and rename it over *name*.
+
+    The data goes through the descriptor that created the file (O_EXCL), never
+    through a second open by name.
+    """
+    temp, fd = create_new(parent, f".{name}.new", mode)
     try:
-        fd = os.open(temp, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
         try:
             os.fchmod(fd, mode)
             os.write(fd, data)
