@@ -3,9 +3,9 @@
 These tests stop the machine's one libvirtd, which disturbs everything else
 using it (other test runs on the same machine), so they live in their own
 file; on a shared machine skip them with ``WIRT_TEST_KEEP_LIBVIRTD=1``
-(the README's test command and CI run them).  The ``libvirtd`` fixture ALWAYS brings the daemon back (``libvirtd
--d``, then waits until its socket accepts a connection), whatever the test
-did.  There is no systemd here: the daemon
+(the README's test command and CI run them).  The ``libvirtd`` fixture
+ALWAYS brings the daemon back (``libvirtd -d``, then waits until its socket
+accepts a connection), whatever the test did.  There is no systemd here: the daemon
 is found with ``pgrep -x libvirtd`` and signalled by its pid.
 """
 

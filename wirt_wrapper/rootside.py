@@ -222,6 +222,8 @@ class Pass:
                 self.deferred = []
                 continue
             waits = [c.child.channel.deadline or 0.0 for c in active.values()]
+            if self.deferred:  # the details may arrive any moment: look again soon
+                waits.append(time.monotonic() + 0.02)
             fds: list[int] = list(active)
             if self.looking and self.prober is not None:
                 waits.append(self.look_deadline)
