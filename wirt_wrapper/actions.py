@@ -66,6 +66,8 @@ class Action:
     # what the call can change, so that only that is read back for status.xml:
     # "state", "autostart", "devices" (the live XML: console port, memory, ...)
     touches: frozenset[str] = frozenset({"state", "devices"})
+    # what a call that succeeded is known to have set (no need to ask libvirt)
+    sets: Callable[[Params], dict[str, bool]] | None = None
 
     def option(self, name: str) -> Option | None:
         return next((o for o in self.options if o.name == name), None)
@@ -132,7 +134,8 @@ ACTIONS: tuple[Action, ...] = (
     Action("resume", (), (), lambda d, p: d.resume(), "continue after suspend", _STATE),
     Action("autostart", (), (Option("--disable"),),
            lambda d, p: d.setAutostart(0 if "--disable" in p else 1),
-           "set (or with --disable clear) start on host boot", frozenset({"autostart"})),
+           "set (or with --disable clear) start on host boot", frozenset(),
+           lambda p: {"autostart": "--disable" not in p}),
     Action("status", (), (), None, "refresh status.xml now",
            frozenset({"state", "autostart", "devices"})),
 )

@@ -304,7 +304,8 @@ class Hypervisor:
                     raise  # the connection dropped, not libvirt saying no
                 outcome, message = "failed", f"libvirt: {exc.get_error_message()}"
             try:
-                info = _read_back(dom, name, owner, prev, action.touches)
+                known = action.sets(params) if action.sets and outcome == "done" else {}
+                info = _read_back(dom, name, owner, prev, action.touches, known)
             except libvirt.libvirtError as exc:
                 info = None  # e.g. a transient domain that is gone after destroy
                 if not self._alive():  # the outcome stands; later commands wait
@@ -323,8 +324,9 @@ class Hypervisor:
 
 
 def _read_back(dom: Any, name: str, owner: str | None, prev: DomainInfo | None,
-               touches: frozenset[str]) -> DomainInfo:
-    """The domain after an action: what it *touches* asked again, the rest as known."""
+               touches: frozenset[str], known: dict[str, bool]) -> DomainInfo:
+    """The domain after an action: what it *touches* asked again, what it is *known* to
+    have set taken as set, the rest as known before."""
     if prev is None:
         touches = frozenset({"state", "autostart", "devices"})
         prev = DomainInfo(name, "", "", False, bool(dom.isPersistent()), 0, 0, owner)
@@ -335,6 +337,7 @@ def _read_back(dom: Any, name: str, owner: str | None, prev: DomainInfo | None,
     if "state" in touches:
         state, reason = state_names(*dom.state())
     autostart = bool(dom.autostart()) if "autostart" in touches else prev.autostart
+    autostart = known.get("autostart", autostart)
     return DomainInfo(name, state, reason, autostart, prev.persistent, memory, vcpus, owner,
                       graphics)
 
