@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 
 SAFE_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 
@@ -52,7 +53,7 @@ def check_code() -> None:
 def main(argv: list[str] | None = None) -> int:
     scrub_environment()
     args = parse_args(argv)
-    from .errors import EXIT_OK, NotRootError, WirtError
+    from .errors import EXIT_INTERNAL, NotRootError, WirtError
 
     try:
         if os.geteuid() != 0:
@@ -67,7 +68,12 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
-    return EXIT_OK
+    except Exception as exc:  # noqa: BLE001 - one clear line for cron's mail, then the details
+        print(f"virsh_wrapper: internal error ({type(exc).__name__}: {exc}); commands not "
+              "yet handled wait for the next pass; please report this with the lines below",
+              file=sys.stderr)
+        traceback.print_exc()
+        return EXIT_INTERNAL
 
 
 def run(args: argparse.Namespace) -> int:
