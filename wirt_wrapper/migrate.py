@@ -22,8 +22,6 @@ named, and only the admin can remove them; they do not count as a failure.
 from __future__ import annotations
 
 import argparse
-import ctypes
-import errno
 import os
 import pwd
 import stat
@@ -34,29 +32,10 @@ from .actions import VM_NAME
 from .layouts import LEGACY, SET_ASIDE, WIRT
 from .userfs import Unsafe
 
-__all__ = ["main", "move_noreplace"]
+__all__ = ["main"]
 
 LEGACY_LOGS = ("wirt", "logs", "legacy")
-RENAME_NOREPLACE = 1
 LIMIT = 100_000
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def move_noreplace(src_dir: int, name: str, dst_dir: int, dst_name: str) -> None:
-    """Rename without ever replacing an existing *dst_name* (FileExistsError then)."""
-    if _libc.renameat2(src_dir, os.fsencode(name), dst_dir, os.fsencode(dst_name),
-                       RENAME_NOREPLACE) == 0:
-        return
-    err = ctypes.get_errno()
-    if err not in (errno.EINVAL, errno.ENOSYS):
-        raise OSError(err, os.strerror(err), name)
-    # a file system without RENAME_NOREPLACE: check, then rename (only the user races us)
-    try:
-        os.stat(dst_name, dir_fd=dst_dir, follow_symlinks=False)
-    except FileNotFoundError:
-        os.rename(name, dst_name, src_dir_fd=src_dir, dst_dir_fd=dst_dir)
-        return
-    raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), dst_name)
 
 
 def shown(parts: tuple[str, ...], *more: str) -> str:
@@ -166,7 +145,7 @@ class Migration:
             self.keep(old, f"{shown(target)} is missing")
             return
         try:
-            move_noreplace(src, name, dst, name)
+            userfs.move_noreplace(src, name, dst, name)
         except FileExistsError:
             self.keep(old, f"{new} exists already (nothing is overwritten)")
             return

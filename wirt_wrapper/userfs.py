@@ -326,25 +326,26 @@ _RENAME_NOREPLACE = 1
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def _rename_noreplace(parent: int, src: str, dst: str) -> None:
-    """renameat2(RENAME_NOREPLACE): atomic, and never replaces an existing *dst*.
+def move_noreplace(src_dir: int, name: str, dst_dir: int, dst_name: str) -> None:
+    """renameat2(RENAME_NOREPLACE): atomic, and never replaces an existing *dst_name*.
 
     Python's os module has no renameat2; link()+unlink() would show the file
-    with two links for a moment (which the pass rejects).
+    with two links for a moment (which the pass rejects).  Raises FileExistsError.
     """
-    if _libc.renameat2(parent, src.encode(), parent, dst.encode(), _RENAME_NOREPLACE) == 0:
+    if _libc.renameat2(src_dir, os.fsencode(name), dst_dir, os.fsencode(dst_name),
+                       _RENAME_NOREPLACE) == 0:
         return
     err = ctypes.get_errno()
     if err not in (errno.EINVAL, errno.ENOSYS):
-        raise OSError(err, os.strerror(err), dst)
+        raise OSError(err, os.strerror(err), dst_name)
     # The file system cannot refuse to replace: check, then rename (a race only
     # with another writer of the same name in the user's own folder).
     try:
-        os.stat(dst, dir_fd=parent, follow_symlinks=False)
+        os.stat(dst_name, dir_fd=dst_dir, follow_symlinks=False)
     except FileNotFoundError:
-        os.rename(src, dst, src_dir_fd=parent, dst_dir_fd=parent)
+        os.rename(name, dst_name, src_dir_fd=src_dir, dst_dir_fd=dst_dir)
         return
-    raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), dst)
+    raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), dst_name)
 
 
 def place_file(parent: int, name: str, data: bytes, mode: int = 0o600) -> os.stat_result:
@@ -366,7 +367,7 @@ def place_file(parent: int, name: str, data: bytes, mode: int = 0o600) -> os.sta
             st = os.fstat(fd)
         finally:
             os.close(fd)
-        _rename_noreplace(parent, temp, name)
+        move_noreplace(parent, temp, parent, name)
     except BaseException:
         with suppress(OSError):
             os.unlink(temp, dir_fd=parent)
