@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 
 from wirt_wrapper.actions import (
     VM_NAME,
+    Claimants,
     Rejection,
     check_vm_name,
-    claimants,
     domain_for,
     owner_problem,
 )
@@ -81,40 +81,41 @@ class TestDomainFor:
 class TestClaimants:
     def test_a_and_a_b(self) -> None:
         # user a's VM b-c and user a-b's VM c both name a-b-c
-        assert claimants(T, "a-b-c", ["a", "a-b"]) == [("a", "b-c"), ("a-b", "c")]
-        assert claimants(T, "a-b-c", ["a-b"]) == [("a-b", "c")]
-        assert claimants(T, "a-b-c", ["a"]) == [("a", "b-c")]
+        assert Claimants(T, ["a", "a-b"]).find("a-b-c") == [("a", "b-c"), ("a-b", "c")]
+        assert Claimants(T, ["a-b"]).find("a-b-c") == [("a-b", "c")]
+        assert Claimants(T, ["a"]).find("a-b-c") == [("a", "b-c")]
 
     def test_chain_of_prefixes(self) -> None:
         members = ["a", "a-b", "a-b-c", "b"]
-        assert claimants(T, "a-b-c-d", members) == [("a", "b-c-d"), ("a-b", "c-d"),
+        assert Claimants(T, members).find("a-b-c-d") == [("a", "b-c-d"), ("a-b", "c-d"),
                                                     ("a-b-c", "d")]
 
     def test_no_claim_without_a_vm(self) -> None:
-        assert claimants(T, "a-", ["a"]) == []
-        assert claimants(T, "a", ["a"]) == []
-        assert claimants(T, "a-b", ["a-b"]) == []
+        assert Claimants(T, ["a"]).find("a-") == []
+        assert Claimants(T, ["a"]).find("a") == []
+        assert Claimants(T, ["a-b"]).find("a-b") == []
 
     def test_claim_needs_a_valid_vm_name(self) -> None:
-        assert claimants(T, "a-.x", ["a"]) == []
-        assert claimants(T, "a-" + "x" * 64, ["a"]) == []
-        assert claimants(T, "a-" + "x" * 63, ["a"]) == [("a", "x" * 63)]
+        assert Claimants(T, ["a"]).find("a-.x") == []
+        assert Claimants(T, ["a"]).find("a-" + "x" * 64) == []
+        assert Claimants(T, ["a"]).find("a-" + "x" * 63) == [("a", "x" * 63)]
 
     def test_unrelated(self) -> None:
-        assert claimants(T, "bob-web", ["alice", "bo", "bobby"]) == []
-        assert claimants(T, "bob-web", ["bob-w"]) == []  # VM 'eb' would need 'bob-w-eb'
+        assert Claimants(T, ["alice", "bo", "bobby"]).find("bob-web") == []
+        assert Claimants(T, ["bob-w"]).find("bob-web") == []  # VM 'eb' would need 'bob-w-eb'
 
     def test_prefix_and_suffix_template(self) -> None:
         t = "vm-{user}.{vm}.x"
-        assert claimants(t, "vm-a.b.c.x", ["a", "a.b", "c"]) == [("a", "b.c"), ("a.b", "c")]
-        assert claimants(t, "vm-a.x", ["a"]) == []
+        found = Claimants(t, ["a", "a.b", "c"]).find("vm-a.b.c.x")
+        assert found == [("a", "b.c"), ("a.b", "c")]
+        assert Claimants(t, ["a"]).find("vm-a.x") == []
 
     @settings(max_examples=300, deadline=None)
     @given(user=st.from_regex(r"[a-z][a-z0-9-]{0,6}", fullmatch=True),
            vm=st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,10}", fullmatch=True))
     def test_every_domain_is_claimed_by_its_maker(self, user: str, vm: str) -> None:
         domain = domain_for(T, user, vm)
-        assert (user, vm) in claimants(T, domain, [user])
+        assert (user, vm) in Claimants(T, [user]).find(domain)
 
 
 class TestOwnerProblem:

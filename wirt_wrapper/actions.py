@@ -24,7 +24,6 @@ __all__ = [
     "VM_NAME",
     "canonical",
     "check_vm_name",
-    "claimants",
     "domain_for",
     "lookup_action",
     "no_domain",
@@ -299,11 +298,6 @@ class Claimants:
                 if len(domain) >= cut + len(suffix) and VM_NAME.fullmatch(vm):
                     found.append((member, vm))
         return found
-
-
-def claimants(template: str, domain: str, members: Iterable[str]) -> list[tuple[str, str]]:
-    """Every (member, vm) pair whose VM folder would name *domain*."""
-    return Claimants(template, members).find(domain)
 
 
 def owner_problem(user: str, domain: str, meta_owner: str | None,

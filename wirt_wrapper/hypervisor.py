@@ -214,9 +214,6 @@ class Hypervisor:
                 pass
         self._pool.stop()
 
-    def exists(self, name: str) -> bool:
-        return name in self._doms
-
     def _fetch_all(self) -> None:
         """Start reading every domain's XML on the libvirt thread, without waiting.
 

@@ -63,7 +63,6 @@ class Summary:
     users: int = 0
     skipped: int = 0
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OUTCOMES, 0))
-    pending: bool = False
     libvirt_down: str | None = None
     seconds: float = 0.0
 
@@ -341,7 +340,6 @@ class Pass:
         ctx.child.end(kill=ctx.problem is not None)
         if ctx.problem:
             user = ctx.user
-            self.summary.pending = True
             self.audit.write("user-incomplete", user=user.pw_name, uid=user.pw_uid,
                              reason=ctx.problem)
             self.report.note(f"{user.pw_name}: {ctx.problem}")
@@ -349,7 +347,7 @@ class Pass:
 
     # -- request handlers (one row each in HANDLERS) -----------------------
     def on_inventory(self, ctx: UserContext, msg: dict[str, Any]) -> dict[str, Any]:
-        layout = _layout(msg.get("layout"), self.options.layouts)
+        _layout(msg.get("layout"), self.options.layouts)  # a layout this pass serves
         if self.hv.down:
             return {"down": self.hv.down}
         vms = [check_vm_name(vm) for vm in _strings(msg.get("vms", []))]
@@ -358,9 +356,7 @@ class Pass:
             self.hv.prefetch([domain_for(self.config.domain_name, name, vm) for vm in vms])
             status = {vm: self._status_for(ctx.user, vm) for vm in vms}
         except Unreachable as exc:  # libvirt went away during the pass
-            self.summary.pending = True
             return {"down": str(exc)}
-        del layout
         return {"status": status}
 
     def _status_for(self, user: pwd.struct_passwd, vm: str) -> dict[str, Any]:
@@ -406,7 +402,6 @@ class Pass:
             self.say(f"{ctx.user.pw_name} {vm} {printable(file_name)}: would {verdict}")
             return {}
         if self.hv.down and "rejected" not in entry:
-            self.summary.pending = True
             return {"pending": self.hv.down}
         hist = _string(msg, "hist")
         if not LAYOUTS[layout].fits_history(hist):
@@ -454,13 +449,11 @@ class Pass:
         try:
             outcome, message, info = self.hv.act(domain, action, params, decide)
         except Interrupted as exc:  # the request may have reached the VM: not "failed"
-            self.summary.pending = True
             return "interrupted", (
                 f"libvirt: {exc} while this command ran; it may or may not have taken "
                 "effect and was not repeated: check the VM's state and send it again if "
                 "needed"), None
         except Unreachable as exc:
-            self.summary.pending = True
             return "failed", f"libvirt: {exc}; the command was not run: send it again", None
         except libvirt.libvirtError as exc:
             return "failed", f"libvirt: {exc.get_error_message()}", None
