@@ -135,3 +135,17 @@ def test_dry_run_changes_nothing(host: Host) -> None:
     assert "would reject" in proc.stdout and "would run autostart" in proc.stdout
     assert sorted(str(p) for p in alice.home.rglob("*")) == before
     assert not host.audit.exists() or host.commands() == []
+
+
+def test_a_spool_that_cannot_be_searched_stops_no_one(host: Host) -> None:
+    """chmod 0444 on a folder: readable, not searchable; the pass still serves everyone."""
+    alice = host.add_user("alice")
+    bob = host.add_user("bob")
+    host.write_config({f"{alice.name}-web": None, f"{bob.name}-web": None})
+    alice.run("mkdir -p ~/wirt/service/vm/web ~/wirt/logs && chmod 0444 ~/wirt/service/vm")
+    for _ in range(2):  # the first pass has no idle cache; the second goes through the prober
+        bob.write("wirt/service/vm/web/autostart")
+        host.run()
+    assert [(r["user"], r["outcome"]) for r in host.commands()] == [(bob.name, "done")] * 2
+    assert not [r for r in host.audit_records() if r["event"] == "user-incomplete"]
+    assert "cannot be searched" in (alice.home / "wirt/logs/wirt.log").read_text()

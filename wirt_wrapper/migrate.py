@@ -39,7 +39,8 @@ LIMIT = 100_000
 
 
 def shown(parts: tuple[str, ...], *more: str) -> str:
-    return "~/" + "/".join((*parts, *more))
+    """A path under the home, escaped for the terminal (names are the user's, or planted)."""
+    return LEGACY.shown(*parts, *more)
 
 
 class Migration:
@@ -104,7 +105,9 @@ class Migration:
             self.keep(where, str(exc))
             return
         try:
-            entries, _ = userfs.list_dir(src, LIMIT)
+            entries, truncated = userfs.list_dir(src, LIMIT)
+            if truncated:
+                self.keep(where, f"more than {LIMIT} entries: run me again for the rest")
             dst = self._target(target) if entries else None
             for entry, est in sorted(entries, key=lambda item: (item[1].st_mtime_ns, item[0])):
                 self.entry(src, entry, est, dst, where, target)

@@ -269,7 +269,10 @@ def _paths(p: Problem) -> dict[str, str]:
     layout = LAYOUTS.get(p.layout)
     if layout is None:
         return {}
-    paths = {"log": layout.shown(*layout.logs, layout.log_name("", p.vm, "", p.user))}
+    if layout.per_command_log:  # legacy: one file per command, its name unique per pass
+        paths = {"log": layout.shown(*layout.logs) + "/"}
+    else:
+        paths = {"log": layout.shown(*layout.logs, layout.log_name("", p.vm, "", p.user))}
     if p.hist:
         paths["kept"] = layout.shown(*layout.history, p.hist)
     if layout.info is not None:

@@ -264,8 +264,11 @@ class Pass:
                "limit": self.config.limits.max_files_per_user * 10}
         if not self.looking:
             self.look_deadline = time.monotonic() + self.config.limits.seconds_per_user
-        self.prober.ask(self._identity(user), job)
         self.looking.append(user)
+        try:
+            self.prober.ask(self._identity(user), job)
+        except OSError as exc:  # the prober died: everyone it owes gets a full turn
+            self.prober_failed(f"cannot ask the prober: {exc}")
 
     def take_look(self) -> None:
         """The prober's answer for the oldest user it was asked about."""
@@ -332,7 +335,8 @@ class Pass:
         except privsep.Timeout:
             ctx.problem = (f"time limit of {self.config.limits.seconds_per_user:g} s reached; "
                            "the remaining commands wait for the next pass")
-        except (EOFError, OSError, ProtocolError, ValueError, KeyError, TypeError) as exc:
+        except (EOFError, OSError, ProtocolError, Rejection, ValueError, KeyError, TypeError,
+                AttributeError) as exc:  # a user side outside the protocol ends its own turn
             ctx.problem = f"user side ended early: {exc}"
         return True
 
@@ -533,6 +537,7 @@ class Pass:
         statuses = msg.get("statuses", {})
         if not isinstance(statuses, dict):
             raise ProtocolError("statuses must be an object")
+        self.seen.setdefault(str(ctx.user.pw_uid), set())  # notices gone: report them anew
         mine = self.idle.setdefault(str(ctx.user.pw_uid), {})
         for layout, vms in statuses.items():
             _layout(layout, self.options.layouts)

@@ -158,6 +158,8 @@ def list_dir(fd: int, limit: int) -> tuple[list[tuple[str, os.stat_result]], boo
                 entries.append((entry.name, entry.stat(follow_symlinks=False)))
             except FileNotFoundError:
                 continue
+            except OSError as exc:  # e.g. a folder that may be read but not searched
+                raise Unsafe(f"cannot be searched ({exc.strerror})") from None
     return entries, False
 
 

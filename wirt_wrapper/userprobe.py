@@ -86,6 +86,13 @@ def _look(home: int, layout: Layout, uid: int, limit: int) -> dict[str, Any]:
     return {"spool": "ok", "vms": vms}
 
 
+def _look_safely(home: int, layout: Layout, uid: int, limit: int) -> dict[str, Any]:
+    try:
+        return _look(home, layout, uid, limit)
+    except (Unsafe, OSError):
+        return BUSY  # whatever is odd, the full side looks closely and tells the user
+
+
 def look(job: dict[str, Any]) -> dict[str, Any]:
     """Each layout's spool of one user: "absent", "busy", or "ok" with its VMs' status lstat."""
     try:
@@ -93,7 +100,7 @@ def look(job: dict[str, Any]) -> dict[str, Any]:
     except OSError:
         return {name: BUSY for name in job["layouts"]}
     try:
-        return {name: _look(home, LAYOUTS[name], job["uid"], job["limit"])
+        return {name: _look_safely(home, LAYOUTS[name], job["uid"], job["limit"])
                 for name in job["layouts"]}
     finally:
         os.close(home)

@@ -280,12 +280,8 @@ class UserSide:
                 continue
             aside = name + SET_ASIDE
             old, new = layout.shown(*layout.spool, name), layout.shown(*layout.spool, aside)
-            try:
-                try:  # never over an existing entry (a race would be the user's own doing)
-                    os.stat(aside, dir_fd=spool, follow_symlinks=False)
-                    raise FileExistsError(errno.EEXIST, "it exists already")
-                except FileNotFoundError:
-                    os.rename(name, aside, src_dir_fd=spool, dst_dir_fd=spool)
+            try:  # never over an existing entry
+                userfs.move_noreplace(spool, name, spool, aside)
             except OSError as exc:
                 self.notice(layout, f"aside:{name}", f"{old} belongs to root (the old "
                             f"virsh-wrapper made it) and cannot be renamed to {new}: "
@@ -296,7 +292,12 @@ class UserSide:
                         f"a new {old} is yours")
 
     def _process(self, layout: Layout, spool: int) -> None:
-        entries, truncated = userfs.list_dir(spool, self.job.max_files * 10)
+        try:
+            entries, truncated = userfs.list_dir(spool, self.job.max_files * 10)
+        except Unsafe as exc:
+            self.notice(layout, "spool", f"{layout.shown(*layout.spool)} {exc}; "
+                        "nothing in it was read")
+            return
         if layout.made_by_root:
             self.set_aside(layout, spool, entries)
         where = layout.shown(*layout.spool)
@@ -345,7 +346,12 @@ class UserSide:
 
     def _commands(self, layout: Layout, vm: str, folder: str, vm_fd: int,
                   info: dict[str, Any] | None) -> dict[str, Any] | None:
-        entries, _ = userfs.list_dir(vm_fd, self.job.max_files * 10)
+        try:
+            entries, _ = userfs.list_dir(vm_fd, self.job.max_files * 10)
+        except Unsafe as exc:
+            self.notice(layout, f"vm:{folder}", f"{layout.shown(*layout.spool, folder)} {exc}; "
+                        "its commands wait")
+            return info
         files = sorted(
             (st.st_mtime_ns, name, st) for name, st in entries
             if not name.startswith(".") and name not in RESERVED
