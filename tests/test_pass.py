@@ -76,7 +76,10 @@ def test_an_idle_pass_still_notices_a_touched_status(host: Host) -> None:
     good = status.read_text()
     host.run()  # idle: nothing to do, nothing written
     first = os.stat(status)
+    journal = host.root / "state" / "journal.jsonl"
+    before = os.stat(journal).st_mtime_ns
     host.run()
+    assert os.stat(journal).st_mtime_ns == before  # nothing recorded, nothing rewritten
     assert (os.stat(status).st_ino, os.stat(status).st_mtime_ns) == (first.st_ino,
                                                                       first.st_mtime_ns)
     alice.run("echo scribbled > ~/wirt/info/vm/web/status.xml")

@@ -72,6 +72,7 @@ class Journal:
         self.path = os.path.join(state_dir, "journal.jsonl")
         self.dry_run = dry_run
         self.entries: dict[str, dict[str, Any]] = {}
+        self.dirty = False  # anything recorded this pass (else compact has nothing to do)
         if os.path.lexists(self.path):
             fd = open_root_file(self.path, os.O_RDONLY, "journal")
             with os.fdopen(fd, "rb") as handle:
@@ -93,6 +94,7 @@ class Journal:
             self.entries.setdefault(cid, {}).update(record)
 
     def record(self, cid: str, stage: str, **fields: Any) -> None:
+        self.dirty = True
         record = {"id": cid, "stage": stage, **fields}
         self._apply(_line(record))
         if self.fd >= 0:
@@ -102,8 +104,8 @@ class Journal:
         return [e for e in self.entries.values() if e.get("uid") == uid]
 
     def compact(self) -> None:
-        """Rewrite the journal with only the entries still open."""
-        if self.fd < 0:
+        """Rewrite the journal with only the entries still open (when anything changed)."""
+        if self.fd < 0 or not self.dirty:
             return
         temp = self.path + ".new"
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)

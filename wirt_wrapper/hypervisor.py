@@ -220,7 +220,19 @@ class Hypervisor:
         The pass forks user sides meanwhile; the first inventory waits for it.
         """
         doms = list(self._doms.items())
-        self._xml_job = self._pool.submit(lambda: {name: dom.XMLDesc(0) for name, dom in doms})
+
+        def read_all() -> dict[str, str]:
+            found = {}
+            for name, dom in doms:
+                try:
+                    found[name] = dom.XMLDesc(0)
+                except libvirt.libvirtError:
+                    if not self._alive():
+                        raise
+                    # vanished meanwhile: prefetch asks for it alone, if anyone needs it
+            return found
+
+        self._xml_job = self._pool.submit(read_all)
 
     def details_ready(self) -> bool:
         """Whether the bulk read of domain details is done (prefetch will not wait)."""
@@ -235,8 +247,9 @@ class Hypervisor:
             except concurrent.futures.TimeoutError:
                 self.down = f"libvirt did not list domain details within {self.timeout:g} s"
                 raise Unreachable(self.down) from None
-            except libvirt.libvirtError:
-                self._xml = {}  # a domain vanished meanwhile: fall back to one call each
+            except libvirt.libvirtError as exc:
+                self.down = f"lost the connection to libvirt ({exc.get_error_message()})"
+                raise Unreachable(self.down) from None
         for name in names:
             if name in self._info or name not in self._doms:
                 continue
