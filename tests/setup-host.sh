@@ -17,6 +17,7 @@ PACKAGES=(
   msmtp logrotate  # mail tests relay through msmtp (no daemon); audit tests run logrotate
   libfaketime  # the history-name spoofing attack freezes the pass's clock
   strace  # the CLI tests slow or hold a process at one system call
+  zstd  # tests/guest/build.sh, should the kernel ship .ko.zst modules
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

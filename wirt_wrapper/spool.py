@@ -32,7 +32,7 @@ from . import status as status_xml
 from . import userfs
 from .actions import RESERVED, Rejection, check_vm_name
 from .clierrors import NotAllowed, NotFound, Pending, UsageError
-from .layouts import LEGACY, WIRT, Layout
+from .layouts import LEGACY, WIRT, Layout, safe_token
 from .userfs import Unsafe
 from .userlogs import generation
 
@@ -433,8 +433,9 @@ class Home:
 
     def _legacy_logs(self, fd: int, ref: VmRef, since: float = 0.0) -> list[str]:
         """Per-command log files of *ref* (``<stamp>-<user>-dom-<vm>-<action>.log``)."""
-        # (create_new adds -2, -3 ... when a name is taken)
-        pattern = re.compile(rf".*-{re.escape(ref.folder)}-[^-]+(?:-[0-9]+)?\.log")
+        # stamp (no '-'), this user, this folder, the action; create_new adds -2, -3 ...
+        who = re.escape(safe_token(self.user))
+        pattern = re.compile(rf"[^-]+-{who}-{re.escape(ref.folder)}-[^-]+(?:-[0-9]+)?\.log")
         names = []
         with os.scandir(fd) as it:
             for entry in it:

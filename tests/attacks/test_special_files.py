@@ -11,7 +11,6 @@ in the way.  The pass must not block (it is timed; the per-user limit is
 from __future__ import annotations
 
 import os
-import socket
 import stat
 import subprocess
 from pathlib import Path
@@ -109,12 +108,3 @@ def test_special_output_files(scene: Scene) -> None:
         status = alice.home / "wirt/info/vm" / vm / "status.xml"
         assert status.is_file() and not status.is_symlink()
         assert b"<last-command" in Path(status).read_bytes()
-
-
-def test_socket_helper_makes_a_socket(tmp_path: Path) -> None:
-    """(self-check) the socket type is what bind() makes."""
-    path = tmp_path / "s"
-    sock = socket.socket(socket.AF_UNIX)
-    sock.bind(str(path))
-    assert stat.S_ISSOCK(os.lstat(path).st_mode)
-    sock.close()
