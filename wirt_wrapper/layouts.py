@@ -19,6 +19,7 @@ __all__ = ["LAYOUTS", "LEGACY", "SET_ASIDE", "WIRT", "Layout", "LegacyLayout",
            "history_stamp", "legacy_stamp"]
 
 SET_ASIDE = ".virsh-wrapper"  # log -> log.virsh-wrapper: the old tool's root-owned folder
+STATUS_FILE = "status.xml"  # in each VM's info folder
 HISTORY_NAME = re.compile(r"[A-Za-z0-9_.-]{1,200}")
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 LEGACY_STAMP = re.compile(r"[0-9]{2}_[A-Z][a-z]{2}_[0-9]{2}_[0-9]{2}\.[0-9]{2}\.[0-9]{2}")

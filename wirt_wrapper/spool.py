@@ -32,7 +32,7 @@ from . import status as status_xml
 from . import userfs
 from .actions import RESERVED, Rejection, check_vm_name
 from .clierrors import NotAllowed, NotFound, Pending, UsageError
-from .layouts import LEGACY, WIRT, Layout, safe_token
+from .layouts import LEGACY, STATUS_FILE, WIRT, Layout, safe_token
 from .userfs import Unsafe
 from .userlogs import generation
 
@@ -41,7 +41,6 @@ __all__ = ["Home", "Outcome", "VmRef", "Written", "parse_log_line"]
 ORDER: tuple[Layout, ...] = (WIRT, LEGACY)
 BY_NAME = {layout.name: layout for layout in ORDER}
 
-STATUS_FILE = "status.xml"
 STATUS_LIMIT = 64 * 1024
 LOG_READ_LIMIT = 8 * 1024 * 1024
 SMALL_FILE = 64 * 1024

@@ -43,7 +43,6 @@ __all__ = [
     "read_file",
     "rename_in",
     "replace_file",
-    "reserve_name",
     "walk",
 ]
 
@@ -246,17 +245,6 @@ def create_new(parent: int, base: str, mode: int = 0o600, *,
     raise Unsafe(f"cannot find a free name for {base}{suffix}")
 
 
-def reserve_name(parent: int, base: str) -> str:
-    """Create an empty placeholder ``base`` (or ``base-2``, ...) with O_EXCL; returns its name.
-
-    Renaming a file over our own placeholder can never clobber an entry the
-    user prepared under the name we chose.
-    """
-    name, fd = create_new(parent, base)
-    os.close(fd)
-    return name
-
-
 def rename_in(parent: int, old: str, new: str) -> None:
     """Rename *old* to *new* inside the pinned folder *parent* (atomic).
 
@@ -269,7 +257,7 @@ def rename_in(parent: int, old: str, new: str) -> None:
 def free_name(parent: int, base: str) -> str:
     """The first of ``base``, ``base-2``, ... that does not exist now (see :func:`place`)."""
     for attempt in range(1, 1000):
-        name = base if attempt == 1 else f"{base}-{attempt}"
+        name = numbered(base, attempt)
         try:
             os.stat(name, dir_fd=parent, follow_symlinks=False)
         except FileNotFoundError:

@@ -18,12 +18,11 @@ from typing import Any
 
 from . import userfs
 from .actions import RESERVED, VM_NAME
-from .layouts import LAYOUTS, Layout
+from .layouts import LAYOUTS, STATUS_FILE, Layout
 from .userfs import Unsafe
 
-__all__ = ["STATUS_FILE", "BUSY", "look", "signature"]
+__all__ = ["BUSY", "look", "signature"]
 
-STATUS_FILE = "status.xml"
 BUSY = {"spool": "busy"}  # something to do, or something to look at closely
 
 

@@ -26,14 +26,13 @@ from typing import Any
 from . import status as status_xml
 from . import userfs, userlogs
 from .actions import RESERVED, Rejection, check_vm_name, parse_command, printable
-from .layouts import LAYOUTS, SET_ASIDE, Layout
+from .layouts import LAYOUTS, SET_ASIDE, STATUS_FILE, Layout
 from .privsep import Channel
 from .userfs import Unsafe
 from .userprobe import signature
 
 __all__ = ["UserJob", "user_main"]
 
-STATUS_FILE = "status.xml"
 STATUS_LIMIT = 64 * 1024
 LOG_TAIL = 64 * 1024
 
@@ -174,12 +173,9 @@ class UserSide:
         return False
 
     def _tail(self, fd: int, name: str) -> bytes:
-        st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-        if not stat.S_ISREG(st.st_mode):
-            raise Unsafe("not a regular file")
-        handle = os.open(name, userfs.READ_FLAGS, dir_fd=fd)
+        handle, st = userfs.open_regular(fd, name, self.uid)  # the one safe-open path
         try:
-            os.lseek(handle, max(0, os.fstat(handle).st_size - LOG_TAIL), os.SEEK_SET)
+            os.lseek(handle, max(0, st.st_size - LOG_TAIL), os.SEEK_SET)
             return os.read(handle, LOG_TAIL)
         finally:
             os.close(handle)
