@@ -30,6 +30,7 @@ from .actions import (
     Rejection,
     canonical,
     check_vm_name,
+    domain_for,
     lookup_action,
     parse_params,
     printable,
@@ -402,7 +403,7 @@ def cmd_create(home: Home, args: argparse.Namespace, out: Out, config: Config | 
     problem = membership_problem(config, home.user)
     if problem:
         warn(problem)
-    domain = (config or Config()).domain_name.format(user=home.user, vm=vm)
+    domain = domain_for((config or Config()).domain_name, home.user, vm)
 
     def text() -> list[str]:
         head = f"created {ref.shown()} (mode 0700)" if created else f"{ref.shown()} exists already"

@@ -30,15 +30,15 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterable
-from contextlib import suppress
 from dataclasses import dataclass, field
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from typing import Any, Protocol
 
-from .actions import Rejection, lookup_action, printable
+from .actions import printable
 from .audit import AuditLog, open_root_file
+from .auditquery import action_of
 from .config import Config, MailConfig, check_root_owned
 from .errors import ConfigError
 from .layouts import LAYOUTS
@@ -93,10 +93,7 @@ class Report:
 
     def command(self, entry: dict[str, Any], outcome: str, reason: str) -> None:
         if outcome in MAILED:
-            action = entry.get("action")
-            if action is None:  # rejected before parsing: the file name may still be one
-                with suppress(Rejection):
-                    action = lookup_action(entry["file"]).name
+            action = action_of(entry)  # also for files rejected before parsing
             self.problems.append(Problem(
                 user=entry["user"], uid=entry["uid"], layout=entry["layout"], vm=entry["vm"],
                 file=entry["file"], action=action, outcome=outcome,
