@@ -20,7 +20,10 @@ from typing import Any
 
 from .errors import LockError, WirtError
 
-__all__ = ["AuditLog", "Journal", "acquire_lock", "open_root_file"]
+__all__ = [
+    "AuditLog", "Journal", "acquire_lock", "load_state", "open_root_file", "replace_root_file",
+    "save_state",
+]
 
 
 def open_root_file(path: str, flags: int, what: str) -> int:
@@ -33,6 +36,36 @@ def open_root_file(path: str, flags: int, what: str) -> int:
         os.close(fd)
         raise WirtError(f"{what} {path} must be a regular file owned by root with mode 0600")
     return fd
+
+
+def replace_root_file(path: str, data: bytes) -> None:
+    """Write a root-only file whole: a fresh ``.new`` file, fsync, rename over *path*."""
+    temp = path + ".new"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(temp, path)
+
+
+def load_state(path: str) -> dict[str, Any]:
+    """A root-only JSON state file ({} when missing, torn or not an object)."""
+    if not os.path.lexists(path):
+        return {}
+    fd = open_root_file(path, os.O_RDONLY, "state file")
+    with os.fdopen(fd, "rb") as handle:
+        try:
+            data = json.load(handle)
+        except ValueError:
+            return {}
+    return data if isinstance(data, dict) else {}
+
+
+def save_state(path: str, data: dict[str, Any]) -> None:
+    replace_root_file(path, json.dumps(data, sort_keys=True).encode())
 
 
 def _line(record: dict[str, Any]) -> bytes:
@@ -107,14 +140,7 @@ class Journal:
         """Rewrite the journal with only the entries still open (when anything changed)."""
         if self.fd < 0 or not self.dirty:
             return
-        temp = self.path + ".new"
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        try:
-            os.write(fd, b"".join(_line(e) for e in self.entries.values()))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(temp, self.path)
+        replace_root_file(self.path, b"".join(_line(e) for e in self.entries.values()))
         os.close(self.fd)
         self.fd = open_root_file(self.path, os.O_WRONLY | os.O_APPEND, "journal")
 

@@ -37,7 +37,7 @@ from email.utils import formatdate, make_msgid
 from typing import Any, Protocol
 
 from .actions import printable
-from .audit import AuditLog, open_root_file
+from .audit import AuditLog, load_state, save_state
 from .auditquery import action_of
 from .config import Config, MailConfig, check_root_owned
 from .errors import ConfigError
@@ -156,17 +156,9 @@ class Throttle:
         self.path = os.path.join(state_dir, "mailed.json")
         self.window = hours * 3600
         self.now = now
-        self.sent: dict[str, float] = {}
-        if os.path.lexists(self.path):
-            fd = open_root_file(self.path, os.O_RDONLY, "state file")
-            with os.fdopen(fd, "rb") as handle:
-                try:
-                    data = json.load(handle)
-                except ValueError:
-                    data = {}
-            if isinstance(data, dict):
-                self.sent = {k: v for k, v in data.items()
-                             if isinstance(v, (int, float)) and now - v < self.window}
+        self.sent: dict[str, float] = {
+            k: v for k, v in load_state(self.path).items()
+            if isinstance(v, (int, float)) and now - v < self.window}
 
     def due(self, key: str) -> bool:
         return key not in self.sent
@@ -175,11 +167,7 @@ class Throttle:
         self.sent.update(dict.fromkeys(keys, self.now))
 
     def save(self) -> None:
-        temp = self.path + ".new"
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(self.sent, handle)
-        os.rename(temp, self.path)
+        save_state(self.path, self.sent)
 
 
 # -- sending ---------------------------------------------------------------------

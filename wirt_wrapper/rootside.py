@@ -37,7 +37,7 @@ from .actions import (
     parse_params,
     printable,
 )
-from .audit import AuditLog, Journal, open_root_file
+from .audit import AuditLog, Journal, load_state, save_state
 from .config import Config
 from .errors import ProtocolError
 from .hypervisor import Hypervisor, Interrupted, Unreachable
@@ -107,10 +107,10 @@ class Pass:
         self.audit = AuditLog(config.audit_log, dry_run=options.dry_run)
         self.journal = Journal(config.state_dir, dry_run=options.dry_run)
         self.reported_path = os.path.join(config.state_dir, "reported.json")
-        self.reported: dict[str, Any] = self._load_json(self.reported_path)
+        self.reported: dict[str, Any] = load_state(self.reported_path)
         # per uid, layout, VM: [digest of the info behind status.xml, its lstat signature]
         self.idle_path = os.path.join(config.state_dir, "idle.json")
-        self.idle: dict[str, dict[str, dict[str, Any]]] = self._load_json(self.idle_path)
+        self.idle: dict[str, dict[str, dict[str, Any]]] = load_state(self.idle_path)
         self.idle_loaded = json.dumps(self.idle, sort_keys=True)
         self.seen: dict[str, set[str]] = {}
         self.counter = 0
@@ -125,27 +125,6 @@ class Pass:
         if self.options.verbose or self.options.dry_run:
             print(text, flush=True)
 
-    @staticmethod
-    def _load_json(path: str) -> dict[str, Any]:
-        """A root-only state file in state_dir ({} when missing or torn)."""
-        if not os.path.lexists(path):
-            return {}
-        fd = open_root_file(path, os.O_RDONLY, "state file")
-        with os.fdopen(fd, "rb") as handle:
-            try:
-                data = json.load(handle)
-            except ValueError:
-                return {}
-        return data if isinstance(data, dict) else {}
-
-    @staticmethod
-    def _save_json(path: str, data: dict[str, Any]) -> None:
-        temp = path + ".new"
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, sort_keys=True)
-        os.rename(temp, path)
-
     def _save_state(self) -> None:
         if self.options.dry_run:
             return
@@ -153,9 +132,9 @@ class Pass:
         for uid, keys in self.seen.items():
             merged[uid] = sorted(keys)
         if merged != self.reported:
-            self._save_json(self.reported_path, merged)
+            save_state(self.reported_path, merged)
         if json.dumps(self.idle, sort_keys=True) != self.idle_loaded:
-            self._save_json(self.idle_path, self.idle)
+            save_state(self.idle_path, self.idle)
 
     # -- the pass ------------------------------------------------------------
     def run(self) -> Summary:
@@ -545,7 +524,13 @@ class Pass:
                 raise ProtocolError("statuses must map VMs")
             for vm, seen in vms.items():
                 check_vm_name(vm)
-                mine.setdefault(layout, {})[vm] = seen
+                digest, signature = seen if isinstance(seen, list) and len(seen) == 2 \
+                    else (None, None)
+                if not isinstance(digest, str) or len(digest) > 64 \
+                        or not isinstance(signature, list) or len(signature) > 8 \
+                        or not all(isinstance(n, int) for n in signature):
+                    raise ProtocolError("a status is [digest, lstat signature]")
+                mine.setdefault(layout, {})[vm] = [digest, signature]
         return {}
 
     def needs_turn(self, user: pwd.struct_passwd, report: dict[str, Any]) -> bool:
