@@ -262,3 +262,26 @@ class TestFile:
 def test_limits_have_an_upper_bound(key: str, value: int) -> None:
     with pytest.raises(ConfigError, match=f"limits.{key}: must be at most"):
         parse_config({"limits": {key: value}}, "x")
+
+
+@pytest.mark.parametrize("target", ["main.py", "__pycache__/rootside.cpython-311.pyc"])
+def test_code_others_could_change_is_refused(tmp_path: Path, target: str) -> None:
+    """SPEC 5.8: a group/other-writable module, or the bytecode Python would load instead."""
+    import shutil
+    import subprocess
+    import sys
+
+    package = Path(config_module.__file__).parent
+    copy = tmp_path / "code" / "wirt_wrapper"
+    shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    (copy / "__pycache__").mkdir()
+    (copy / "__pycache__" / "rootside.cpython-311.pyc").write_bytes(b"")
+    for path in [tmp_path, tmp_path / "code", *copy.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    (copy / target).chmod(0o666)
+    run = ("import sys; sys.path.insert(0, sys.argv[1]); from wirt_wrapper.main import main; "
+           "sys.exit(main(['--config', '/nonexistent']))")
+    proc = subprocess.run([sys.executable, "-I", "-c", run, str(tmp_path / "code")],
+                          capture_output=True, text=True)
+    assert proc.returncode == EXIT_CONFIG, proc.stderr
+    assert f"{target} is writable by group or others" in proc.stderr

@@ -45,9 +45,11 @@ def check_code() -> None:
 
     package = os.path.dirname(os.path.abspath(__file__))
     check_root_owned(package, "code")
-    for name in sorted(os.listdir(package)):
-        if name.endswith(".py"):
-            check_root_owned(os.path.join(package, name), "code")
+    cache = os.path.join(package, "__pycache__")  # Python loads these instead of the .py
+    for folder in (package, cache) if os.path.isdir(cache) else (package,):
+        for name in sorted(os.listdir(folder)):
+            if name.endswith((".py", ".pyc")):
+                check_root_owned(os.path.join(folder, name), "code")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -167,8 +167,8 @@ def _judge_regular(st: os.stat_result, uid: int) -> None:
         raise Unsafe(f"is {_kind(st.st_mode)}; {ONLY_REGULAR}")
     _judge_owner(st, uid)
     if st.st_nlink != 1:
-        raise Unsafe(f"has {st.st_nlink} hard links (a command file must have exactly one); "
-                     "write a new file instead of linking one")
+        raise Unsafe(f"has {st.st_nlink} hard links (wirt reads and writes only files with "
+                     "exactly one); write a new file instead of linking one")
 
 
 def open_regular(parent: int, name: str, uid: int) -> tuple[int, os.stat_result]:
@@ -303,10 +303,9 @@ def append_line(parent: int, name: str, line: str, uid: int) -> None:
         _explain_denied(parent, name, uid)
         raise
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise Unsafe(f"is {_kind(st.st_mode)}")
-        _judge_owner(st, uid)
+        # The one place wirt writes into a file that may already exist (a log, by
+        # appending): judged on the descriptor like any file it reads.
+        _judge_regular(os.fstat(fd), uid)
         os.write(fd, line.encode("utf-8", "backslashreplace"))
     finally:
         os.close(fd)
