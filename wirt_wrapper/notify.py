@@ -43,7 +43,7 @@ from .config import Config, MailConfig, check_root_owned
 from .errors import ConfigError
 from .layouts import LAYOUTS
 
-__all__ = ["Mailer", "Problem", "Report", "Syslog", "Throttle", "after_pass", "printable"]
+__all__ = ["Mailer", "Problem", "Report", "Syslog", "Throttle", "after_pass"]
 
 IDENT = "wirt"
 LOG_DAEMON = 3 << 3

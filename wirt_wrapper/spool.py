@@ -25,7 +25,7 @@ import stat
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from . import status as status_xml
@@ -89,7 +89,6 @@ class Written:
 
     ref: VmRef
     name: str
-    content: str
     dev: int
     ino: int
     time: float
@@ -106,7 +105,6 @@ class Outcome:
     message: str = ""
     history: str | None = None
     line: str | None = None
-    record: dict[str, str] = field(default_factory=dict)
 
 
 def _unsafe(exc: Unsafe, what: str = "") -> NotAllowed:
@@ -297,7 +295,7 @@ class Home:
                 raise self._in_the_way(fd, ref, name) from None
             except Unsafe as exc:
                 raise _unsafe(exc, f"{ref.shown(name)} ") from None
-        return Written(ref, name, content, st.st_dev, st.st_ino, time.time(), log_ino, log_size)
+        return Written(ref, name, st.st_dev, st.st_ino, time.time(), log_ino, log_size)
 
     def _in_the_way(self, fd: int, ref: VmRef, name: str) -> Exception:
         where = ref.shown(name)
@@ -357,7 +355,6 @@ class Home:
                     record = parse_log_line(line) or {}
                     result.stage = "handled"
                     result.line = line
-                    result.record = record
                     result.outcome = record.get("outcome") or _outcome_word(line)
                     result.message = record.get("message", "")
                     return result
