@@ -152,3 +152,21 @@ def test_a_spool_that_cannot_be_searched_stops_no_one(host: Host) -> None:
     assert [(r["user"], r["outcome"]) for r in host.commands()] == [(bob.name, "done")] * 2
     assert not [r for r in host.audit_records() if r["event"] == "user-incomplete"]
     assert "cannot be searched" in (alice.home / "wirt/logs/wirt.log").read_text()
+
+
+def test_stray_entries_are_reported_once_and_new_ones_too(host: Host) -> None:
+    """Idle passes skip a user whose only oddities were reported; a new one is reported."""
+    alice = host.add_user("alice")
+    host.write_config({f"{alice.name}-web": None})
+    alice.run("mkdir -p ~/wirt/service/vm/web/sub && echo x > ~/wirt/service/vm/notes.txt")
+    notices = alice.home / "wirt/logs/wirt.log"
+    for _ in range(3):
+        host.run()
+    text = notices.read_text()
+    assert text.count("notes.txt: ignored") == 1 and text.count("web/sub: ignored") == 1
+    alice.run("echo y > ~/wirt/service/vm/todo.txt && mkdir ~/wirt/service/vm/web/more")
+    host.run()
+    host.run()
+    text = notices.read_text()
+    assert text.count("todo.txt: ignored") == 1 and text.count("web/more: ignored") == 1
+    assert text.count("notes.txt: ignored") == 1

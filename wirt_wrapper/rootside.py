@@ -536,12 +536,16 @@ class Pass:
     def needs_turn(self, user: pwd.struct_passwd, report: dict[str, Any]) -> bool:
         """Whether the prober's look shows anything for a full user side to do."""
         cached = self.idle.get(str(user.pw_uid), {})
+        reported = set(self.reported.get(str(user.pw_uid), []))
         for layout, look in report.items():
             if not isinstance(look, dict) or look.get("spool") == "absent":
                 continue
-            vms = look.get("vms")
+            vms, odd = look.get("vms"), look.get("odd", [])
             if look.get("spool") != "ok" or not isinstance(vms, dict):
                 return True  # a command, or something the full side must look at
+            if not isinstance(odd, list) or any(f"{layout}:{key}" not in reported
+                                                for key in odd):
+                return True  # a stray entry the user has not been told about yet
             if LAYOUTS[layout].info is None or self.hv.down:
                 continue  # nothing to refresh (or nothing to refresh it from)
             for vm, seen in vms.items():

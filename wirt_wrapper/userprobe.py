@@ -39,6 +39,9 @@ def _look(home: int, layout: Layout, uid: int, limit: int) -> dict[str, Any]:
     except (Unsafe, OSError):
         return BUSY
     vms: dict[str, list[int] | None] = {}
+    # Entries the full side only reports (once) and otherwise ignores, under the
+    # keys it reports them by: root starts it only if one of them is new.
+    odd: list[str] = []
     try:
         entries, truncated = userfs.list_dir(spool, limit)
         if truncated:
@@ -48,7 +51,8 @@ def _look(home: int, layout: Layout, uid: int, limit: int) -> dict[str, Any]:
                 continue
             vm = layout.vm_of(name)
             if vm is None or not stat.S_ISDIR(st.st_mode) or not VM_NAME.fullmatch(vm):
-                return BUSY  # the full side reports it (once)
+                odd.append(f"entry:{name}:{st.st_ino}")
+                continue
             try:
                 folder = userfs.open_dir(spool, name, uid)
             except (Unsafe, OSError):
@@ -57,8 +61,14 @@ def _look(home: int, layout: Layout, uid: int, limit: int) -> dict[str, Any]:
                 inside, truncated = userfs.list_dir(folder, limit)
             finally:
                 os.close(folder)
-            if truncated or any(not n.startswith(".") and n not in RESERVED for n, _ in inside):
-                return BUSY  # a command is waiting
+            if truncated:
+                return BUSY
+            for inner, ist in inside:
+                if inner.startswith(".") or inner in RESERVED:
+                    continue
+                if not stat.S_ISDIR(ist.st_mode):
+                    return BUSY  # a command is waiting
+                odd.append(f"entry:{name}/{inner}:{ist.st_ino}")  # a folder: never a command
             vms[vm] = None
     finally:
         os.close(spool)
@@ -82,7 +92,7 @@ def _look(home: int, layout: Layout, uid: int, limit: int) -> dict[str, Any]:
                     os.close(folder)
         finally:
             os.close(info)
-    return {"spool": "ok", "vms": vms}
+    return {"spool": "ok", "vms": vms, "odd": odd}
 
 
 def _look_safely(home: int, layout: Layout, uid: int, limit: int) -> dict[str, Any]:
