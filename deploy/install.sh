@@ -44,7 +44,7 @@ CONFIG=$ETC/wirt.toml
 LOGDIR=/var/log/wirt
 STATE=/var/lib/wirt
 MANIFEST=$STATE/installed
-LOCK=/run/lock/wirt.lock  # the pass lock (lock_file's default)
+LOCK=/run/wirt/wirt.lock  # the pass lock (lock_file's default)
 PACKAGES=(python3-venv python3-dev gcc pkg-config libvirt-dev sudo cron)
 
 say() { echo "wirt-install: $*"; }
@@ -151,7 +151,8 @@ install_code() {
   chown -R root:root "$PREFIX"
   chmod -R go-w "$PREFIX"
   # the same check the pass makes before it runs: code root-owned, all the way up
-  "$VENV/bin/python" -I -c 'from wirt_wrapper.main import check_code; check_code()' \
+  "$VENV/bin/python" -I -c \
+    "from wirt_wrapper.root.startup import check_code, check_readable; check_code(); check_readable()" \
     || die "the installed code in $VENV fails wirt's own ownership check"
 }
 
@@ -230,12 +231,19 @@ install_config() {
     say "wrote $CONFIG"
   else
     say "kept your $CONFIG"
+    # the lock's old default sat in world-writable /run/lock, where any local user
+    # could create it first and stop every pass (SECURITY.md row 14); the pass now
+    # refuses it, so move the line this installer itself once wrote
+    if grep -qx 'lock_file = "/run/lock/wirt.lock"' "$CONFIG"; then
+      sed -i 's|^lock_file = "/run/lock/wirt.lock"$|lock_file = "/run/wirt/wirt.lock"|' "$CONFIG"
+      say "moved lock_file in $CONFIG from /run/lock (writable by anyone) to /run/wirt"
+    fi
   fi
   make_dir "$LOGDIR" 0700
 }
 
 install_all() {
-  [ -f "$REPO/wirt_wrapper/main.py" ] || die "run me from a wirt checkout ($REPO)"
+  [ -f "$REPO/wirt_wrapper/root/main.py" ] || die "run me from a wirt checkout ($REPO)"
   install_packages
   make_dir "$STATE" 0700
   install_accounts

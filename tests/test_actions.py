@@ -1,4 +1,4 @@
-"""The action table and the closed grammar of command files (wirt_wrapper.actions).
+"""The action table and the closed grammar of command files (wirt_wrapper.rules.actions).
 
 Pure functions, no users needed.  The libvirt effect of every row is checked
 on libvirt's test driver (a private host file per test, so no state leaks).
@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from wirt_wrapper.actions import (
+from wirt_wrapper.rules.actions import (
     ACTIONS,
     Rejection,
     canonical,
@@ -260,7 +260,7 @@ def run(conn: libvirt.virConnect, name: str, content: str = "") -> libvirt.virDo
     command = parse_command(name, content.encode(), LIMIT)
     dom = conn.lookupByName("vm")
     if command.action.call is not None:
-        command.action.call(dom, parse_params(command.action, command.tokens()))
+        command.action.call.invoke(dom, parse_params(command.action, command.tokens()), libvirt)
     return dom
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from conftest import Host, User
 from lxml import etree
 
-from wirt_wrapper.actions import no_domain
+from wirt_wrapper.rules.actions import no_domain
 
 TEST_NS = "http://libvirt.org/schemas/domain/test/1.0"
 OWNER_NS = "http://wirt.weimarnetz.de/xmlns/owner/1"

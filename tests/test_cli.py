@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from conftest import BIN, REPO, Host, User, remove_user, sh
 
-from wirt_wrapper.actions import ACTIONS
+from wirt_wrapper.rules.actions import ACTIONS
 
 WIRT = str(BIN / "wirt")
 

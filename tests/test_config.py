@@ -1,4 +1,4 @@
-"""Reading and validating the config (wirt_wrapper.config, SPEC section 7 and 5.8).
+"""Reading and validating the config (wirt_wrapper.rules.config, SPEC section 7 and 5.8).
 
 Every key, every wrong type, and the ownership walk up to ``/``.  Runs as
 root; "another owner" is uid 65534 (nobody), no user needs to exist.
@@ -7,14 +7,16 @@ root; "another owner" is uid 65534 (nobody), no user needs to exist.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-import wirt_wrapper.config as config_module
-from wirt_wrapper.config import Config, check_root_owned, load_config, parse_config
-from wirt_wrapper.errors import EXIT_CONFIG, ConfigError
+import wirt_wrapper.rules.config as config_module
+from wirt_wrapper.rules.config import Config, check_root_owned, load_config, parse_config
+from wirt_wrapper.rules.errors import EXIT_CONFIG, ConfigError
 
 NOBODY = 65534
 
@@ -249,7 +251,7 @@ class TestFile:
             link.symlink_to(evil)
             return checked
 
-        monkeypatch.setattr("wirt_wrapper.config.check_root_owned", check_then_swap)
+        monkeypatch.setattr("wirt_wrapper.rules.config.check_root_owned", check_then_swap)
         assert load_config(str(link)).group == "good"
 
     def test_check_root_owned_names_what(self, etc: Path) -> None:
@@ -264,24 +266,60 @@ def test_limits_have_an_upper_bound(key: str, value: int) -> None:
         parse_config({"limits": {key: value}}, "x")
 
 
-@pytest.mark.parametrize("target", ["main.py", "__pycache__/rootside.cpython-311.pyc"])
-def test_code_others_could_change_is_refused(tmp_path: Path, target: str) -> None:
-    """SPEC 5.8: a group/other-writable module, or the bytecode Python would load instead."""
+@pytest.fixture
+def code_dir() -> Any:
+    """A folder every user can reach (pytest's own tmp folder is 0700), removed afterwards."""
     import shutil
-    import subprocess
-    import sys
+    import tempfile
 
-    package = Path(config_module.__file__).parent
+    top = Path(tempfile.mkdtemp(prefix="wirt-code-", dir="/var/tmp"))
+    yield top
+    shutil.rmtree(top)
+
+
+def _code_copy(tmp_path: Path) -> Path:
+    """A root-owned copy of the package, modes as installed (with a cache in a subfolder)."""
+    import shutil
+
+    package = Path(config_module.__file__).parent.parent
     copy = tmp_path / "code" / "wirt_wrapper"
     shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    (copy / "__pycache__").mkdir()
-    (copy / "__pycache__" / "rootside.cpython-311.pyc").write_bytes(b"")
+    (copy / "user" / "__pycache__").mkdir()
+    (copy / "user" / "__pycache__" / "side.cpython-311.pyc").write_bytes(b"")
     for path in [tmp_path, tmp_path / "code", *copy.rglob("*")]:
         path.chmod(0o755 if path.is_dir() else 0o644)
-    (copy / target).chmod(0o666)
-    run = ("import sys; sys.path.insert(0, sys.argv[1]); from wirt_wrapper.main import main; "
+    return copy
+
+
+def _pass_from(copy: Path) -> subprocess.CompletedProcess[str]:
+    run = ("import sys; sys.path.insert(0, sys.argv[1]); from wirt_wrapper.root.main import main; "
            "sys.exit(main(['--config', '/nonexistent']))")
-    proc = subprocess.run([sys.executable, "-I", "-c", run, str(tmp_path / "code")],
+    return subprocess.run([sys.executable, "-I", "-c", run, str(copy.parent)],
                           capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("target", ["root/main.py", "rules/actions.py", "user",
+                                    "user/__pycache__/side.cpython-311.pyc"])
+def test_code_others_could_change_is_refused(code_dir: Path, target: str) -> None:
+    """SPEC 5.8: a group/other-writable module or folder, in any subfolder, or the bytecode
+    Python would load instead."""
+    copy = _code_copy(code_dir)
+    (copy / target).chmod(0o777 if (copy / target).is_dir() else 0o666)
+    proc = _pass_from(copy)
     assert proc.returncode == EXIT_CONFIG, proc.stderr
     assert f"{target} is writable by group or others" in proc.stderr
+
+
+@pytest.mark.parametrize(("target", "mode"), [("user", 0o700), ("rules/status.py", 0o600),
+                                              (".", 0o700), ("..", 0o700)])
+def test_code_users_cannot_read_is_refused(code_dir: Path, target: str, mode: int) -> None:
+    """Issue 9.5: user sides import after the drop; refuse at start, not half way."""
+    copy = _code_copy(code_dir)
+    path = (copy / target).resolve()
+    path.chmod(mode)
+    proc = _pass_from(copy)
+    assert proc.returncode == EXIT_CONFIG, proc.stderr
+    assert f"{path} is not readable by unprivileged users" in proc.stderr
+    path.chmod(0o755 if path.is_dir() else 0o644)
+    later = _pass_from(copy)  # the same copy, readable: the start-up checks pass
+    assert "config file /nonexistent" in later.stderr, later.stderr

@@ -271,7 +271,7 @@ def test_default_config_is_the_built_in_defaults() -> None:
     import tomllib
     from dataclasses import fields
 
-    from wirt_wrapper.config import Config, Limits, MailConfig, parse_config
+    from wirt_wrapper.rules.config import Config, Limits, MailConfig, parse_config
 
     data = tomllib.loads((REPO / "deploy/wirt.toml").read_text())
     assert parse_config(data, "x") == Config(path="x")

@@ -26,7 +26,7 @@ from legacy_support import (
     write_host,
 )
 
-from wirt_wrapper.layouts import legacy_stamp
+from wirt_wrapper.rules.layouts import legacy_stamp
 
 
 def test_legacy_tree_every_kind_of_entry(host: Host, deployed: Deployed) -> None:
@@ -270,7 +270,7 @@ def test_unknown_entries_are_left_alone_and_reported_once(host: Host, deployed: 
 
 def test_recovery_after_a_killed_pass_uses_the_legacy_names(host: Host, deployed: Deployed) -> None:
     """A pass died after claiming two commands: one mid-run, one after its log was written.
-    The journal it left is written here the way rootside writes it."""
+    The journal it left is written here the way root.monitor writes it."""
     import json
 
     alice = host.add_user("alice")

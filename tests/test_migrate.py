@@ -12,7 +12,7 @@ import pytest
 from conftest import Host, User
 from legacy_support import write_host
 
-MIGRATE = [sys.executable, "-I", "-m", "wirt_wrapper.migrate"]
+MIGRATE = [sys.executable, "-I", "-m", "wirt_wrapper.legacy.migrate"]
 
 
 def migrate(user: User, *args: str) -> subprocess.CompletedProcess[str]:

@@ -1,4 +1,4 @@
-"""VM names, domain names and ownership (wirt_wrapper.actions, SPEC section 4).
+"""VM names, domain names and ownership (wirt_wrapper.rules.actions, SPEC section 4).
 
 Pure rules, no users needed: these decide which domain a user's folder may
 drive, so every look-alike and every collision is spelled out.
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wirt_wrapper.actions import (
+from wirt_wrapper.rules.actions import (
     VM_NAME,
     Claimants,
     Rejection,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from conftest import Host
 
-from wirt_wrapper.privsep import Identity, filesystem_identity
+from wirt_wrapper.boundary.privsep import Identity, filesystem_identity
 
 
 def in_child(fn: Callable[[], int]) -> int:
@@ -84,3 +84,24 @@ def test_groups_follow_the_filesystem_identity(host: Host) -> None:
         assert in_child(probe) == 0
     finally:
         shutil.rmtree(folder)
+
+
+def _helper_in_fresh_python(setup: str) -> str:
+    import subprocess
+    import sys
+
+    code = (f"{setup}\nfrom wirt_wrapper.boundary.privsep import Spawner\n"
+            "try:\n    Spawner().close()\nexcept Exception as exc:\n    print(exc)\n"
+            "else:\n    print('forked')\n")
+    return subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def test_helpers_fork_only_before_libvirt_and_threads() -> None:
+    """A helper forked from a process holding libvirt (its event thread, its connection)
+    or a second thread could inherit locks held mid-call: refused at fork time."""
+    assert _helper_in_fresh_python("") == "forked"
+    assert "before libvirt is loaded" in _helper_in_fresh_python("import libvirt")
+    assert "while one thread runs" in _helper_in_fresh_python(
+        "import threading, time\nthreading.Thread(target=time.sleep, args=(5,), daemon=True)"
+        ".start()")

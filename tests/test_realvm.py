@@ -18,7 +18,7 @@ from conftest import Host, User
 from guest.fixtures import Guest, Guests, WirtPass
 from lxml import etree
 
-from wirt_wrapper.actions import no_domain
+from wirt_wrapper.rules.actions import no_domain
 
 pytestmark = pytest.mark.realvm
 

@@ -1,4 +1,4 @@
-"""status.xml rendering and reading back (wirt_wrapper.status), fuzzed with hypothesis.
+"""status.xml rendering and reading back (wirt_wrapper.rules.status), fuzzed with hypothesis.
 
 Messages in status.xml carry text the tool does not choose: libvirt's error
 messages and the names of the user's own files.  Whatever that text is, the
@@ -14,7 +14,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
-from wirt_wrapper.status import last_command, render
+from wirt_wrapper.rules.status import last_command, render
 
 INFO: dict[str, Any] = {
     "domain": "alice-web", "state": "running", "reason": "booted", "autostart": True,

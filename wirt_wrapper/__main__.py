@@ -1,3 +1,3 @@
-from .main import main
+from wirt_wrapper.root.main import main
 
 raise SystemExit(main())

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from wirt_wrapper.layouts import history_stamp
+from wirt_wrapper.rules.layouts import history_stamp
 
 from .kit import FAKETIME_LIB, Scene, snap, snap_tree
 

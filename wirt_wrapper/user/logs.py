@@ -1,6 +1,6 @@
 """Size-based rotation of the logs wirt keeps in a user's home (runs as that user only).
 
-Called in the user's child (see :mod:`privsep`), on a folder descriptor that
+Called in the user's child (see :mod:`wirt_wrapper.boundary.privsep`), on a folder descriptor that
 :mod:`userfs` pinned, before a line is appended.  It distrusts every entry
 in that folder: the generation names (``web.log.1.gz`` ...) may have been
 prepared by the user as links, folders or FIFOs.  So:
@@ -23,8 +23,8 @@ import gzip
 import os
 from contextlib import suppress
 
-from . import userfs
-from .userfs import Unsafe
+from wirt_wrapper.user import fs as userfs
+from wirt_wrapper.user.fs import Unsafe
 
 __all__ = ["generation", "rotate_if_large"]
 

@@ -1,7 +1,7 @@
 """The one way to touch a file under a user's home (runs as that user only).
 
 Every function here is called in a child process that has dropped to the
-user's uid, gid and groups for good (see :mod:`privsep`), so the kernel
+user's uid, gid and groups for good (see :mod:`wirt_wrapper.boundary.privsep`), so the kernel
 refuses whatever the user could not do.  On top of that, nothing is trusted:
 
 * paths are walked one component at a time from a directory descriptor,
@@ -27,12 +27,15 @@ import stat
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 
+from wirt_wrapper.rules.spool import kind_of
+
 __all__ = [
     "Unsafe",
     "append_line",
     "check_entry",
     "claim",
     "create_new",
+    "kind_of",
     "free_name",
     "list_dir",
     "numbered",
@@ -59,20 +62,6 @@ ONLY_REGULAR = "wirt reads only regular files: write a plain file instead"
 
 class Unsafe(Exception):
     """An entry that wirt will not follow, open or trust; the message says why."""
-
-
-def _kind(mode: int) -> str:
-    for test, name in (
-        (stat.S_ISLNK, "a symbolic link (wirt never follows links)"),
-        (stat.S_ISDIR, "a folder"),
-        (stat.S_ISFIFO, "a FIFO"),
-        (stat.S_ISSOCK, "a socket"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-    ):
-        if test(mode):
-            return name
-    return "not a regular file"
 
 
 def _judge_owner(st: os.stat_result, uid: int) -> None:
@@ -108,7 +97,7 @@ def open_dir(parent: int, name: str, uid: int, *, create: bool = False) -> int:
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR):
             st = os.stat(name, dir_fd=parent, follow_symlinks=False)
-            raise Unsafe(f"is {_kind(st.st_mode)}, not a folder; make it a real folder") from None
+            raise Unsafe(f"is {kind_of(st.st_mode)}, not a folder; make it a real folder") from None
         if exc.errno == errno.EACCES:
             _explain_denied(parent, name, uid)
         raise
@@ -164,7 +153,7 @@ def list_dir(fd: int, limit: int) -> tuple[list[tuple[str, os.stat_result]], boo
 
 def _judge_regular(st: os.stat_result, uid: int) -> None:
     if not stat.S_ISREG(st.st_mode):
-        raise Unsafe(f"is {_kind(st.st_mode)}; {ONLY_REGULAR}")
+        raise Unsafe(f"is {kind_of(st.st_mode)}; {ONLY_REGULAR}")
     _judge_owner(st, uid)
     if st.st_nlink != 1:
         raise Unsafe(f"has {st.st_nlink} hard links (wirt reads and writes only files with "
@@ -220,7 +209,7 @@ def check_entry(parent: int, name: str, uid: int) -> bool:
     except FileNotFoundError:
         return False
     if not stat.S_ISREG(st.st_mode):
-        raise Unsafe(f"is {_kind(st.st_mode)}")
+        raise Unsafe(f"is {kind_of(st.st_mode)}")
     _judge_owner(st, uid)
     return True
 

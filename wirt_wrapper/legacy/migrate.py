@@ -27,10 +27,10 @@ import pwd
 import stat
 import sys
 
-from . import userfs
-from .actions import VM_NAME
-from .layouts import LEGACY, SET_ASIDE, WIRT
-from .userfs import Unsafe
+from wirt_wrapper.rules.actions import VM_NAME
+from wirt_wrapper.rules.layouts import LEGACY, SET_ASIDE, WIRT
+from wirt_wrapper.user import fs as userfs
+from wirt_wrapper.user.fs import Unsafe
 
 __all__ = ["main"]
 
@@ -97,7 +97,7 @@ class Migration:
                target: tuple[str, ...]) -> None:
         where = shown(LEGACY.spool, name)
         if not stat.S_ISDIR(st.st_mode):
-            self.keep(where, f"is {userfs._kind(st.st_mode)}, not a folder")
+            self.keep(where, f"is {userfs.kind_of(st.st_mode)}, not a folder")
             return
         try:
             src = userfs.open_dir(parent, name, self.uid)
@@ -131,7 +131,7 @@ class Migration:
               where: str, target: tuple[str, ...]) -> None:
         old, new = f"{where}/{name}", shown(target, name)
         if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
-            self.keep(old, f"is {userfs._kind(st.st_mode)}")
+            self.keep(old, f"is {userfs.kind_of(st.st_mode)}")
             return
         if st.st_uid != self.uid:
             self.keep(old, f"is owned by uid {st.st_uid}, not by you")

@@ -36,12 +36,13 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from typing import Any, Protocol
 
-from .actions import printable
-from .audit import AuditLog, load_state, save_state
-from .auditquery import action_of
-from .config import Config, MailConfig, check_root_owned
-from .errors import ConfigError
-from .layouts import LAYOUTS
+from wirt_wrapper.root.audit import AuditLog
+from wirt_wrapper.root.auditquery import action_of
+from wirt_wrapper.root.state import load_state, save_state
+from wirt_wrapper.rules.actions import printable
+from wirt_wrapper.rules.config import Config, MailConfig, check_root_owned
+from wirt_wrapper.rules.errors import ConfigError
+from wirt_wrapper.rules.layouts import LAYOUTS
 
 __all__ = ["Mailer", "Problem", "Report", "Syslog", "Throttle", "after_pass"]
 

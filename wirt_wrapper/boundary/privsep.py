@@ -22,83 +22,26 @@ from __future__ import annotations
 
 import ctypes
 import gc
-import json
 import os
 import signal
 import socket
-import struct
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ProtocolError
+from wirt_wrapper.boundary.channel import Channel
+from wirt_wrapper.rules import protocol
+from wirt_wrapper.rules.errors import WirtError
+from wirt_wrapper.rules.protocol import MAX_MESSAGE
 
 __all__ = [
-    "Channel", "Child", "Identity", "Prober", "Spawner", "Timeout", "drop_for_good",
+    "Child", "Identity", "Prober", "Spawner", "check_fork_safe", "drop_for_good",
     "filesystem_identity", "reap",
 ]
-
-MAX_MESSAGE = 4 << 20
-_HEADER = struct.Struct("!I")
-
-
-class Timeout(Exception):
-    """The other side did not answer before the deadline."""
-
-
-class Channel:
-    """JSON messages over a stream socket; with a deadline, every read and write honours it."""
-
-    def __init__(self, sock: socket.socket, deadline: float | None = None) -> None:
-        self.sock = sock
-        self.deadline = deadline
-
-    def _arm(self) -> None:
-        if self.deadline is not None:
-            left = self.deadline - time.monotonic()
-            if left <= 0:
-                raise Timeout()
-            self.sock.settimeout(left)
-
-    def send(self, message: dict[str, Any]) -> None:
-        data = json.dumps(message, separators=(",", ":")).encode()
-        if len(data) > MAX_MESSAGE:
-            raise ProtocolError(f"message of {len(data)} bytes is too large")
-        self._arm()
-        try:
-            self.sock.sendall(_HEADER.pack(len(data)) + data)
-        except TimeoutError:
-            raise Timeout() from None
-
-    def _read(self, size: int) -> bytes:
-        chunks = bytearray()
-        while len(chunks) < size:
-            self._arm()
-            try:
-                chunk = self.sock.recv(size - len(chunks))
-            except TimeoutError:
-                raise Timeout() from None
-            if not chunk:
-                raise EOFError("the other side closed the channel")
-            chunks += chunk
-        return bytes(chunks)
-
-    def recv(self) -> dict[str, Any]:
-        (size,) = _HEADER.unpack(self._read(_HEADER.size))
-        if size > MAX_MESSAGE:
-            raise ProtocolError(f"message of {size} bytes is too large")
-        message = json.loads(self._read(size))
-        if not isinstance(message, dict):
-            raise ProtocolError("a message must be a JSON object")
-        return message
-
-    def request(self, message: dict[str, Any]) -> dict[str, Any]:
-        self.send(message)
-        return self.recv()
-
 
 @dataclass(frozen=True)
 class Identity:
@@ -159,12 +102,14 @@ class Spawner:
     worker thread and the audit log, and costs several times more per user.
     The spawner holds nothing but this channel.  It alone forks and reaps the
     user sides, so a pid it is asked to kill is always its own live child.
+    It imports the user side's code before it forks any (OpenSSH preloads the
+    same way): after the drop, a user may not be able to read a module.
     Requests are single packets (SOCK_SEQPACKET); a spawn request carries the
     user side's end of a fresh socketpair as SCM_RIGHTS.
     """
 
-    def __init__(self, target: Target) -> None:
-        self.pid, self.sock = _fork_helper(lambda sock: _serve_spawns(sock, target))
+    def __init__(self) -> None:
+        self.pid, self.sock = _fork_helper(_serve_spawns, socket.SOCK_SEQPACKET)
         self.count = 0
 
     def spawn(self, user: Identity, job: dict[str, Any]) -> Child:
@@ -173,12 +118,12 @@ class Spawner:
         self.count += 1
         request = {"op": "spawn", "number": self.count,
                    "user": [user.name, user.uid, user.gid, list(user.groups)], "job": job}
-        socket.send_fds(self.sock, [json.dumps(request).encode()], [theirs.fileno()])
+        socket.send_fds(self.sock, [protocol.encode(request)], [theirs.fileno()])
         theirs.close()
         return Child(self.count, Channel(ours), self)
 
     def kill(self, number: int) -> None:
-        self.sock.send(json.dumps({"op": "kill", "number": number}).encode())
+        self.sock.send(protocol.encode({"op": "kill", "number": number}))
 
     def close(self) -> None:
         """Kill and reap every user side, then end the spawner."""
@@ -190,9 +135,19 @@ class Spawner:
         os.waitpid(self.pid, 0)
 
 
-def _fork_helper(serve: Callable[[socket.socket], None]) -> tuple[int, socket.socket]:
-    """Fork a helper that keeps only its end of a packet socketpair and runs *serve* on it."""
-    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+def check_fork_safe() -> None:
+    """A helper is forked from a process that holds nothing it could leak or deadlock on."""
+    if "libvirt" in sys.modules or "libvirtmod" in sys.modules:
+        raise WirtError("internal error: a root helper must be forked before libvirt is loaded")
+    if threading.active_count() != 1:
+        raise WirtError("internal error: a root helper must be forked while one thread runs")
+
+
+def _fork_helper(serve: Callable[[socket.socket], None],
+                 kind: socket.SocketKind) -> tuple[int, socket.socket]:
+    """Fork a helper that keeps only its end of a socketpair and runs *serve* on it."""
+    check_fork_safe()
+    mine, theirs = socket.socketpair(socket.AF_UNIX, kind)
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
@@ -212,18 +167,32 @@ def _fork_helper(serve: Callable[[socket.socket], None]) -> tuple[int, socket.so
     return pid, mine
 
 
-def _serve_looks(sock: socket.socket,
-                 look: Callable[[dict[str, Any]], dict[str, Any]]) -> None:  # pragma: no cover
+# The largest look the prober sends; a larger one (thousands of long names a user
+# chose) is answered "busy": that user gets a full user side, everyone else a look.
+MAX_LOOK = 1 << 20
+
+
+def _serve_looks(sock: socket.socket) -> None:  # pragma: no cover
+    from wirt_wrapper.user.probe import BUSY, look
+
     gc.disable()
-    while data := sock.recv(MAX_MESSAGE):
-        request = json.loads(data)
+    channel = Channel(sock)
+    while True:
+        try:
+            request = channel.recv()
+        except EOFError:
+            return
         name, uid, gid, groups = request["user"]
         with filesystem_identity(Identity(name, uid, gid, tuple(groups))):
             report = look(request["job"])
-        sock.send(json.dumps(report).encode())
+        if len(protocol.encode(report)) > MAX_LOOK:
+            report = {layout: BUSY for layout in report}
+        channel.send(report)
 
 
-def _serve_spawns(sock: socket.socket, target: Target) -> None:  # pragma: no cover
+def _serve_spawns(sock: socket.socket) -> None:  # pragma: no cover
+    from wirt_wrapper.user.side import user_main  # and all it imports: before any drop
+
     numbers: dict[int, int] = {}  # root's number -> pid, for live children only
     children: set[int] = set()
     try:
@@ -231,16 +200,16 @@ def _serve_spawns(sock: socket.socket, target: Target) -> None:  # pragma: no co
             data, fds, _, _ = socket.recv_fds(sock, MAX_MESSAGE, 1)
             if not data:
                 return
-            request = json.loads(data)
+            request = protocol.decode(data)
             op = request.get("op")
             if op == "spawn" and len(fds) == 1:
                 name, uid, gid, groups = request["user"]
                 identity = Identity(name, uid, gid, tuple(groups))
-                pid = _fork_user(identity, request["job"], fds[0], target)
+                pid = _fork_user(identity, request["job"], fds[0], user_main)
                 numbers[request["number"]] = pid
                 children.add(pid)
-            elif op == "kill" and numbers.get(request.get("number")) in children:
-                os.kill(numbers.pop(request["number"]), signal.SIGKILL)
+            elif op == "kill" and numbers.get(int(request["number"]), 0) in children:
+                os.kill(numbers.pop(int(request["number"])), signal.SIGKILL)
             elif op == "exit":
                 return
             for fd in fds:
@@ -257,6 +226,7 @@ def _serve_spawns(sock: socket.socket, target: Target) -> None:  # pragma: no co
 
 def _fork_user(user: Identity, job: dict[str, Any], fd: int,
                target: Target) -> int:  # pragma: no cover
+    check_fork_safe()
     pid = os.fork()
     if pid:
         return pid
@@ -315,35 +285,37 @@ class Prober:
 
     Forked before libvirt is loaded; it holds only its socket.  For each
     request it takes the user's filesystem identity (see
-    :func:`filesystem_identity`), calls *look* (which must only list folders
-    and lstat, never read or write), and answers.  Requests and answers are
-    single packets, answered in order; root reads them when they come.
+    :func:`filesystem_identity`), calls :func:`wirt_wrapper.user.probe.look`
+    (which only lists folders and lstats, never reads or writes), and
+    answers.  Requests and answers are framed messages on a stream (an answer
+    grows with names a user chose: no datagram limit applies), answered in
+    order; root reads them when they come.
     """
 
-    def __init__(self, look: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
-        self.pid, self.sock = _fork_helper(lambda sock: _serve_looks(sock, look))
+    def __init__(self) -> None:
+        self.pid, sock = _fork_helper(_serve_looks, socket.SOCK_STREAM)
+        self.channel = Channel(sock)
 
     def fileno(self) -> int:
-        return self.sock.fileno()
+        return self.channel.sock.fileno()
 
     def ask(self, user: Identity, job: dict[str, Any]) -> None:
-        request = {"user": [user.name, user.uid, user.gid, list(user.groups)], "job": job}
-        self.sock.send(json.dumps(request).encode())
+        self.channel.send({"user": [user.name, user.uid, user.gid, list(user.groups)],
+                           "job": job})
 
-    def answer(self) -> dict[str, Any]:
-        data = self.sock.recv(MAX_MESSAGE)
-        if not data:
-            raise EOFError("the prober ended")
-        report = json.loads(data)
-        if not isinstance(report, dict):
-            raise ProtocolError("a look is a JSON object")
-        return report
+    def answer(self, seconds: float) -> dict[str, Any]:
+        """The next answer; it has begun to arrive, so the rest follows within *seconds*."""
+        self.channel.deadline = time.monotonic() + seconds
+        try:
+            return self.channel.recv()
+        finally:
+            self.channel.deadline = None
 
     def close(self) -> None:
         """End the prober (killed: it may be stuck in a hung file system); once only."""
         if self.pid == 0:
             return
-        self.sock.close()
+        self.channel.sock.close()
         with suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGKILL)
         os.waitpid(self.pid, 0)

@@ -24,7 +24,8 @@ import tomllib
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from .actions import (
+from wirt_wrapper.cli.spool import Home, Outcome, VmRef
+from wirt_wrapper.rules.actions import (
     ACTIONS,
     Action,
     Rejection,
@@ -35,17 +36,16 @@ from .actions import (
     parse_params,
     printable,
 )
-from .clierrors import (
+from wirt_wrapper.rules.config import DEFAULT_PATH, Config, load_config
+from wirt_wrapper.rules.errors import (
     EXIT_BY_OUTCOME,
     EXIT_OK,
     EXIT_TIMEOUT,
     CliError,
+    ConfigError,
     NotAllowed,
     UsageError,
 )
-from .config import DEFAULT_PATH, Config, load_config
-from .errors import ConfigError
-from .spool import Home, Outcome, VmRef
 
 __all__ = ["main"]
 
@@ -154,9 +154,8 @@ def build_parser() -> Parser:
     p = sub.add_parser("create", parents=[common], help="make a VM's folder (private, 0700)")
     _vm_arg(p)
 
-    from .admin import add_admin_parser
-
-    add_admin_parser(sub, common)
+    p = sub.add_parser("admin", add_help=False, help="admin verbs, as root (wirt admin --help)")
+    p.add_argument("admin_args", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -547,15 +546,33 @@ def run_user(args: argparse.Namespace, out: Out) -> int:
             warn(message)
 
 
+# The admin verbs run as root with virsh_wrapper's start-up guarantees (clean
+# environment, isolated interpreter, code checked): a fresh interpreter, not this one.
+ADMIN_MODULE = "wirt_wrapper.root.admin"
+
+
+def run_admin(args: argparse.Namespace) -> int:
+    if os.geteuid() != 0:
+        raise NotAllowed("'wirt admin' is for the admin: run it as root "
+                         "(sudo wirt admin assign|unassign|run|audit ...)")
+    forwarded = list(args.admin_args)
+    if args.json:
+        forwarded.append("--json")
+    for option in ("config", "layout"):
+        if getattr(args, option):
+            forwarded += [f"--{option}", getattr(args, option)]
+    sys.stdout.flush()
+    argv = [sys.executable, "-I", "-m", ADMIN_MODULE, *forwarded]
+    clean = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+    os.execve(sys.executable, argv, clean)  # noqa: S606 - a fixed program, no shell
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        out = Out(args.json)
         if args.command == "admin":
-            from .admin import run_admin
-
-            return run_admin(args, out)
-        return run_user(args, out)
+            return run_admin(args)
+        return run_user(args, Out(args.json))
     except CliError as exc:
         print(f"wirt: {shown(str(exc))}", file=sys.stderr)
         return exc.exit_code

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from wirt_wrapper.rules.errors import ConfigError
 
 __all__ = ["Config", "Limits", "MailConfig", "check_root_owned", "load_config", "DEFAULT_PATH"]
 
@@ -59,7 +59,7 @@ class Config:
     domain_name: str = "{user}-{vm}"
     pam_service: str = "wirt"
     audit_log: str = "/var/log/wirt/audit.log"
-    lock_file: str = "/run/lock/wirt.lock"
+    lock_file: str = "/run/wirt/wirt.lock"
     state_dir: str = "/var/lib/wirt"
     syslog_socket: str = "/dev/log"  # "" turns syslog off
     limits: Limits = field(default_factory=Limits)

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .actions import printable
+from wirt_wrapper.rules.actions import printable
 
 __all__ = ["LAYOUTS", "LEGACY", "SET_ASIDE", "WIRT", "Layout", "LegacyLayout",
            "history_stamp", "legacy_stamp"]

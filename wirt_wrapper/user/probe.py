@@ -7,19 +7,18 @@ them and lstats ``status.xml``: it never opens a file, never reads content,
 never writes.  Root starts a full user side (dropped for good) only when
 something could need doing: a command file, anything unexpected, a new VM
 folder, or a status that is not the one the last full pass wrote (see
-``rootside.Pass.needs_turn``).
+``wirt_wrapper.root.scheduler.Pass.needs_turn``).
 """
 
 from __future__ import annotations
 
 import os
-import stat
 from typing import Any
 
-from . import userfs
-from .actions import RESERVED, VM_NAME
-from .layouts import LAYOUTS, STATUS_FILE, Layout
-from .userfs import Unsafe
+from wirt_wrapper.rules import spool as spool_rules
+from wirt_wrapper.rules.layouts import LAYOUTS, STATUS_FILE, Layout
+from wirt_wrapper.user import fs as userfs
+from wirt_wrapper.user.fs import Unsafe
 
 __all__ = ["BUSY", "look", "signature"]
 
@@ -47,11 +46,10 @@ def _look(home: int, layout: Layout, uid: int, limit: int) -> dict[str, Any]:
         if truncated:
             return BUSY
         for name, st in entries:
-            if name.startswith(".") or name in layout.own_entries:
-                continue
-            vm = layout.vm_of(name)
-            if vm is None or not stat.S_ISDIR(st.st_mode) or not VM_NAME.fullmatch(vm):
-                odd.append(f"entry:{name}:{st.st_ino}")
+            entry = spool_rules.in_spool(layout, name, st.st_mode)
+            if entry.kind == spool_rules.ODD:
+                odd.append(entry.key)
+            if entry.kind != spool_rules.VM or entry.vm is None:
                 continue
             try:
                 folder = userfs.open_dir(spool, name, uid)
@@ -64,12 +62,12 @@ def _look(home: int, layout: Layout, uid: int, limit: int) -> dict[str, Any]:
             if truncated:
                 return BUSY
             for inner, ist in inside:
-                if inner.startswith(".") or inner in RESERVED:
-                    continue
-                if not stat.S_ISDIR(ist.st_mode):
+                found = spool_rules.in_vm_folder(name, inner, ist.st_mode)
+                if found.kind == spool_rules.COMMAND:
                     return BUSY  # a command is waiting
-                odd.append(f"entry:{name}/{inner}:{ist.st_ino}")  # a folder: never a command
-            vms[vm] = None
+                if found.kind == spool_rules.ODD:
+                    odd.append(found.key)  # a folder: never a command
+            vms[entry.vm] = None
     finally:
         os.close(spool)
     if layout.info is not None and vms:

@@ -1,6 +1,6 @@
 """Everything that talks to libvirt (runs as root, in the privileged process).
 
-It is handed only validated requests (see :mod:`rootside`).  It never
+It is handed only validated requests (see :mod:`wirt_wrapper.root.monitor`).  It never
 creates, defines or undefines a domain, never runs ``virsh`` or a shell, and
 never reads the URI from the environment.  Every libvirt call runs on one
 worker thread with a timeout, so a hung libvirtd cannot hang the pass.
@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import libvirt
 from lxml import etree
 
-from .actions import Action, no_domain
+from wirt_wrapper.rules.actions import Action, no_domain
 
 __all__ = ["OWNER_NS", "DomainInfo", "Hypervisor", "Interrupted", "Unreachable"]
 
@@ -112,7 +112,7 @@ class DomainInfo:
         }
 
 
-def _parse_xml(xml: str) -> tuple[str | None, dict[str, str], int, int]:
+def parse_domain_xml(xml: str) -> tuple[str | None, dict[str, str], int, int]:
     root = etree.fromstring(xml.encode())
     owner = root.findtext(f"metadata/{{{OWNER_NS}}}owner")
     graphics: dict[str, str] = {}
@@ -272,7 +272,7 @@ class Hypervisor:
     @staticmethod
     def _make_info(name: str, state: int, reason: int, autostart: bool, persistent: bool,
                    xml: str) -> DomainInfo:
-        owner, graphics, memory, vcpus = _parse_xml(xml)
+        owner, graphics, memory, vcpus = parse_domain_xml(xml)
         state_name, reason_name = state_names(state, reason)
         return DomainInfo(name, state_name, reason_name, autostart, persistent,
                           memory, vcpus, owner, graphics)
@@ -308,7 +308,7 @@ class Hypervisor:
             try:
                 if action.call is not None:
                     sent.set()
-                    action.call(dom, params)
+                    action.call.invoke(dom, params, libvirt)
             except libvirt.libvirtError as exc:
                 if not self._alive():
                     raise  # the connection dropped, not libvirt saying no
@@ -342,7 +342,7 @@ def _read_back(dom: Any, name: str, owner: str | None, prev: DomainInfo | None,
         prev = DomainInfo(name, "", "", False, bool(dom.isPersistent()), 0, 0, owner)
     graphics, memory, vcpus = prev.graphics, prev.memory_kib, prev.vcpus
     if "devices" in touches:
-        _, graphics, memory, vcpus = _parse_xml(dom.XMLDesc(0))
+        _, graphics, memory, vcpus = parse_domain_xml(dom.XMLDesc(0))
     state, reason = prev.state, prev.reason
     if "state" in touches:
         state, reason = state_names(*dom.state())

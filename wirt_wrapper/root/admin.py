@@ -3,8 +3,8 @@
 * ``assign DOMAIN USER`` / ``unassign DOMAIN``: write or remove the owner
   metadata (SPEC section 4) in the domain's persistent and live definitions
   through libvirt-python, then read it back the way the pass does
-  (:func:`hypervisor._parse_xml`);
-* ``run``: a pass now, by exec'ing the installed ``virsh_wrapper --verbose``;
+  (:func:`hypervisor.parse_domain_xml`);
+* ``run``: a pass now (``virsh_wrapper --verbose``'s code, in this process);
 * ``audit USER``: that user's records in the audit log (all events, rotated
   generations too), through ``wirt-audit``'s reader, which escapes every value.
 
@@ -16,26 +16,51 @@ database before they are written into a domain.
 from __future__ import annotations
 
 import argparse
-import os
+import json
 import pwd
 import sys
+from collections.abc import Callable
 from typing import Any
 from xml.sax.saxutils import escape
 
-from .clierrors import EXIT_OK, CliError, NotAllowed, NotFound, Unavailable, UsageError
-from .config import Config, load_config
-from .errors import WirtError
+from wirt_wrapper.root import startup
+from wirt_wrapper.rules.actions import printable
+from wirt_wrapper.rules.config import Config, load_config
+from wirt_wrapper.rules.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    CliError,
+    NotAllowed,
+    NotFound,
+    NotRootError,
+    Unavailable,
+    UsageError,
+    WirtError,
+)
 
-__all__ = ["add_admin_parser", "run_admin"]
+__all__ = ["main"]
 
 OWNER_KEY = "wirt"  # the namespace prefix libvirt writes: <wirt:owner xmlns:wirt=OWNER_NS>
+MODULE = "wirt_wrapper.root.admin"  # how `wirt admin` starts this: python -I -m MODULE
 
 
-def add_admin_parser(sub: Any, common: argparse.ArgumentParser) -> None:
-    admin = sub.add_parser("admin", parents=[common], help="admin verbs (root only)",
-                           description="Admin verbs; run them as root.")
-    verbs = admin.add_subparsers(dest="admin_command", metavar="verb",
-                                 parser_class=type(admin))
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def build_parser() -> Parser:
+    common = Parser(add_help=False)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print JSON for scripts")
+    common.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                        help="site config (default /etc/wirt/wirt.toml)")
+    common.add_argument("--layout", choices=("wirt", "legacy"), default=argparse.SUPPRESS,
+                        help="run: which spool layout to serve")
+    admin = Parser(prog="wirt admin", parents=[common],
+                   description="Admin verbs; run them as root.")
+    admin.set_defaults(json=False, config=None, layout=None)
+    verbs = admin.add_subparsers(dest="admin_command", metavar="verb", parser_class=Parser)
     verbs.required = True
     p = verbs.add_parser("assign", parents=[common],
                          help="make USER the owner of DOMAIN (libvirt owner metadata)")
@@ -51,25 +76,49 @@ def add_admin_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("user", metavar="USER")
     p.add_argument("-n", "--lines", type=int, default=50,
                    help="how many of the newest records (0: all; default 50)")
+    return admin
 
 
-def run_admin(args: argparse.Namespace, out: Any) -> int:
-    verb = args.admin_command
-    if os.geteuid() != 0:
-        raise NotAllowed(f"'wirt admin {verb}' is for the admin: run it as root "
-                         f"(sudo wirt admin {verb} ...)")
-    from .main import check_code
+class Out:
+    """Text lines (names escaped for the terminal) or, with --json, one JSON document."""
 
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+
+    def emit(self, data: Any, text: Callable[[], list[str]]) -> None:
+        if self.as_json:
+            print(json.dumps(data, indent=2, sort_keys=True))
+        else:
+            for line in text():
+                print(printable(line, limit=1 << 20))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``wirt admin VERB ...``: the same start-up guarantees as virsh_wrapper, then the verb."""
     try:
-        check_code()
-        config = load_config(args.config)
-    except WirtError as exc:
-        raise CliError(str(exc)) from None
-    if verb == "run":
-        return run_pass(args, config)
-    if verb == "audit":
-        return audit(args, config, out)
-    return assign(args, config, out)
+        try:
+            startup.prepare("wirt admin", MODULE, argv)
+        except NotRootError:
+            raise NotAllowed("'wirt admin' is for the admin: run it as root "
+                             "(sudo wirt admin ...)") from None
+        except WirtError as exc:
+            raise CliError(str(exc)) from None
+        args = build_parser().parse_args(argv)
+        try:
+            config = load_config(args.config)
+        except WirtError as exc:
+            raise CliError(str(exc)) from None
+        out = Out(args.json)
+        if args.admin_command == "run":
+            return run_pass(args)
+        if args.admin_command == "audit":
+            return audit(args, config, out)
+        return assign(args, config, out)
+    except CliError as exc:
+        print(f"wirt: {printable(str(exc), limit=1 << 20)}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
 
 
 def _owner_user(name: str, config: Config) -> None:
@@ -90,10 +139,10 @@ def _owner_user(name: str, config: Config) -> None:
               "serve them until they are", file=sys.stderr)
 
 
-def assign(args: argparse.Namespace, config: Config, out: Any) -> int:
+def assign(args: argparse.Namespace, config: Config, out: Out) -> int:
     import libvirt
 
-    from .hypervisor import OWNER_NS, _parse_xml
+    from wirt_wrapper.root.hypervisor import OWNER_NS, parse_domain_xml
 
     user: str | None = getattr(args, "user", None) if args.admin_command == "assign" else None
     if user is not None:
@@ -112,7 +161,7 @@ def assign(args: argparse.Namespace, config: Config, out: Any) -> int:
         persistent, active = bool(dom.isPersistent()), bool(dom.isActive())
         flags = (libvirt.VIR_DOMAIN_AFFECT_CONFIG if persistent else 0) | (
             libvirt.VIR_DOMAIN_AFFECT_LIVE if active else 0)
-        before = _parse_xml(dom.XMLDesc(0))[0]
+        before = parse_domain_xml(dom.XMLDesc(0))[0]
         element = f"<owner>{escape(user)}</owner>" if user is not None else None
         try:
             dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, element,
@@ -123,7 +172,7 @@ def assign(args: argparse.Namespace, config: Config, out: Any) -> int:
         views = [dom.XMLDesc(0)]
         if persistent:
             views.append(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
-        seen = {_parse_xml(xml)[0] for xml in views}
+        seen = {parse_domain_xml(xml)[0] for xml in views}
         if seen != {user}:
             raise CliError(f"the owner read back from '{args.domain}' is {sorted(map(str, seen))},"
                            f" not {user!r}")
@@ -139,19 +188,11 @@ def assign(args: argparse.Namespace, config: Config, out: Any) -> int:
     return EXIT_OK
 
 
-def virsh_wrapper_path() -> str:
-    """The virsh_wrapper installed beside this wirt (same scripts folder), else on PATH."""
-    folders = [os.path.dirname(os.path.abspath(sys.argv[0])), os.path.dirname(sys.executable),
-               "/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin"]
-    for folder in folders:
-        candidate = os.path.join(folder, "virsh_wrapper")
-        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-            return candidate
-    raise NotFound("virsh_wrapper is not installed beside wirt nor in the system folders")
+def run_pass(args: argparse.Namespace) -> int:
+    """A pass now, in this process: it is virsh_wrapper's own code, checked as it checks it."""
+    from wirt_wrapper.root.main import main as pass_main
 
-
-def run_pass(args: argparse.Namespace, config: Config) -> int:
-    argv = [virsh_wrapper_path(), "--verbose"]
+    argv = ["--verbose"]
     if args.config:
         argv += ["--config", args.config]
     if args.layout:
@@ -160,14 +201,12 @@ def run_pass(args: argparse.Namespace, config: Config) -> int:
         argv += ["--user", args.user]
     if args.dry_run:
         argv.append("--dry-run")
-    sys.stdout.flush()
-    os.execv(argv[0], argv)  # noqa: S606 (a fixed path, no shell)
-    return 70  # not reached
+    return pass_main(argv)
 
 
-def audit(args: argparse.Namespace, config: Config, out: Any) -> int:
+def audit(args: argparse.Namespace, config: Config, out: Out) -> int:
     """Every record about *user* (all events), through wirt-audit's reader and table."""
-    from .auditquery import COLUMNS, print_table, query, rotated_files
+    from wirt_wrapper.root.auditquery import COLUMNS, print_table, query, rotated_files
 
     try:
         files = rotated_files(config.audit_log)
@@ -184,3 +223,7 @@ def audit(args: argparse.Namespace, config: Config, out: Any) -> int:
     elif records:
         print_table(records, sys.stdout, COLUMNS)
     return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -19,10 +19,11 @@ import libvirt
 import pytest
 from conftest import Host
 
-from wirt_wrapper.actions import Action, lookup_action
-from wirt_wrapper.config import load_config
-from wirt_wrapper.hypervisor import Hypervisor, Interrupted, Unreachable
-from wirt_wrapper.rootside import Options, Pass, UserContext
+from wirt_wrapper.root.hypervisor import Hypervisor, Interrupted, Unreachable
+from wirt_wrapper.root.monitor import UserContext
+from wirt_wrapper.root.scheduler import Options, Pass
+from wirt_wrapper.rules.actions import Action, Call, lookup_action
+from wirt_wrapper.rules.config import load_config
 
 LOST = "lost the connection to libvirt (End of file while reading data)"
 
@@ -38,8 +39,19 @@ def hv(host: Host) -> Any:
     return hv
 
 
-def action(call: Any) -> Action:
-    return Action("destroy", (), (), call, "a stand-in action")
+class StandIn(Call):
+    """A stand-in libvirt call: runs *act* (dom, params) where the real call would run."""
+
+    def __init__(self, act: Any) -> None:
+        super().__init__("destroy")
+        object.__setattr__(self, "act", act)
+
+    def invoke(self, dom: Any, params: Any, constants: Any) -> object:
+        return self.act(dom, params)  # type: ignore[attr-defined]
+
+
+def action(act: Any) -> Action:
+    return Action("destroy", (), (), StandIn(act), "a stand-in action")
 
 
 def mine(_owner: str | None) -> None:
@@ -97,7 +109,7 @@ def run(host: Host) -> tuple[Pass, UserContext, dict[str, Any]]:
     # The spawner (forks user sides) is not needed to answer one request.
     run = Pass(load_config(str(host.config)), Options(layouts=("wirt",)), spawner=None)  # type: ignore[arg-type]
     run.hv.connect()
-    ctx = UserContext(pwd.getpwnam(alice.name), child=None)  # type: ignore[arg-type]
+    ctx = run.monitor.turn(pwd.getpwnam(alice.name), child=None, recovering=False)
     entry = {"domain": f"{alice.name}-web", "vm": "web", "action": "destroy", "tokens": []}
     return run, ctx, entry
 
@@ -111,13 +123,13 @@ def test_pass_records_interrupted_and_not_run(run: tuple[Pass, UserContext, dict
             raise exc
         return act
 
-    monkeypatch.setattr(pass_.hv, "act", raises(Interrupted(LOST)))
-    outcome, message, status = pass_._execute(ctx, entry)
+    monkeypatch.setattr(pass_.monitor.hv, "act", raises(Interrupted(LOST)))
+    outcome, message, status = pass_.monitor.execute(ctx, entry)
     assert (outcome, status) == ("interrupted", None)
     assert message.startswith(f"libvirt: {LOST} while this command ran; it may or may not")
 
-    monkeypatch.setattr(pass_.hv, "act", raises(Unreachable(LOST)))
-    assert pass_._execute(ctx, entry) == (
+    monkeypatch.setattr(pass_.monitor.hv, "act", raises(Unreachable(LOST)))
+    assert pass_.monitor.execute(ctx, entry) == (
         "failed", f"libvirt: {LOST}; the command was not run: send it again", None)
 
 
@@ -129,5 +141,5 @@ def test_pass_survives_losing_libvirt_during_an_inventory(
     def lost(*_args: Any) -> None:
         raise Unreachable(LOST)  # what prefetch raises when the connection dropped
 
-    monkeypatch.setattr(pass_.hv, "prefetch", lost)
-    assert pass_.on_inventory(ctx, {"layout": "wirt", "vms": ["web"]}) == {"down": LOST}
+    monkeypatch.setattr(pass_.monitor.hv, "prefetch", lost)
+    assert pass_.monitor.on_inventory(ctx, {"layout": "wirt", "vms": ["web"]}) == {"down": LOST}

@@ -28,15 +28,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from . import status as status_xml
-from . import userfs
-from .actions import RESERVED, Rejection, check_vm_name
-from .clierrors import NotAllowed, NotFound, Pending, UsageError
-from .layouts import LEGACY, STATUS_FILE, WIRT, Layout, safe_token
-from .userfs import Unsafe
-from .userlogs import generation
+from wirt_wrapper.rules import logline
+from wirt_wrapper.rules import status as status_xml
+from wirt_wrapper.rules.actions import Rejection, check_vm_name
+from wirt_wrapper.rules.errors import NotAllowed, NotFound, Pending, UsageError
+from wirt_wrapper.rules.layouts import LEGACY, STATUS_FILE, WIRT, Layout, safe_token
+from wirt_wrapper.rules.spool import COMMAND, ODD, VM, in_spool, in_vm_folder
+from wirt_wrapper.user import fs as userfs
+from wirt_wrapper.user.fs import Unsafe
+from wirt_wrapper.user.logs import generation
 
-__all__ = ["Home", "Outcome", "VmRef", "Written", "parse_log_line"]
+__all__ = ["Home", "Outcome", "VmRef", "Written"]
 
 ORDER: tuple[Layout, ...] = (WIRT, LEGACY)
 BY_NAME = {layout.name: layout for layout in ORDER}
@@ -44,25 +46,6 @@ BY_NAME = {layout.name: layout for layout in ORDER}
 STATUS_LIMIT = 64 * 1024
 LOG_READ_LIMIT = 8 * 1024 * 1024
 SMALL_FILE = 64 * 1024
-OUTCOMES = ("done", "failed", "rejected", "interrupted")
-
-# One log line as userside.UserSide.record writes it.
-LOG_LINE = re.compile(
-    r"(?P<time>\S+) (?P<vm>\S+) (?P<action>[^\s:]+)(?P<params>(?: [^:]*)?): "
-    r"(?P<outcome>done|failed|rejected|interrupted)(?:: (?P<message>.*?))? "
-    r"\(file (?P<file>.*), kept as (?P<history>~/\S+)\) \[(?P<id>[^\]\s]+)\]"
-)
-
-
-def parse_log_line(line: str) -> dict[str, str] | None:
-    """The fields of one log line, or None if it is not a command record."""
-    match = LOG_LINE.fullmatch(line.rstrip("\n"))
-    if match is None:
-        return None
-    found = {k: (v or "") for k, v in match.groupdict().items()}
-    found["params"] = found["params"].strip()
-    return found
-
 
 @dataclass(frozen=True)
 class VmRef:
@@ -184,23 +167,16 @@ class Home:
                 self.warnings.append(str(exc))
                 continue
             for name, st in sorted(entries):
-                if name.startswith(".") or name in layout.own_entries:
-                    continue
-                vm = layout.vm_of(name)
-                if vm is None:
-                    continue
+                entry = in_spool(layout, name, st.st_mode)
                 where = layout.shown(*layout.spool, name)
-                if stat.S_ISLNK(st.st_mode):
-                    self.warnings.append(f"{where} is a symbolic link: ignored (and by the pass)")
-                elif not stat.S_ISDIR(st.st_mode):
+                if entry.kind == ODD and layout.vm_of(name) is not None:
+                    self.warnings.append(f"{where}: ignored (and by the pass): {entry.problem}")
+                elif entry.kind != VM or entry.vm is None:
                     continue
                 elif st.st_uid != self.uid:
                     self.warnings.append(f"{where} belongs to uid {st.st_uid}, not you: ignored")
                 else:
-                    try:
-                        found.append(VmRef(layout, check_vm_name(vm)))
-                    except Rejection as exc:
-                        self.warnings.append(f"{where}: {exc}")
+                    found.append(VmRef(layout, entry.vm))
         return found
 
     def has_spool(self) -> bool:
@@ -276,10 +252,8 @@ class Home:
                 entries, _ = userfs.list_dir(fd, 1000)
         except FileNotFoundError:
             return []
-        return sorted(
-            (name for name, st in entries
-             if not name.startswith(".") and name not in RESERVED),
-        )
+        return sorted(name for name, st in entries
+                      if in_vm_folder(ref.folder, name, st.st_mode).kind == COMMAND)
 
     # -- writing a command ---------------------------------------------------
     def write(self, ref: VmRef, name: str, content: str) -> Written:
@@ -352,7 +326,7 @@ class Home:
             if result.history is not None:
                 line = self._log_line(written, result.history)
                 if line is not None:
-                    record = parse_log_line(line) or {}
+                    record = logline.parse(line) or {}
                     result.stage = "handled"
                     result.line = line
                     result.outcome = record.get("outcome") or _outcome_word(line)
@@ -523,7 +497,7 @@ class Home:
             if ref.layout is WIRT and ref.vm not in seen:
                 seen.add(ref.vm)
                 for line in self.log_lines(ref, 0):
-                    record = parse_log_line(line)
+                    record = logline.parse(line)
                     if record is not None:
                         records.append({"layout": ref.layout.name, **record})
         if vm is None:
@@ -549,7 +523,7 @@ class Home:
             except Rejection:
                 continue
             for line in self.log_lines(VmRef(WIRT, vm), 0):
-                record = parse_log_line(line)
+                record = logline.parse(line)
                 if record is not None:
                     records.append({"layout": WIRT.name, **record})
         return records
@@ -597,7 +571,7 @@ class Home:
                     except (FileNotFoundError, Unsafe, OSError):
                         continue
                     for line in data.decode("utf-8", "replace").splitlines():
-                        record = parse_log_line(line)
+                        record = logline.parse(line)
                         if record is not None:
                             found[record["history"]] = record
         except (FileNotFoundError, NotAllowed):

@@ -20,49 +20,24 @@ import errno
 import os
 import stat
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
-from . import status as status_xml
-from . import userfs, userlogs
-from .actions import RESERVED, Rejection, check_vm_name, parse_command, printable
-from .layouts import LAYOUTS, SET_ASIDE, STATUS_FILE, Layout
-from .privsep import Channel
-from .userfs import Unsafe
-from .userprobe import signature
+from wirt_wrapper.boundary.channel import Channel
+from wirt_wrapper.rules import logline, protocol
+from wirt_wrapper.rules import spool as spool_rules
+from wirt_wrapper.rules import status as status_xml
+from wirt_wrapper.rules.actions import Rejection, parse_command, printable
+from wirt_wrapper.rules.layouts import LAYOUTS, SET_ASIDE, STATUS_FILE, Layout
+from wirt_wrapper.rules.protocol import UserJob
+from wirt_wrapper.user import fs as userfs
+from wirt_wrapper.user import logs as userlogs
+from wirt_wrapper.user.fs import Unsafe
+from wirt_wrapper.user.probe import signature
 
-__all__ = ["UserJob", "user_main"]
+__all__ = ["user_main"]
 
 STATUS_LIMIT = 64 * 1024
 LOG_TAIL = 64 * 1024
-
-
-@dataclass
-class UserJob:
-    """What root hands the child at fork time (trusted: it comes from root)."""
-
-    user: str
-    uid: int
-    home: str
-    layouts: tuple[str, ...]
-    max_files: int
-    max_bytes: int
-    dry_run: bool
-    recover: list[dict[str, Any]] = field(default_factory=list)
-    log_max_bytes: int = 1 << 20
-    log_keep: int = 3
-
-
-def now_text() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
-def state_line(info: dict[str, Any]) -> str:
-    """The domain's state after a command, for layouts without status.xml."""
-    if info.get("problem"):
-        return f"domain {info.get('domain', '?')}: {info['problem']}\n"
-    return (f"domain {info['domain']}: {info['state']} ({info['reason']}); "
-            f"autostart: {'yes' if info['autostart'] else 'no'}\n")
 
 
 class UserSide:
@@ -226,7 +201,7 @@ class UserSide:
                 pass
             logged = self.logged_already(layout, entry)
             items.append({"id": entry["id"], "claimed": claimed, "logged": logged})
-        reply = self.ask("recovered", items=items)
+        reply = self.ask(protocol.RECOVERED, items=items)
         for entry in reply["write"]:
             layout = LAYOUTS[entry["layout"]]
             self.record(layout, entry)
@@ -237,15 +212,13 @@ class UserSide:
         params = " ".join(entry.get("tokens") or [])
         action = entry.get("action") or printable(entry["file"])
         message = entry.get("message") or ""
-        stamp = now_text()
+        stamp = logline.now_text()
         hist = layout.shown(*layout.history, entry["hist"])
-        line = (
-            f"{stamp} {entry['vm']} {action}{' ' + params if params else ''}: "
-            f"{entry['outcome']}{': ' + message if message else ''} "
-            f"(file {printable(entry['file'])}, kept as {hist}) [{entry['id']}]\n"
-        )
+        line = logline.render(stamp=stamp, vm=entry["vm"], action=action, params=params,
+                              outcome=entry["outcome"], message=message, file=entry["file"],
+                              history=hist, cid=entry["id"])
         if layout.info is None and entry.get("status"):
-            line += state_line(entry["status"])  # no status.xml in this layout: say it here
+            line += logline.state_line(entry["status"])  # no status.xml in this layout: say it here
         self.log(layout, entry, line)
         self.logged.append(entry["id"])
         self.last[(layout.name, entry["vm"])] = {
@@ -302,26 +275,13 @@ class UserSide:
                         "read: move away what is not a VM folder")
         vms: list[tuple[str, str]] = []
         for name, st in sorted(entries):
-            if name.startswith(".") or name in layout.own_entries:
-                continue
-            vm = layout.vm_of(name)
-            problem = None
-            if vm is None:
-                problem = f"is not a VM folder (expected {layout.folder_of('<vm>')})"
-            elif not stat.S_ISDIR(st.st_mode):
-                problem = f"is {userfs._kind(st.st_mode)}, not a VM folder"
-            else:
-                try:
-                    check_vm_name(vm)
-                except Rejection as exc:
-                    problem = str(exc)
-            if problem:
-                self.notice(layout, f"entry:{name}:{st.st_ino}",
-                            f"{layout.shown(*layout.spool, name)}: ignored: {problem}")
-                continue
-            assert vm is not None  # for mypy; checked above
-            vms.append((vm, name))
-        reply = self.ask("inventory", layout=layout.name, vms=[vm for vm, _ in vms])
+            entry = spool_rules.in_spool(layout, name, st.st_mode)
+            if entry.kind == spool_rules.ODD:
+                self.notice(layout, entry.key,
+                            f"{layout.shown(*layout.spool, name)}: ignored: {entry.problem}")
+            elif entry.kind == spool_rules.VM and entry.vm is not None:
+                vms.append((entry.vm, name))
+        reply = self.ask(protocol.INVENTORY, layout=layout.name, vms=[vm for vm, _ in vms])
         if reply.get("down"):
             return  # libvirt unreachable: leave everything as it is
         infos: dict[str, Any] = reply["status"]
@@ -348,10 +308,15 @@ class UserSide:
             self.notice(layout, f"vm:{folder}", f"{layout.shown(*layout.spool, folder)} {exc}; "
                         "its commands wait")
             return info
-        files = sorted(
-            (st.st_mtime_ns, name, st) for name, st in entries
-            if not name.startswith(".") and name not in RESERVED
-        )
+        files = []
+        for name, st in entries:
+            entry = spool_rules.in_vm_folder(folder, name, st.st_mode)
+            if entry.kind == spool_rules.ODD:
+                self.notice(layout, entry.key, f"{layout.shown(*layout.spool, folder, name)}: "
+                            f"ignored: {entry.problem}")
+            elif entry.kind == spool_rules.COMMAND:
+                files.append((st.st_mtime_ns, name, st))
+        files.sort()
         for _, name, st in files:
             if self.stopped:
                 break
@@ -369,12 +334,6 @@ class UserSide:
     def _one(self, layout: Layout, vm: str, folder: str, vm_fd: int, name: str,
              st: os.stat_result) -> dict[str, Any] | None:
         path = layout.shown(*layout.spool, folder, name)
-        if stat.S_ISDIR(st.st_mode):
-            # not a command file, and it cannot move over history's placeholder file:
-            # ignored and reported once, like any other stray entry
-            self.notice(layout, f"entry:{folder}/{name}:{st.st_ino}",
-                        f"{path}: ignored: is a folder, not a command file")
-            return None
         request: dict[str, Any] = {"layout": layout.name, "vm": vm, "file": name,
                                    "ino": st.st_ino}
         try:
@@ -393,7 +352,7 @@ class UserSide:
         except OSError as exc:
             request["rejected"] = f"{path}: cannot be read: {exc.strerror}"
         if self.job.dry_run:
-            self.ask("intend", dry=True, **request)
+            self.ask(protocol.INTEND, **request)  # root says what it would do
             return None
         try:
             hist_fd = self.folder(layout.history)
@@ -412,7 +371,7 @@ class UserSide:
         hist = userfs.free_name(hist_fd, naming(stamp, request["vm"], name, self.job.user))
         # Root journals the name before the placeholder exists, so a pass killed at any
         # point leaves nothing in history that the next pass cannot account for.
-        reply = self.ask("intend", hist=hist, **request)
+        reply = self.ask(protocol.INTEND, hist=hist, **request)
         if reply.get("pending"):
             self.stopped = True
             return None
@@ -424,31 +383,31 @@ class UserSide:
         except OSError as exc:
             if placed:
                 os.unlink(hist, dir_fd=hist_fd)
-            self.ask("unclaimed", id=reply["id"])
+            self.ask(protocol.UNCLAIMED, id=reply["id"])
             if exc.errno != errno.ENOENT:
                 where = layout.shown(*layout.spool, layout.folder_of(request["vm"]), name)
                 self.notice(layout, f"claim:{request['vm']}:{name}",
                             f"{where}: cannot be moved to history ({exc.strerror}); "
                             "it stays where it is")
             return None
-        result = self.ask("run", id=reply["id"])
+        result = self.ask(protocol.RUN, id=reply["id"])
         self.record(layout, {**request, **result, "hist": hist, "id": reply["id"],
                              "stamp": stamp})
         return result
 
     def finish(self) -> None:
         if self.notices and not self.job.dry_run:
-            reply = self.ask("notices", items=self.notices)
+            reply = self.ask(protocol.NOTICES, items=self.notices)
             by_layout: dict[str, list[str]] = {}
             for item in reply["new"]:
                 by_layout.setdefault(item["layout"], []).append(
-                    f"{now_text()} {item['message']}\n"
+                    f"{logline.now_text()} {item['message']}\n"
                 )
             for name, lines in by_layout.items():
                 self.general(LAYOUTS[name], lines)
         elif self.notices:
-            self.ask("notices", items=self.notices)
-        self.chan.send({"op": "bye", "logged": self.logged, "statuses": self.statuses})
+            self.ask(protocol.NOTICES, items=self.notices)
+        self.chan.send({"op": protocol.BYE, "logged": self.logged, "statuses": self.statuses})
 
 
 def _why(exc: BaseException) -> str:

@@ -17,6 +17,7 @@ from typing import Any
 __all__ = [
     "ACTIONS",
     "Action",
+    "Call",
     "Claimants",
     "Command",
     "Option",
@@ -35,8 +36,6 @@ __all__ = [
 
 VM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 BLANKS = re.compile(r"[ \t]+")
-# File names that live in a VM folder but are never commands.
-RESERVED = frozenset({"config"})
 
 
 class Rejection(Exception):
@@ -52,7 +51,42 @@ class Option:
 
 
 Params = Mapping[str, str]
-Call = Callable[[Any, Params], object]
+
+
+@dataclass(frozen=True)
+class Call:
+    """The libvirt call of an action, as data: a ``virDomain`` method and its argument.
+
+    *flags* names the libvirt constants (``VIR_...``) to OR together for the
+    parameters given; *value* gives a plain integer argument instead; with
+    neither, the method takes no argument.  Root resolves the names in
+    libvirt (the rules never load it).
+    """
+
+    method: str
+    flags: Callable[[Params], tuple[str, ...]] | None = None
+    value: Callable[[Params], int] | None = None
+
+    def invoke(self, dom: Any, params: Params, constants: Any) -> object:
+        method = getattr(dom, self.method)
+        if self.flags is not None:
+            mask = 0
+            for name in self.flags(params):
+                mask |= int(getattr(constants, name))
+            return method(mask)
+        if self.value is not None:
+            return method(self.value(params))
+        return method()
+
+
+def _given(*pairs: tuple[str, str]) -> Callable[[Params], tuple[str, ...]]:
+    """Flags for options: ``("--paused", "VIR_DOMAIN_START_PAUSED"), ...``."""
+    return lambda params: tuple(flag for option, flag in pairs if option in params)
+
+
+def _mode(acpi: str, agent: str) -> Callable[[Params], tuple[str, ...]]:
+    """The flag for ``--mode acpi|agent``; none: libvirt chooses."""
+    return lambda params: {"acpi": (acpi,), "agent": (agent,)}.get(params.get("--mode", ""), ())
 
 
 @dataclass(frozen=True)
@@ -81,58 +115,30 @@ class Action:
 _MODE = Option("--mode", ("acpi", "agent"))
 
 
-def _flag_if(params: Params, option: str, flag: int) -> int:
-    return flag if option in params else 0
-
-
-def _mode(params: Params, acpi: int, agent: int) -> int:
-    return {"acpi": acpi, "agent": agent}.get(params.get("--mode", ""), 0)
-
-
-# The calls import libvirt when they run: the user side never loads it.
-def _start(dom: Any, p: Params) -> object:
-    import libvirt
-
-    return dom.createWithFlags(
-        _flag_if(p, "--paused", libvirt.VIR_DOMAIN_START_PAUSED)
-        | _flag_if(p, "--force-boot", libvirt.VIR_DOMAIN_START_FORCE_BOOT)
-    )
-
-
-def _shutdown(dom: Any, p: Params) -> object:
-    import libvirt
-
-    return dom.shutdownFlags(_mode(p, libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN,
-                                   libvirt.VIR_DOMAIN_SHUTDOWN_GUEST_AGENT))
-
-
-def _reboot(dom: Any, p: Params) -> object:
-    import libvirt
-
-    return dom.reboot(_mode(p, libvirt.VIR_DOMAIN_REBOOT_ACPI_POWER_BTN,
-                            libvirt.VIR_DOMAIN_REBOOT_GUEST_AGENT))
-
-
-def _destroy(dom: Any, p: Params) -> object:
-    import libvirt
-
-    return dom.destroyFlags(_flag_if(p, "--graceful", libvirt.VIR_DOMAIN_DESTROY_GRACEFUL))
-
-
 _STATE = frozenset({"state"})
 
 # fmt: off
 ACTIONS: tuple[Action, ...] = (
-    Action("start", (), (Option("--paused"), Option("--force-boot")), _start,
+    Action("start", (), (Option("--paused"), Option("--force-boot")),
+           Call("createWithFlags", _given(("--paused", "VIR_DOMAIN_START_PAUSED"),
+                                          ("--force-boot", "VIR_DOMAIN_START_FORCE_BOOT"))),
            "boot the defined domain"),
-    Action("shutdown", ("stop",), (_MODE,), _shutdown, "graceful shutdown"),
-    Action("destroy", ("kill",), (Option("--graceful"),), _destroy, "hard power-off"),
-    Action("reboot", (), (_MODE,), _reboot, "graceful reboot", _STATE),
-    Action("reset", (), (), lambda d, p: d.reset(0), "hard reset", _STATE),
-    Action("suspend", (), (), lambda d, p: d.suspend(), "pause the vCPUs", _STATE),
-    Action("resume", (), (), lambda d, p: d.resume(), "continue after suspend", _STATE),
+    Action("shutdown", ("stop",), (_MODE,),
+           Call("shutdownFlags", _mode("VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN",
+                                       "VIR_DOMAIN_SHUTDOWN_GUEST_AGENT")),
+           "graceful shutdown"),
+    Action("destroy", ("kill",), (Option("--graceful"),),
+           Call("destroyFlags", _given(("--graceful", "VIR_DOMAIN_DESTROY_GRACEFUL"))),
+           "hard power-off"),
+    Action("reboot", (), (_MODE,),
+           Call("reboot", _mode("VIR_DOMAIN_REBOOT_ACPI_POWER_BTN",
+                                "VIR_DOMAIN_REBOOT_GUEST_AGENT")),
+           "graceful reboot", _STATE),
+    Action("reset", (), (), Call("reset", value=lambda p: 0), "hard reset", _STATE),
+    Action("suspend", (), (), Call("suspend"), "pause the vCPUs", _STATE),
+    Action("resume", (), (), Call("resume"), "continue after suspend", _STATE),
     Action("autostart", (), (Option("--disable"),),
-           lambda d, p: d.setAutostart(0 if "--disable" in p else 1),
+           Call("setAutostart", value=lambda p: 0 if "--disable" in p else 1),
            "set (or with --disable clear) start on host boot", frozenset(),
            lambda p: {"autostart": "--disable" not in p}),
     Action("status", (), (), None, "refresh status.xml now",

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import IO, Any
 
-from .actions import Rejection, lookup_action
+from wirt_wrapper.rules.actions import Rejection, lookup_action
 
 __all__ = ["main", "query", "rotated_files"]
 
@@ -187,17 +187,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .main import scrub_environment
+    from wirt_wrapper.root import startup
+    from wirt_wrapper.rules.config import load_config
+    from wirt_wrapper.rules.errors import WirtError
 
-    scrub_environment()
+    startup.scrub_environment()
     args = parse_args(argv)
-    from .config import load_config
-    from .errors import EXIT_NOT_ROOT, WirtError
-
-    if os.geteuid() != 0:
-        print("wirt-audit: the audit log is root's: run me as root", file=sys.stderr)
-        return EXIT_NOT_ROOT
     try:
+        startup.prepare("wirt-audit", None, argv,
+                        hint="the audit log is root's: run me as root")
         path = args.log or load_config(args.config).audit_log
         files = rotated_files(path)
     except WirtError as exc:

@@ -1,0 +1,1 @@
+"""``wirt``: runs as the calling user, on their own home only."""

@@ -1,0 +1,339 @@
+"""The monitor: root's answers to a user side's requests (runs as root; distrusts the user side).
+
+One table, :data:`HANDLERS`, lists every request; :mod:`wirt_wrapper.rules.protocol`
+says each request's shape and when it may come, and :meth:`Monitor.answer`
+checks both before a handler runs (OpenSSH ``monitor.c``).  The user side
+reads hostile files, so it is treated as possibly subverted: every request
+is re-validated against the action table and the layouts before anything
+reaches libvirt; ownership is decided here from root-owned data (libvirt
+metadata and the group's member list); dry run, command ids and order come
+from root's own state; and what one turn may write into root's records is
+capped (SECURITY.md rows 10 and 19).
+"""
+
+from __future__ import annotations
+
+import pwd
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import libvirt
+
+from wirt_wrapper.root.audit import AuditLog, Journal
+from wirt_wrapper.root.hypervisor import Hypervisor, Interrupted, Unreachable
+from wirt_wrapper.root.notify import Report
+from wirt_wrapper.root.records import Records
+from wirt_wrapper.rules import protocol
+from wirt_wrapper.rules.actions import (
+    Claimants,
+    Rejection,
+    canonical,
+    check_vm_name,
+    domain_for,
+    lookup_action,
+    no_domain,
+    owner_problem,
+    parse_params,
+    printable,
+)
+from wirt_wrapper.rules.config import Config
+from wirt_wrapper.rules.errors import ProtocolError
+from wirt_wrapper.rules.layouts import LAYOUTS
+from wirt_wrapper.rules.spool import OUTCOMES
+
+__all__ = ["HANDLERS", "Monitor", "Options", "Summary", "UserContext"]
+
+# What one user's turn may write into root's audit log: notices beyond this many
+# are one record with a count, and long user-chosen texts are cut.
+NOTICE_RECORDS = 20
+TEXT_LIMIT = 500  # characters of a reason or notice (user-chosen names are escaped: up to 4x)
+FILE_LIMIT = 80  # characters of a file name in a record
+
+
+@dataclass(frozen=True)
+class Options:
+    layouts: tuple[str, ...]
+    user: str | None = None
+    dry_run: bool = False
+    verbose: bool = False
+
+
+@dataclass
+class Summary:
+    users: int = 0
+    skipped: int = 0
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OUTCOMES, 0))
+    libvirt_down: str | None = None
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        counts = ", ".join(f"{v} {k}" for k, v in self.counts.items())
+        down = f"; libvirt unreachable: {self.libvirt_down}" if self.libvirt_down else ""
+        return (f"{self.users} users served, {self.skipped} skipped; commands: {counts}; "
+                f"{self.seconds:.2f} s{down}")
+
+
+@dataclass
+class UserContext:
+    """One user's turn: their child, where the turn is, and the command ids it may use."""
+
+    user: pwd.struct_passwd
+    child: Any  # privsep.Child; the monitor never touches it
+    turn: protocol.Turn
+    ids: set[str] = field(default_factory=set)
+    problem: str | None = None
+
+
+class Monitor:
+    """Answers one request at a time; raises ProtocolError to end that user's turn only."""
+
+    def __init__(self, config: Config, options: Options, hv: Hypervisor, audit: AuditLog,
+                 journal: Journal, records: Records, report: Report, summary: Summary) -> None:
+        self.config = config
+        self.options = options
+        self.hv = hv
+        self.audit = audit
+        self.journal = journal
+        self.records = records
+        self.report = report
+        self.summary = summary
+        self.claimants = Claimants(config.domain_name, [])
+        self.pass_id = f"{time.time_ns():x}"
+        self.counter = 0
+
+    def say(self, text: str) -> None:
+        if self.options.verbose or self.options.dry_run:
+            print(text, flush=True)
+
+    def turn(self, user: pwd.struct_passwd, child: Any, recovering: bool) -> UserContext:
+        turn = protocol.Turn(self.options.layouts, recovering,
+                             self.config.limits.max_files_per_user)
+        return UserContext(user, child, turn)
+
+    def answer(self, ctx: UserContext, message: dict[str, Any]) -> dict[str, Any] | None:
+        """The reply to *message*; None for 'bye', which ends the turn."""
+        op = protocol.check_request(message)
+        ctx.turn.allow(op, message.get("layout") if op in (protocol.INVENTORY,
+                                                            protocol.INTEND) else None)
+        for cid in message.get("logged", []):
+            if cid in ctx.ids:
+                self.journal.record(cid, "closed")
+        reply = HANDLERS[op](self, ctx, message)
+        return None if op == protocol.BYE else reply
+
+    # -- request handlers (one row each in HANDLERS) -----------------------
+    def on_inventory(self, ctx: UserContext, msg: dict[str, Any]) -> dict[str, Any]:
+        _layout(msg["layout"], self.options.layouts)
+        if self.hv.down:
+            return {"down": self.hv.down}
+        vms = [check_vm_name(vm) for vm in msg["vms"]]
+        name = ctx.user.pw_name
+        try:
+            self.hv.prefetch([domain_for(self.config.domain_name, name, vm) for vm in vms])
+            status = {vm: self.status_for(ctx.user, vm) for vm in vms}
+        except Unreachable as exc:  # libvirt went away during the pass
+            return {"down": str(exc)}
+        return {"status": status}
+
+    def status_for(self, user: pwd.struct_passwd, vm: str) -> dict[str, Any]:
+        domain = domain_for(self.config.domain_name, user.pw_name, vm)
+        info = self.hv.info(domain)
+        if info is None:
+            return {"domain": domain, "problem_kind": "missing",
+                    "problem": no_domain(domain)}
+        problem = owner_problem(user.pw_name, domain, info.owner,
+                                self.claimants.find(domain, besides=user.pw_name))
+        if problem:
+            return {"domain": domain, "problem_kind": "not-yours", "problem": problem}
+        return info.as_status()
+
+    def on_intend(self, ctx: UserContext, msg: dict[str, Any]) -> dict[str, Any]:
+        layout = _layout(msg["layout"], self.options.layouts)
+        vm = check_vm_name(msg["vm"])
+        file_name = msg["file"]
+        if "/" in file_name or "\0" in file_name or not file_name:
+            raise ProtocolError("bad file name")
+        entry: dict[str, Any] = {
+            "uid": ctx.user.pw_uid, "user": ctx.user.pw_name, "layout": layout, "vm": vm,
+            "file": file_name, "ino": msg["ino"], "action": None, "tokens": [],
+            "domain": domain_for(self.config.domain_name, ctx.user.pw_name, vm),
+        }
+        if "rejected" in msg:
+            entry["rejected"] = msg["rejected"][:TEXT_LIMIT]
+        else:
+            try:  # re-validate: the user side's word is not enough
+                action = lookup_action(file_name)
+                params = parse_params(action, msg.get("tokens", []))
+                entry["action"] = action.name
+                entry["tokens"] = canonical(params)
+            except Rejection as exc:
+                entry["rejected"] = f"{printable(file_name)}: {exc}"
+        if self.options.dry_run:  # root's own flag: a dry pass never journals or acts
+            verdict = f"reject: {entry['rejected']}" if "rejected" in entry else (
+                f"run {entry['action']} {' '.join(entry['tokens'])} on {entry['domain']}")
+            self.say(f"{ctx.user.pw_name} {vm} {printable(file_name)}: would {verdict}")
+            return {}
+        if self.hv.down and "rejected" not in entry:
+            return {"pending": self.hv.down}
+        hist = msg.get("hist")
+        if not isinstance(hist, str) or not LAYOUTS[layout].fits_history(hist):
+            raise ProtocolError("bad history name")
+        self.counter += 1
+        cid = f"{self.pass_id}-{self.counter}"
+        entry["hist"] = hist
+        ctx.ids.add(cid)
+        self.journal.record(cid, "intent", **entry)
+        return {"id": cid}
+
+    def _entry(self, ctx: UserContext, msg: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        cid = msg["id"]
+        entry = self.journal.entries.get(cid)
+        if cid not in ctx.ids or entry is None or entry.get("stage") != "intent":
+            raise ProtocolError(f"unknown or used command id {cid!r}")
+        return cid, entry
+
+    def on_unclaimed(self, ctx: UserContext, msg: dict[str, Any]) -> dict[str, Any]:
+        cid, _ = self._entry(ctx, msg)
+        self.journal.record(cid, "closed")
+        return {}
+
+    def on_run(self, ctx: UserContext, msg: dict[str, Any]) -> dict[str, Any]:
+        cid, entry = self._entry(ctx, msg)
+        started = time.monotonic()
+        status: dict[str, Any] | None = None
+        if "rejected" in entry:
+            outcome, message = "rejected", entry["rejected"]
+        else:
+            self.journal.record(cid, "begin")
+            outcome, message, status = self.execute(ctx, entry)
+        return self._finish(cid, entry, outcome, message, started, status)
+
+    def execute(self, ctx: UserContext,
+                entry: dict[str, Any]) -> tuple[str, str, dict[str, Any] | None]:
+        domain = entry["domain"]
+        action = lookup_action(entry["action"])
+        params = parse_params(action, entry["tokens"])
+        user = ctx.user.pw_name
+
+        def decide(owner: str | None) -> str | None:
+            return owner_problem(user, domain, owner, self.claimants.find(domain, besides=user))
+
+        try:
+            outcome, message, info = self.hv.act(domain, action, params, decide)
+        except Interrupted as exc:  # the request may have reached the VM: not "failed"
+            return "interrupted", (
+                f"libvirt: {exc} while this command ran; it may or may not have taken "
+                "effect and was not repeated: check the VM's state and send it again if "
+                "needed"), None
+        except Unreachable as exc:
+            return "failed", f"libvirt: {exc}; the command was not run: send it again", None
+        except libvirt.libvirtError as exc:
+            return "failed", f"libvirt: {exc.get_error_message()}", None
+        return outcome, message, info.as_status() if info is not None else None
+
+    def _finish(self, cid: str, entry: dict[str, Any], outcome: str, message: str,
+                started: float, status: dict[str, Any] | None) -> dict[str, Any]:
+        self.journal.record(cid, "outcome", outcome=outcome, message=message,
+                            audit_offset=self.audit.end())
+        self.audit_command(cid, entry, outcome, message, time.monotonic() - started)
+        return {"outcome": outcome, "message": message, "status": status,
+                "action": entry.get("action"), "tokens": entry.get("tokens")}
+
+    def audit_command(self, cid: str, entry: dict[str, Any], outcome: str, message: str,
+                      seconds: float) -> None:
+        self.summary.counts[outcome] += 1
+        self.audit.write(
+            "command", id=cid, user=entry["user"], uid=entry["uid"], layout=entry["layout"],
+            vm=entry["vm"], domain=entry["domain"], file=printable(entry["file"], FILE_LIMIT),
+            action=entry.get("action"), params=entry.get("tokens", []), outcome=outcome,
+            reason=message[:TEXT_LIMIT], duration=round(seconds, 4),
+        )
+        self.report.command(entry, outcome, message)
+        what = entry.get("action") or printable(entry["file"])
+        self.say(f"{entry['user']} {entry['vm']} {what}: "
+                 f"{outcome}{': ' + message if message else ''}")
+
+    def on_recovered(self, ctx: UserContext, msg: dict[str, Any]) -> dict[str, Any]:
+        write = []
+        for item in msg["items"]:
+            cid = item["id"]
+            entry = self.journal.entries.get(cid)
+            if entry is None or entry.get("uid") != ctx.user.pw_uid or cid in ctx.ids:
+                raise ProtocolError(f"unknown command id {cid!r}")
+            ctx.ids.add(cid)
+            stage = entry.get("stage")
+            if stage == "outcome":
+                outcome, message = entry["outcome"], entry["message"]
+                if not self.audit.contains(cid, entry.get("audit_offset", 0)):
+                    self.audit_command(cid, entry, outcome, message, 0.0)
+            elif stage == "begin" or item["claimed"]:
+                outcome = "interrupted"
+                message = ("the pass was stopped while handling this command; it was not "
+                           "repeated: check the VM's state and send it again if needed")
+                self.journal.record(cid, "outcome", outcome=outcome, message=message,
+                                    audit_offset=self.audit.end())
+                self.audit_command(cid, entry, outcome, message, 0.0)
+            else:
+                self.journal.record(cid, "closed")  # never claimed: the file is still pending
+                continue
+            if item["logged"]:
+                self.journal.record(cid, "closed")
+            else:
+                write.append({**entry, "outcome": outcome, "message": message, "id": cid})
+        return {"write": write}
+
+    def on_notices(self, ctx: UserContext, msg: dict[str, Any]) -> dict[str, Any]:
+        uid = ctx.user.pw_uid
+        new = []
+        recorded = 0
+        for item in msg["items"]:
+            layout = _layout(item["layout"], self.options.layouts)
+            key = f"{layout}:{item['key'][:300]}"
+            text = item["message"][:TEXT_LIMIT]
+            if self.records.notice_seen(uid, key):
+                new.append({"layout": layout, "message": text})
+                recorded += 1
+                if recorded <= NOTICE_RECORDS:
+                    self.audit.write("notice", user=ctx.user.pw_name, uid=uid,
+                                     layout=layout, message=text)
+            if self.options.dry_run:
+                self.say(f"{ctx.user.pw_name}: {text}")
+        if recorded > NOTICE_RECORDS:
+            self.audit.write("notice", user=ctx.user.pw_name, uid=uid, layout=None,
+                             count=recorded - NOTICE_RECORDS,
+                             message=f"and {recorded - NOTICE_RECORDS} more new notices "
+                             "like these (told to the user in their own log)")
+        return {"new": new}
+
+    def on_bye(self, ctx: UserContext, msg: dict[str, Any]) -> dict[str, Any]:
+        self.records.served(ctx.user.pw_uid)  # notices gone now are reported anew
+        statuses: dict[str, dict[str, list[Any]]] = {}
+        for layout, vms in msg["statuses"].items():
+            _layout(layout, self.options.layouts)
+            statuses[layout] = {check_vm_name(vm): seen for vm, seen in vms.items()}
+        self.records.set_idle(ctx.user.pw_uid, statuses)
+        return {}
+
+
+Handler = Callable[[Monitor, UserContext, dict[str, Any]], dict[str, Any]]
+
+# Every request a user side may make (its shape and order: rules.protocol).
+HANDLERS: dict[str, Handler] = {
+    protocol.RECOVERED: Monitor.on_recovered,
+    protocol.INVENTORY: Monitor.on_inventory,
+    protocol.INTEND: Monitor.on_intend,
+    protocol.UNCLAIMED: Monitor.on_unclaimed,
+    protocol.RUN: Monitor.on_run,
+    protocol.NOTICES: Monitor.on_notices,
+    protocol.BYE: Monitor.on_bye,
+}
+if set(HANDLERS) != set(protocol.REQUESTS):  # not an assert: python -O keeps this
+    raise ImportError("monitor: HANDLERS and protocol.REQUESTS disagree")
+
+
+def _layout(value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed or value not in LAYOUTS:
+        raise ProtocolError(f"layout {value!r} is not served in this pass")
+    return value

@@ -1,0 +1,97 @@
+"""What root remembers about each member between passes (runs as root).
+
+Two root-only JSON files in ``state_dir``, both bounded per user so that no
+member can grow them (SECURITY.md row 10), and both pruned of users who are
+no longer members:
+
+* ``reported.json``: the notices each user was already told (a stray entry,
+  an unwritable log, ...), so that each is told once.  A notice that is gone
+  in a pass is forgotten, so it is told again if it comes back.
+* ``idle.json``: per user, layout and VM, the digest of the info behind the
+  status.xml the last full turn wrote and that file's lstat signature, so
+  that the prober's look can tell that nothing needs a user side.  Each full
+  turn replaces the user's entry with exactly what it wrote: VM folders that
+  are gone are dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from wirt_wrapper.root.state import load_state, save_state
+
+__all__ = ["MAX_IDLE_VMS", "MAX_NOTICE_KEYS", "Records"]
+
+MAX_NOTICE_KEYS = 2000  # notices remembered per user; more are told again each pass
+MAX_IDLE_VMS = 500  # VM folders per user whose status a look can vouch for; more get a turn
+
+Idle = dict[str, dict[str, list[Any]]]  # layout -> VM -> [digest, lstat signature]
+
+
+class Records:
+    def __init__(self, state_dir: str | None) -> None:
+        """*state_dir* None: nothing is read or written (dry run, tests)."""
+        self.state_dir = state_dir
+        self.reported: dict[str, list[str]] = self._load("reported.json")
+        self.idle: dict[str, Idle] = self._load("idle.json")
+        self._loaded = self._snapshot()
+        self.seen: dict[str, set[str]] = {}  # per user served this pass: notices still there
+
+    def _load(self, name: str) -> dict[str, Any]:
+        if self.state_dir is None:
+            return {}
+        return load_state(os.path.join(self.state_dir, name))
+
+    def _snapshot(self) -> tuple[str, str]:
+        return (json.dumps(self.reported, sort_keys=True), json.dumps(self.idle, sort_keys=True))
+
+    # -- notices -------------------------------------------------------------
+    def reported_keys(self, uid: int) -> set[str]:
+        return set(self.reported.get(str(uid), ()))
+
+    def notice_seen(self, uid: int, key: str) -> bool:
+        """Note that *key* is still there for *uid*; True if the user was not told yet."""
+        seen = self.seen.setdefault(str(uid), set())
+        if len(seen) < MAX_NOTICE_KEYS:
+            seen.add(key)
+        return key not in self.reported.get(str(uid), ())
+
+    def served(self, uid: int) -> None:
+        """*uid*'s turn ended normally: notices not seen in it are gone."""
+        self.seen.setdefault(str(uid), set())
+
+    # -- idle looks ------------------------------------------------------------
+    def idle_of(self, uid: int) -> Idle:
+        return self.idle.get(str(uid), {})
+
+    def set_idle(self, uid: int, statuses: Idle) -> None:
+        kept: Idle = {}
+        count = 0
+        for layout in sorted(statuses):
+            for vm in sorted(statuses[layout]):
+                if count < MAX_IDLE_VMS:
+                    kept.setdefault(layout, {})[vm] = statuses[layout][vm]
+                    count += 1
+        self.idle[str(uid)] = kept
+
+    # -- keeping ---------------------------------------------------------------
+    def prune(self, members: set[int]) -> None:
+        """Forget users who are not members any more."""
+        keep = {str(uid) for uid in members}
+        self.reported = {uid: keys for uid, keys in self.reported.items() if uid in keep}
+        self.idle = {uid: vms for uid, vms in self.idle.items() if uid in keep}
+
+    def save(self) -> None:
+        for uid, keys in self.seen.items():
+            self.reported[uid] = sorted(keys)
+        self.reported = {uid: keys for uid, keys in self.reported.items() if keys}
+        if self.state_dir is None or self._snapshot() == self._loaded:
+            return
+        reported, idle = self._snapshot()
+        if reported != self._loaded[0]:
+            save_state(os.path.join(self.state_dir, "reported.json"), self.reported)
+        if idle != self._loaded[1]:
+            save_state(os.path.join(self.state_dir, "idle.json"), self.idle)
+        self._loaded = (reported, idle)

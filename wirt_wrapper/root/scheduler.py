@@ -1,0 +1,278 @@
+"""The scheduler of a pass (runs as root; distrusts every user side).
+
+For each member of the group it checks the account with PAM, asks the
+prober for a quick look, and where there is work forks a child that becomes
+the user (:mod:`wirt_wrapper.boundary.privsep`); every request of that child
+is answered by :class:`wirt_wrapper.root.monitor.Monitor`.  A few users are
+served at once; a user side that breaks the protocol, stalls or dies ends
+its own turn and nobody else's.
+"""
+
+from __future__ import annotations
+
+import pwd
+import select
+import sys
+import time
+from collections import deque
+from typing import Any
+
+from wirt_wrapper.boundary import privsep
+from wirt_wrapper.boundary.channel import Timeout
+from wirt_wrapper.root import notify
+from wirt_wrapper.root.accounts import AccountChecker, group_lists, members
+from wirt_wrapper.root.audit import AuditLog, Journal
+from wirt_wrapper.root.hypervisor import Hypervisor, Unreachable
+from wirt_wrapper.root.monitor import Monitor, Options, Summary, UserContext
+from wirt_wrapper.root.records import Records
+from wirt_wrapper.root.state import prepare_state
+from wirt_wrapper.rules.actions import Claimants, Rejection, check_vm_name
+from wirt_wrapper.rules.config import Config
+from wirt_wrapper.rules.errors import ProtocolError
+from wirt_wrapper.rules.layouts import LAYOUTS
+from wirt_wrapper.rules.protocol import UserJob
+from wirt_wrapper.rules.status import info_digest
+
+__all__ = ["Options", "Pass", "Summary"]
+
+# Users served at the same time: their children read homes while root answers.
+PARALLEL_USERS = 16
+# Questions the prober may owe at once (answers are read as they come).
+LOOK_AHEAD = 32
+
+
+class Pass:
+    """One pass over every member (or one, with --user)."""
+
+    def __init__(self, config: Config, options: Options, spawner: privsep.Spawner,
+                 prober: privsep.Prober | None = None) -> None:
+        prepare_state(config)
+        self.spawner = spawner
+        self.prober = prober
+        self.to_look: deque[pwd.struct_passwd] = deque()  # for the prober, not asked yet
+        self.looking: deque[pwd.struct_passwd] = deque()  # asked the prober, in order
+        self.look_deadline = 0.0
+        self.full: deque[pwd.struct_passwd] = deque()  # waiting for a full turn
+        self.config = config
+        self.options = options
+        self.summary = Summary()
+        self.hv = Hypervisor(config.uri, config.limits.libvirt_timeout)
+        self.audit = AuditLog(config.audit_log, dry_run=options.dry_run)
+        self.journal = Journal(config.state_dir, dry_run=options.dry_run)
+        self.records = Records(None if options.dry_run else config.state_dir)
+        self.groups: dict[str, tuple[int, ...]] = {}
+        self.report = notify.Report()  # for syslog and mail at the end
+        self.monitor = Monitor(config, options, self.hv, self.audit, self.journal,
+                               self.records, self.report, self.summary)
+        self.deferred: list[tuple[pwd.struct_passwd, dict[str, Any]]] = []
+
+    def say(self, text: str) -> None:
+        self.monitor.say(text)
+
+    # -- the pass ------------------------------------------------------------
+    def run(self) -> Summary:
+        started = time.monotonic()
+        try:
+            self.hv.connect()
+        except Unreachable as exc:
+            self.summary.libvirt_down = str(exc)
+            self.audit.write("libvirt-unreachable", reason=str(exc))
+            print(f"wirt: libvirt unreachable, commands stay pending: {exc}", file=sys.stderr)
+        try:
+            group = members(self.config.group)
+        except KeyError:
+            print(f"wirt: group '{self.config.group}' does not exist", file=sys.stderr)
+            group = []
+        names = [u.pw_name for u in group]
+        self.monitor.claimants = Claimants(self.config.domain_name, names)
+        self.groups = group_lists(group)
+        self.records.prune({u.pw_uid for u in group})
+        if self.options.user:
+            if self.options.user not in names:
+                print(f"wirt: {self.options.user} is not a member of {self.config.group}",
+                      file=sys.stderr)
+            group = [u for u in group if u.pw_name == self.options.user]
+        with AccountChecker(self.config.pam_service) as accounts:
+            self.serve_all(group, accounts)
+        self.journal.compact()
+        self.records.save()
+        self.hv.close()
+        self.summary.seconds = time.monotonic() - started
+        if self.hv.down and not self.summary.libvirt_down:  # lost during the pass
+            self.summary.libvirt_down = self.hv.down
+            self.audit.write("libvirt-unreachable", reason=self.hv.down)
+            print(f"wirt: libvirt went away during the pass, the remaining commands stay "
+                  f"pending: {self.hv.down}", file=sys.stderr)
+        self.audit.write("pass", summary=self.summary.line(), **self.summary.counts)
+        if self.summary.libvirt_down:
+            self.report.note(f"libvirt unreachable, commands stay pending: "
+                             f"{self.summary.libvirt_down}")
+        if not self.options.dry_run:
+            notify.after_pass(self.config, self.summary, self.report, self.audit)
+        self.audit.close()
+        return self.summary
+
+    def serve_all(self, users: list[pwd.struct_passwd], accounts: AccountChecker) -> None:
+        """Serve every user: a quick look first (the prober), a full turn if there is work.
+
+        Full turns run a few at a time; each ends by 'bye', error or deadline.
+        """
+        for user in users:
+            self.start(user, accounts)
+        active: dict[int, UserContext] = {}
+        while self.full or active or self.looking or self.to_look or self.deferred:
+            while self.to_look and len(self.looking) < LOOK_AHEAD:
+                self.ask_prober(self.to_look.popleft())
+            while self.full and len(active) < PARALLEL_USERS:
+                ctx = self.start_full(self.full.popleft())
+                active[ctx.child.fileno()] = ctx
+            if self.deferred and (self.hv.details_ready() or not (active or self.looking)):
+                for user, report in self.deferred:
+                    if self.needs_turn(user, report):
+                        self.full.append(user)
+                self.deferred = []
+                continue
+            waits = [c.child.channel.deadline or 0.0 for c in active.values()]
+            if self.deferred:  # the details may arrive any moment: look again soon
+                waits.append(time.monotonic() + 0.02)
+            fds: list[int] = list(active)
+            if self.looking and self.prober is not None:
+                waits.append(self.look_deadline)
+                fds.append(self.prober.fileno())
+            if not fds:
+                continue
+            ready, _, _ = select.select(fds, [], [], max(0.0, min(waits) - time.monotonic()))
+            now = time.monotonic()
+            if self.prober is not None and self.prober.fileno() in ready:
+                self.take_look()
+            elif self.looking and now >= self.look_deadline:
+                self.prober_failed("no answer within the time limit")
+            expired = [fd for fd, c in active.items() if now >= (c.child.channel.deadline or 0.0)]
+            for fd in (set(ready) | set(expired)) & set(active):
+                ctx = active[fd]
+                if self.step(ctx):
+                    del active[fd]
+                    self.end(ctx)
+
+    def start(self, user: pwd.struct_passwd, accounts: AccountChecker) -> None:
+        """Check the account; then ask for a look, or queue a full turn straight away."""
+        problem = accounts.problem(user.pw_name)
+        if problem:
+            self.summary.skipped += 1
+            self.audit.write("user-skipped", user=user.pw_name, uid=user.pw_uid, reason=problem)
+            self.say(f"{user.pw_name}: skipped: {problem}")
+            return
+        self.summary.users += 1
+        if self.prober is None or self.options.dry_run or self.journal.open_for(user.pw_uid):
+            self.full.append(user)
+        else:
+            self.to_look.append(user)
+
+    def ask_prober(self, user: pwd.struct_passwd) -> None:
+        if self.prober is None:
+            self.full.append(user)
+            return
+        job = {"home": user.pw_dir, "uid": user.pw_uid, "layouts": self.options.layouts,
+               "limit": self.config.limits.max_files_per_user * 10}
+        if not self.looking:
+            self.look_deadline = time.monotonic() + self.config.limits.seconds_per_user
+        self.looking.append(user)
+        try:
+            self.prober.ask(self._identity(user), job)
+        except (OSError, Timeout) as exc:  # the prober died: a full turn for all
+            self.prober_failed(f"cannot ask the prober: {exc}")
+
+    def take_look(self) -> None:
+        """The prober's answer for the oldest user it was asked about."""
+        if self.prober is None:
+            return
+        try:
+            report = self.prober.answer(self.config.limits.seconds_per_user)
+        except (EOFError, OSError, ProtocolError, Timeout) as exc:
+            self.prober_failed(str(exc))
+            return
+        user = self.looking.popleft()
+        self.look_deadline = time.monotonic() + self.config.limits.seconds_per_user
+        if set(report) != set(self.options.layouts):
+            self.full.append(user)  # not a look we understand: have a full look
+        elif self.hv.details_ready():
+            if self.needs_turn(user, report):
+                self.full.append(user)
+        else:  # deciding needs the domains' details, still on their way from libvirt
+            self.deferred.append((user, report))
+
+    def prober_failed(self, why: str) -> None:
+        """Stop asking the prober (a hung home, say); everyone it owes gets a full turn."""
+        self.audit.write("prober-failed", reason=why, users=[u.pw_name for u in self.looking])
+        if self.prober is not None:
+            self.prober.close()
+            self.prober = None
+        self.full.extend(self.looking)
+        self.full.extend(self.to_look)
+        self.looking.clear()
+        self.to_look.clear()
+
+    def start_full(self, user: pwd.struct_passwd) -> UserContext:
+        recover = [] if self.options.dry_run else self.journal.open_for(user.pw_uid)
+        job = UserJob(
+            user=user.pw_name, uid=user.pw_uid, home=user.pw_dir,
+            layouts=self.options.layouts, max_files=self.config.limits.max_files_per_user,
+            max_bytes=self.config.limits.max_file_bytes, dry_run=self.options.dry_run,
+            log_max_bytes=self.config.limits.log_max_bytes,
+            log_keep=self.config.limits.log_keep, recover=recover,
+        )
+        child = self.spawner.spawn(self._identity(user), vars(job))
+        child.channel.deadline = time.monotonic() + self.config.limits.seconds_per_user
+        return self.monitor.turn(user, child, recovering=bool(recover))
+
+    def _identity(self, user: pwd.struct_passwd) -> privsep.Identity:
+        return privsep.Identity(user.pw_name, user.pw_uid, user.pw_gid, self.groups[user.pw_name])
+
+    def step(self, ctx: UserContext) -> bool:
+        """Answer one request of *ctx*'s child; True when its turn is over."""
+        try:
+            reply = self.monitor.answer(ctx, ctx.child.channel.recv())
+            if reply is None:
+                return True  # 'bye': the child is done
+            ctx.child.channel.send(reply)
+            return False
+        except Timeout:
+            ctx.problem = (f"time limit of {self.config.limits.seconds_per_user:g} s reached; "
+                           "the remaining commands wait for the next pass")
+        except (EOFError, OSError, ProtocolError, Rejection, ValueError, KeyError,
+                TypeError) as exc:  # a subverted user side ends its own turn, nobody else's
+            ctx.problem = f"user side ended early: {exc}"
+        return True
+
+    def end(self, ctx: UserContext) -> None:
+        ctx.child.end(kill=ctx.problem is not None)
+        if ctx.problem:
+            user = ctx.user
+            self.audit.write("user-incomplete", user=user.pw_name, uid=user.pw_uid,
+                             reason=ctx.problem[:500])
+            self.report.note(f"{user.pw_name}: {ctx.problem[:500]}")
+            self.say(f"{user.pw_name}: {ctx.problem}")
+
+    def needs_turn(self, user: pwd.struct_passwd, report: dict[str, Any]) -> bool:
+        """Whether the prober's look shows anything for a full user side to do."""
+        cached = self.records.idle_of(user.pw_uid)
+        reported = self.records.reported_keys(user.pw_uid)
+        for layout, look in report.items():
+            if not isinstance(look, dict) or look.get("spool") == "absent":
+                continue
+            vms, odd = look.get("vms"), look.get("odd", [])
+            if look.get("spool") != "ok" or not isinstance(vms, dict):
+                return True  # a command, or something the full side must look at
+            if not isinstance(odd, list) or any(f"{layout}:{key}" not in reported
+                                                for key in odd):
+                return True  # a stray entry the user has not been told about yet
+            if LAYOUTS[layout].info is None or self.hv.down:
+                continue  # nothing to refresh (or nothing to refresh it from)
+            for vm, seen in vms.items():
+                try:
+                    status = self.monitor.status_for(user, check_vm_name(vm))
+                except (Unreachable, Rejection):
+                    return True
+                if cached.get(layout, {}).get(vm) != [info_digest(status), seen]:
+                    return True  # a new VM, a changed state, or a status.xml someone touched
+        return False

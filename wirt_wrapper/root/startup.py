@@ -1,0 +1,102 @@
+"""What every root entry point does first: ``virsh_wrapper``, ``wirt admin``, ``wirt-audit``.
+
+Trusts nothing it was started with: the environment is replaced (sudo may
+pass some variables through, libvirt and PAM read some), the interpreter
+must run isolated (``-I``: no ``PYTHON*`` variable, user site or current
+folder can put code in front of wirt's), and the interpreter and every file
+of the package must be root's alone, all the way up to ``/`` (SPEC 5.8).
+The user sides run that same code after dropping to a user, so it must also
+be readable by an unprivileged user; otherwise a user side would fail half
+way (a module that cannot be imported after the drop).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import stat
+import sys
+from pathlib import Path
+
+from wirt_wrapper.rules.config import check_root_owned
+from wirt_wrapper.rules.errors import NotRootError, UnsafeInstall
+
+__all__ = ["SAFE_ENV", "check_code", "check_readable", "prepare", "scrub_environment"]
+
+SAFE_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+PACKAGE = Path(__file__).resolve().parent.parent
+
+
+def scrub_environment() -> None:
+    """Forget every variable the caller set; libvirt and PAM read some of them."""
+    os.environ.clear()
+    os.environ.update(SAFE_ENV)
+
+
+def _code_files(package: Path) -> list[Path]:
+    """The package's folders and the files Python loads from them (sources and caches)."""
+    found = [package]
+    for folder, dirs, files in os.walk(package):
+        dirs.sort()
+        found += [Path(folder, d) for d in dirs]
+        found += [Path(folder, f) for f in sorted(files) if f.endswith((".py", ".pyc"))]
+    return found
+
+
+def check_code(package: Path = PACKAGE) -> None:
+    """The code that runs as root, and the interpreter running it, must be root's alone."""
+    check_root_owned(os.path.realpath(sys.executable), "interpreter")
+    for path in _code_files(package):
+        check_root_owned(str(path), "code")
+
+
+def check_readable(package: Path = PACKAGE) -> None:
+    """A user side can load the interpreter's library and the package (others may read).
+
+    Python lists a folder before it imports from it, so the folders that hold
+    modules need read and search, their parents search.
+    """
+    lxml = importlib.util.find_spec("lxml")  # found, not imported: the prober forks without it
+    roots = [package, Path(os.__file__).resolve().parent]
+    if lxml is not None and lxml.origin:
+        roots.append(Path(lxml.origin).resolve().parent)
+    for root in roots:
+        for parent in root.parents:
+            _readable(parent, stat.S_IXOTH, "folder")
+    for path in (*roots[1:], *_code_files(package)):
+        folder = path.is_dir()
+        _readable(path, stat.S_IROTH | (stat.S_IXOTH if folder else 0),
+                  "folder" if folder else "file")
+
+
+def _readable(path: Path, need: int, kind: str) -> None:
+    mode = os.stat(path).st_mode
+    if mode & need != need:
+        raise UnsafeInstall(
+            f"{kind} {path} is not readable by unprivileged users (mode "
+            f"{stat.S_IMODE(mode):04o}); wirt's user sides run as the user and could "
+            "not load their code: install wirt and its Python where others may read "
+            "(deploy/install.sh uses /opt/wirt)")
+
+
+def prepare(what: str, module: str | None, argv: list[str] | None, *,
+            hint: str = "run it as root") -> None:
+    """The start-up checks of a root entry point; raises the WirtError that says what is wrong.
+
+    With *module*, an interpreter not run isolated is replaced by one that is
+    (``python -I -m MODULE``, same arguments, clean environment) before
+    anything else.  ``virsh_wrapper`` and ``wirt-audit`` pass None: they are
+    installed as scripts that run ``python -I`` already (deploy/), and the
+    test suite runs them through pip's scripts with a preloaded fake clock.
+    """
+    scrub_environment()
+    if os.geteuid() != 0:
+        raise NotRootError(f"{what} must run as root: {hint}")
+    if module is not None and not sys.flags.isolated:
+        check_root_owned(os.path.realpath(sys.executable), "interpreter")
+        args = sys.argv[1:] if argv is None else argv
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(sys.executable, [sys.executable, "-I", "-m", module, *args])  # noqa: S606
+    check_code()
+    check_readable()

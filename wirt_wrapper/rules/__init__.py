@@ -1,0 +1,1 @@
+"""Pure rules shared by every zone: actions, the protocol, layouts, names, formats, errors."""

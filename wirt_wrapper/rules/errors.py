@@ -1,0 +1,143 @@
+"""Every executable's errors and exit codes: one hierarchy (pure data, no I/O).
+
+Each class's docstring says what went wrong in general and the message says
+what to do; each class carries its exit code.  Each executable has one
+``main()`` that maps :class:`WirtError` to its message and code; nothing
+else exits, and no code is written as a literal elsewhere.
+
+A user's bad command file is *not* an error of the tool: it ends as a
+``rejected`` outcome and the pass exits 0.
+
+Exit status of ``virsh_wrapper`` (and ``wirt-audit``, ``wirt-migrate-legacy``):
+
+====  ==========================================================================
+0     the pass ran (user commands may have failed or been rejected)
+1     internal error, or a user side broke its protocol
+2     the configuration is unsafe or malformed
+3     not run as root
+4     the lock or root's state is unsafe
+130   interrupted (Ctrl-C)
+====  ==========================================================================
+
+Exit status of ``wirt`` (the user CLI):
+
+====  ==========================================================================
+0     success; with ``--wait``: the command's outcome was ``done``
+1     ``--wait``: the outcome was ``failed`` (libvirt said no)
+2     ``--wait``: the outcome was ``rejected`` (the command broke a rule)
+3     ``--wait``: the outcome was ``interrupted`` (a pass died mid-command)
+4     ``--wait``: timed out (the command stays pending, or has no outcome yet)
+5     a command of that name is already pending for that VM; nothing written
+64    usage: bad command line, unknown action, flag not accepted, bad VM name
+66    not found: unknown VM, spool missing
+69    libvirt unreachable (admin verbs)
+70    internal error
+77    not allowed: not in the group, unsafe path (link, foreign owner), admin
+      verbs without root
+====  ==========================================================================
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "EXIT_BY_OUTCOME",
+    "EXIT_CONFIG",
+    "EXIT_INTERNAL",
+    "EXIT_INTERRUPTED",
+    "EXIT_LOCK",
+    "EXIT_NOT_ROOT",
+    "EXIT_OK",
+    "EXIT_PENDING",
+    "EXIT_TIMEOUT",
+    "CliError",
+    "ConfigError",
+    "LockError",
+    "NotAllowed",
+    "NotFound",
+    "NotRootError",
+    "Pending",
+    "ProtocolError",
+    "Unavailable",
+    "UnsafeInstall",
+    "UsageError",
+    "WirtError",
+]
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_CONFIG = 2
+EXIT_NOT_ROOT = 3
+EXIT_LOCK = 4
+EXIT_INTERRUPTED = 130  # the shell's 128 + SIGINT
+# wirt --wait: the command's outcome is the exit status
+EXIT_BY_OUTCOME = {"done": 0, "failed": 1, "rejected": 2, "interrupted": 3}
+EXIT_TIMEOUT = 4
+EXIT_PENDING = 5
+
+
+class WirtError(Exception):
+    """wirt failed; see the message."""
+
+    exit_code = EXIT_INTERNAL
+
+
+class NotRootError(WirtError):
+    """virsh_wrapper must run as root (through sudo by the wrapper user, or by root)."""
+
+    exit_code = EXIT_NOT_ROOT
+
+
+class ConfigError(WirtError):
+    """The configuration file is unsafe or malformed."""
+
+    exit_code = EXIT_CONFIG
+
+
+class UnsafeInstall(ConfigError):
+    """The installed code or interpreter is unsafe (writable by others) or unusable."""
+
+
+class LockError(WirtError):
+    """The lock or a root state file is unsafe (not root's alone)."""
+
+    exit_code = EXIT_LOCK
+
+
+class ProtocolError(WirtError):
+    """The unprivileged side sent a message outside the protocol."""
+
+
+class CliError(WirtError):
+    """wirt failed (internal error)."""
+
+    exit_code = 70
+
+
+class UsageError(CliError):
+    """The command line is not valid."""
+
+    exit_code = 64
+
+
+class NotFound(CliError):
+    """A VM folder or a spool does not exist."""
+
+    exit_code = 66
+
+
+class Unavailable(CliError):
+    """A service wirt needs (libvirt) cannot be reached."""
+
+    exit_code = 69
+
+
+class NotAllowed(CliError):
+    """wirt will not do this for you (group, unsafe path, privilege)."""
+
+    exit_code = 77
+
+
+class Pending(CliError):
+    """A command of that name is already waiting for the next pass."""
+
+    exit_code = EXIT_PENDING

@@ -1,0 +1,55 @@
+"""The line a command leaves in the user's log: written by the pass, read by ``wirt`` (pure).
+
+One definition, so the writer and the reader cannot drift::
+
+    2026-11-25T16:00:40+0000 web start --paused: done (file start, kept as
+    ~/wirt/logs/history/20261125-160040.171115-web-start) [19a2...-1]
+
+(one line).  Every user-chosen part is already made printable by the writer.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+from wirt_wrapper.rules.actions import printable
+
+__all__ = ["now_text", "parse", "render", "state_line"]
+
+LINE = re.compile(
+    r"(?P<time>\S+) (?P<vm>\S+) (?P<action>[^\s:]+)(?P<params>(?: [^:]*)?): "
+    r"(?P<outcome>done|failed|rejected|interrupted)(?:: (?P<message>.*?))? "
+    r"\(file (?P<file>.*), kept as (?P<history>~/\S+)\) \[(?P<id>[^\]\s]+)\]"
+)
+
+
+def now_text() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def render(*, stamp: str, vm: str, action: str, params: str, outcome: str, message: str,
+           file: str, history: str, cid: str) -> str:
+    """One command's log line (with its newline); *history* as shown to the user."""
+    return (f"{stamp} {vm} {action}{' ' + params if params else ''}: "
+            f"{outcome}{': ' + message if message else ''} "
+            f"(file {printable(file)}, kept as {history}) [{cid}]\n")
+
+
+def parse(line: str) -> dict[str, str] | None:
+    """The fields of one log line, or None if it is not a command's line."""
+    match = LINE.fullmatch(line.rstrip("\n"))
+    if match is None:
+        return None
+    found = {k: (v or "") for k, v in match.groupdict().items()}
+    found["params"] = found["params"].strip()
+    return found
+
+
+def state_line(info: dict[str, Any]) -> str:
+    """The domain's state after a command, for layouts without status.xml."""
+    if info.get("problem"):
+        return f"domain {info.get('domain', '?')}: {info['problem']}\n"
+    return (f"domain {info['domain']}: {info['state']} ({info['reason']}); "
+            f"autostart: {'yes' if info['autostart'] else 'no'}\n")

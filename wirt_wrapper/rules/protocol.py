@@ -1,0 +1,262 @@
+"""The one protocol across the boundary: what a user side may ask root, in which order.
+
+Pure rules, no I/O.  Both sides import this module: the user side to build
+its requests, root to check every request it receives, for type *and* for
+the state the turn is in (OpenSSH ``monitor.c``: a request that is not
+allowed now is as fatal as an unknown one; ``MON_ONCE``).  Root treats the
+user side as possibly subverted (it reads hostile files): a message that is
+too large, too deep, not strict JSON, of the wrong shape or out of order ends
+that user's turn and nothing else (SECURITY.md row 19).  Everything that
+matters (dry run, command ids, which layouts are served) comes from root's own
+state, never from a request.
+
+One turn, in order::
+
+    recovered?                      once, first, only when root handed over journal entries
+    (inventory (intend (unclaimed | run)?)*)*    per layout, each layout once, in root's order
+    notices?                        once
+    bye                             last; root does not answer it
+
+Every request may carry ``logged``: ids whose log line the user side wrote.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from wirt_wrapper.rules.errors import ProtocolError
+
+__all__ = [
+    "BYE", "INTEND", "INVENTORY", "MAX_DEPTH", "MAX_MESSAGE", "NOTICES", "RECOVERED", "REQUESTS",
+    "RUN", "UNCLAIMED", "Turn", "UserJob", "check_request", "decode", "encode",
+]
+
+MAX_MESSAGE = 4 << 20  # bytes of one framed message, either way
+MAX_DEPTH = 8  # nesting of arrays and objects; the deepest request needs 5
+MAX_ITEMS = 10_000  # entries of any one list or object in a request
+MAX_TEXT = 4096  # characters of any one string in a request
+
+RECOVERED, INVENTORY, INTEND, UNCLAIMED, RUN, NOTICES, BYE = (
+    "recovered", "inventory", "intend", "unclaimed", "run", "notices", "bye")
+
+
+# -- strict JSON ------------------------------------------------------------------
+def _depth_ok(data: bytes, limit: int) -> bool:
+    """Whether brackets nest at most *limit* deep (strings skipped), before any parsing."""
+    depth, in_string, escaped = 0, False, False
+    for byte in data:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in b"[{":
+            depth += 1
+            if depth > limit:
+                return False
+        elif byte in b"]}":
+            depth -= 1
+    return True
+
+
+def _no_constant(name: str) -> Any:
+    raise ProtocolError(f"{name} is not allowed in a message")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise ProtocolError("a key is given twice in one object")
+    return result
+
+
+def decode(data: bytes) -> dict[str, Any]:
+    """One message: at most MAX_MESSAGE bytes and MAX_DEPTH deep, strict JSON, an object."""
+    if len(data) > MAX_MESSAGE:
+        raise ProtocolError(f"message of {len(data)} bytes is too large")
+    if not _depth_ok(data, MAX_DEPTH):
+        raise ProtocolError(f"message nests deeper than {MAX_DEPTH}")
+    try:
+        message = json.loads(data, parse_constant=_no_constant,
+                             object_pairs_hook=_no_duplicates)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError(f"not a JSON message: {exc}") from None
+    if not isinstance(message, dict):
+        raise ProtocolError("a message must be a JSON object")
+    return message
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    data = json.dumps(message, separators=(",", ":"), allow_nan=False).encode()
+    if len(data) > MAX_MESSAGE:
+        raise ProtocolError(f"message of {len(data)} bytes is too large")
+    return data
+
+
+# -- shapes -----------------------------------------------------------------------
+Check = Callable[[Any, str], None]
+
+
+def _fail(where: str, what: str) -> ProtocolError:
+    return ProtocolError(f"{where}: must be {what}")
+
+
+def text(limit: int = MAX_TEXT) -> Check:
+    def check(value: Any, where: str) -> None:
+        if not isinstance(value, str) or len(value) > limit:
+            raise _fail(where, f"a string of at most {limit} characters")
+    return check
+
+
+def integer(value: Any, where: str) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 1 << 64:
+        raise _fail(where, "a non-negative integer")
+
+
+def boolean(value: Any, where: str) -> None:
+    if not isinstance(value, bool):
+        raise _fail(where, "true or false")
+
+
+def list_of(item: Check, limit: int = MAX_ITEMS) -> Check:
+    def check(value: Any, where: str) -> None:
+        if not isinstance(value, list) or len(value) > limit:
+            raise _fail(where, f"a list of at most {limit} items")
+        for index, element in enumerate(value):
+            item(element, f"{where}[{index}]")
+    return check
+
+
+def map_of(key: Check, item: Check, limit: int = MAX_ITEMS) -> Check:
+    def check(value: Any, where: str) -> None:
+        if not isinstance(value, dict) or len(value) > limit:
+            raise _fail(where, f"an object of at most {limit} entries")
+        for name, element in value.items():
+            key(name, f"{where} key")
+            item(element, f"{where}.{name}")
+    return check
+
+
+def record(required: dict[str, Check], optional: dict[str, Check] | None = None) -> Check:
+    """An object with exactly these keys (the optional ones may be left out)."""
+    optional = optional or {}
+
+    def check(value: Any, where: str) -> None:
+        if not isinstance(value, dict):
+            raise _fail(where, "an object")
+        extra = set(value) - set(required) - set(optional)
+        if extra:
+            raise ProtocolError(f"{where}: unexpected key {sorted(extra)[0]!r}")
+        for name, item in required.items():
+            if name not in value:
+                raise ProtocolError(f"{where}: {name} is missing")
+            item(value[name], f"{where}.{name}")
+        for name, item in optional.items():
+            if name in value:
+                item(value[name], f"{where}.{name}")
+    return check
+
+
+def _pair(value: Any, where: str) -> None:
+    """A status the user side wrote: [digest of its info, lstat signature of status.xml]."""
+    if not isinstance(value, list) or len(value) != 2:
+        raise _fail(where, "[digest, lstat signature]")
+    text(64)(value[0], where + "[0]")
+    list_of(integer, 8)(value[1], where + "[1]")
+
+
+ID = text(64)
+NAME = text(255)  # a file or folder name (root re-checks it against the layout's rules)
+_LOGGED = {"logged": list_of(ID)}
+
+# Every request a user side may make, and its exact shape.
+REQUESTS: dict[str, Check] = {
+    RECOVERED: record({"op": text(), "items": list_of(record(
+        {"id": ID, "claimed": boolean, "logged": boolean}))}, _LOGGED),
+    INVENTORY: record({"op": text(), "layout": NAME, "vms": list_of(NAME)}, _LOGGED),
+    INTEND: record(
+        {"op": text(), "layout": NAME, "vm": NAME, "file": NAME, "ino": integer},
+        {"action": NAME, "tokens": list_of(text(), 64), "rejected": text(), "hist": NAME,
+         **_LOGGED}),
+    UNCLAIMED: record({"op": text(), "id": ID}, _LOGGED),
+    RUN: record({"op": text(), "id": ID}, _LOGGED),
+    NOTICES: record({"op": text(), "items": list_of(record(
+        {"layout": NAME, "key": text(), "message": text()}))}, _LOGGED),
+    BYE: record({"op": text(), "statuses": map_of(NAME, map_of(NAME, _pair))}, _LOGGED),
+}
+
+
+def check_request(message: dict[str, Any]) -> str:
+    """The request's op, once its shape is checked against :data:`REQUESTS`."""
+    op = message.get("op")
+    check = REQUESTS.get(op) if isinstance(op, str) else None
+    if check is None:
+        raise ProtocolError(f"unknown request {str(op)[:40]!r}")
+    name = str(op)
+    check(message, name)
+    return name
+
+
+# -- order ------------------------------------------------------------------------
+@dataclass
+class Turn:
+    """Where one user's turn is: which requests are allowed now (root's own state)."""
+
+    layouts: tuple[str, ...]  # the layouts this pass serves, in the order they are served
+    recovering: bool  # root handed over journal entries: 'recovered' comes first
+    max_commands: int  # 'intend' requests one turn may make
+    started: bool = False
+    layout: str | None = None  # the layout whose inventory was given
+    done: set[str] = field(default_factory=set)  # layouts inventoried, once-only requests
+    commands: int = 0
+
+    def allow(self, op: str, layout: str | None = None) -> None:
+        """Raise unless *op* (for *layout*) may come now; then advance the turn."""
+        first, self.started = not self.started, True
+        if self.recovering and first and op != RECOVERED:
+            raise ProtocolError(f"'{op}' before 'recovered'")
+        if op == RECOVERED and not (self.recovering and first):
+            raise ProtocolError("'recovered' only as the first request, when asked for")
+        if BYE in self.done or (NOTICES in self.done and op != BYE):
+            raise ProtocolError(f"'{op}' after 'notices'")
+        if op == INVENTORY:
+            if layout not in self.layouts or layout in self.done:
+                raise ProtocolError(f"inventory of layout {layout!r}: not served, or given")
+            later = self.layouts[self.layouts.index(layout) + 1:]
+            if any(name in self.done for name in later):
+                raise ProtocolError(f"inventory of layout {layout!r} out of order")
+            self.layout = layout
+            self.done.add(layout)
+        elif op == INTEND:
+            if layout is None or layout != self.layout:
+                raise ProtocolError(f"'intend' for layout {layout!r} before its inventory")
+            self.commands += 1
+            if self.commands > self.max_commands:
+                raise ProtocolError(f"more than {self.max_commands} commands in one turn")
+        elif op in (NOTICES, BYE):
+            if op in self.done:
+                raise ProtocolError(f"'{op}' twice in one turn")
+            self.done.add(op)
+
+
+@dataclass
+class UserJob:
+    """What root hands a user side at fork time (trusted: it comes from root)."""
+
+    user: str
+    uid: int
+    home: str
+    layouts: tuple[str, ...]
+    max_files: int
+    max_bytes: int
+    dry_run: bool
+    recover: list[dict[str, Any]] = field(default_factory=list)
+    log_max_bytes: int = 1 << 20
+    log_keep: int = 3
