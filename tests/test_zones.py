@@ -167,6 +167,23 @@ def test_no_import_cycles() -> None:
     assert find_cycles(graph) == []
 
 
+# Code that runs after the drop to a user, where the interpreter's library may be
+# unreadable: the spawner imports these modules before it forks (issue 9.5).
+AFTER_DROP = ("rules", "user", "boundary.channel")
+
+
+@pytest.mark.parametrize("module", sorted(m for m in modules()
+                                          if reaches(m, set(AFTER_DROP))))
+def test_code_run_after_the_drop_imports_nothing_late(module: str) -> None:
+    """Imports only at module level: the spawner loaded them all before any user side."""
+    late = []
+    for node in ast.walk(ast.parse(modules()[module].read_text())):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            late += [f"line {sub.lineno}: {ast.unparse(sub)}" for sub in ast.walk(node)
+                     if isinstance(sub, (ast.Import, ast.ImportFrom))]
+    assert late == []
+
+
 def test_the_user_side_loads_neither_libvirt_nor_root_code() -> None:
     """What a user side imports, in a fresh interpreter: nothing of root's."""
     import subprocess

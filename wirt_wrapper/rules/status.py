@@ -8,6 +8,8 @@ resolves no entities and loads nothing from the network.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from typing import Any
 
@@ -39,9 +41,6 @@ def _text(parent: etree._Element, tag: str, value: object, **attrs: str) -> etre
 
 def info_digest(info: dict[str, Any]) -> str:
     """A short fingerprint of what root said about a VM (the same on both sides)."""
-    import hashlib
-    import json
-
     return hashlib.sha256(json.dumps(info, sort_keys=True).encode()).hexdigest()[:32]
 
 
