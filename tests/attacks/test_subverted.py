@@ -1,0 +1,125 @@
+"""SECURITY row 19: a subverted user side (a bug in the code that reads hostile files).
+
+Precedent: OpenSSH's monitor checks each request's type *and* the state it
+arrives in (``MON_ONCE``).  The user side here is a stand-in: a driver
+script replaces ``user_main`` for the attacker only, before the real pass
+forks anything, so the attacker's child (dropped to alice for good, as in
+production) speaks whatever it likes on the real channel; everything else
+is the real pass: real users, PAM, the spawner, root's monitor, libvirtd
+with real domains.  The victim of a whole-pass crash is bob, another member
+whose command must still run.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import Host
+
+from .conftest import RealDomains
+
+pytestmark = pytest.mark.attack
+
+# Runs as root: the real pass, with the attacker's user side replaced.
+DRIVER = r'''
+import json, struct, sys
+try:
+    import wirt_wrapper.user.side as side
+    from wirt_wrapper.root.main import main
+except ImportError:  # the layout before issue 9
+    import wirt_wrapper.userside as side
+    from wirt_wrapper.main import main
+
+ATTACKER, HOW = sys.argv[1], sys.argv[2]
+real = side.user_main
+
+def frame(chan, data):
+    chan.sock.sendall(struct.pack("!I", len(data)) + data)
+
+def ask(chan, message):
+    frame(chan, json.dumps(message).encode())
+    size = struct.unpack("!I", chan.sock.recv(4, 0x100))[0]  # MSG_WAITALL
+    return json.loads(chan.sock.recv(size, 0x100))
+
+def evil(fields, chan):
+    if fields["user"] != ATTACKER:
+        return real(fields, chan)
+    if HOW == "deep":
+        frame(chan, b"[" * 4096)
+        chan.sock.recv(1)
+    elif HOW == "no-dry-flag":  # in a --dry-run pass, ask as if it were a real one
+        ask(chan, {"op": "inventory", "layout": "wirt", "vms": ["web"]})
+        reply = ask(chan, {"op": "intend", "layout": "wirt", "vm": "web", "file": "autostart",
+                           "ino": 1, "action": "autostart", "tokens": [],
+                           "hist": "20261201-000000.000000-web-autostart"})
+        ask(chan, {"op": "run", "id": reply.get("id", "guess-1")})
+    elif HOW == "notices-again":
+        items = [{"layout": "wirt", "key": f"entry:n{i}", "message": f"n{i} ignored"}
+                 for i in range(1000)]
+        for _ in range(5):
+            ask(chan, {"op": "notices", "items": items})
+    frame(chan, b'{"op":"bye","statuses":{}}')
+
+side.user_main = evil
+sys.exit(main(sys.argv[3:]))
+'''
+
+
+def attack(host: Host, how: str, attacker: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-I", "-c", DRIVER, attacker, how,
+                           "--config", str(host.config), *args],
+                          capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"},
+                          timeout=120)
+
+
+def setup(host: Host, real_domains: RealDomains) -> tuple[str, str]:
+    alice, bob = host.add_user("alice"), host.add_user("bob")
+    for user in (alice, bob):
+        real_domains.define(f"{user.name}-web")
+        user.write("wirt/service/vm/web/autostart")
+    return alice.name, bob.name
+
+
+def events(host: Host, event: str) -> list[dict[str, object]]:
+    return [r for r in host.audit_records() if r["event"] == event]
+
+
+def test_deep_json_ends_only_the_attackers_turn(host: Host, real_domains: RealDomains) -> None:
+    """Before: json.loads raised RecursionError, uncaught: the pass died (exit 1) and bob's
+    command never ran."""
+    alice, bob = setup(host, real_domains)
+    proc = attack(host, "deep", alice)
+    assert proc.returncode == 0, proc.stderr
+    assert real_domains.autostart(f"{bob}-web")  # the other member was served
+    assert not real_domains.autostart(f"{alice}-web")
+    (incomplete,) = events(host, "user-incomplete")
+    assert incomplete["user"] == alice and "deeper than" in str(incomplete["reason"])
+
+
+def test_a_dry_run_is_roots_decision(host: Host, real_domains: RealDomains) -> None:
+    """Before: a user side that left out 'dry' got a command id and a real setAutostart in
+    a --dry-run pass."""
+    alice, bob = setup(host, real_domains)
+    proc = attack(host, "no-dry-flag", alice, "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert not real_domains.autostart(f"{alice}-web")
+    assert not real_domains.autostart(f"{bob}-web")  # a dry run changes nothing at all
+    assert "would run autostart" in proc.stdout
+
+
+def test_notices_once_per_turn(host: Host, real_domains: RealDomains) -> None:
+    """Before: each repeated 'notices' wrote up to 1,000 audit records again (5,000 here)."""
+    alice, bob = setup(host, real_domains)
+    proc = attack(host, "notices-again", alice)
+    assert proc.returncode == 0, proc.stderr
+    notices = [r for r in events(host, "notice") if r["user"] == alice]
+    print(f"\nnotice records from one turn of 5 x 1,000 notices: {len(notices)}")
+    assert len(notices) <= 21
+    assert any(r.get("count") for r in notices)
+    (incomplete,) = events(host, "user-incomplete")
+    assert "after 'notices'" in str(incomplete["reason"])
+    assert real_domains.autostart(f"{bob}-web")
+    assert json.loads(json.dumps(notices))  # plain JSON records
