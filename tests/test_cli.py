@@ -544,6 +544,40 @@ def test_admin_assign_reads_back_on_the_test_driver(site: Host) -> None:
     assert proc.returncode == 66 and "no domain 'nosuchdomain'" in proc.stderr
 
 
+def test_admin_runs_isolated_with_a_clean_environment(site: Host) -> None:
+    """Issue 9.4: the admin verbs get virsh_wrapper's start-up guarantees: root's shell
+    environment is left behind, the interpreter runs isolated (-I), and `admin run` runs
+    the checked pass itself, never a virsh_wrapper found beside argv[0]."""
+    alice = site.users[0]
+    alice.write("wirt/service/vm/web/autostart")
+    beside = Path(tempfile.mkdtemp(prefix="wirt-admin-", dir="/var/tmp"))
+    try:
+        beside.chmod(0o777)  # anyone could put a virsh_wrapper here
+        marker = beside / "ran"
+        (beside / "virsh_wrapper").write_text(f"#!/bin/sh\ntouch {marker}\n")
+        (beside / "virsh_wrapper").chmod(0o755)
+        (beside / "wirt").symlink_to(WIRT)
+        trace = beside / "trace"
+        env = {"PATH": "/usr/bin:/bin", "PYTHONWARNINGS": "error", "LIBVIRT_DEFAULT_URI":
+               "test:///default", "WIRT_TEST_SECRET": "s3cret"}
+        proc = subprocess.run(["strace", "-f", "-qq", "-e", "trace=execve", "-v", "-s", "300",
+                               "-o", str(trace), str(beside / "wirt"), "admin", "run",
+                               "--config", str(site.config)],
+                              capture_output=True, text=True, env=env)
+        assert proc.returncode == 0, proc.stderr
+        assert not marker.exists(), "a virsh_wrapper beside argv[0] ran"
+        assert "commands: 1 done" in proc.stdout
+        execs = [line for line in trace.read_text().splitlines() if "execve(" in line]
+        admin = [line for line in execs if '"wirt_wrapper.root.admin"' in line]
+        assert len(admin) == 1, execs
+        assert '"-I", "-m", "wirt_wrapper.root.admin", "run"' in admin[0]
+        assert "s3cret" not in admin[0] and "LIBVIRT_DEFAULT_URI" not in admin[0]
+        assert '["PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"]' in admin[0]
+        assert not any("virsh_wrapper" in line for line in execs)
+    finally:
+        shutil.rmtree(beside)
+
+
 @pytest.fixture
 def system_domain(host: Host) -> Iterator[tuple[Host, User, User, Any]]:
     """alice-web on qemu:///system (defined, never booted), assigned to bob by metadata."""

@@ -154,8 +154,8 @@ def build_parser() -> Parser:
     p = sub.add_parser("create", parents=[common], help="make a VM's folder (private, 0700)")
     _vm_arg(p)
 
-    p = sub.add_parser("admin", add_help=False, help="admin verbs, as root (wirt admin --help)")
-    p.add_argument("admin_args", nargs=argparse.REMAINDER)
+    # listed for --help only: main() hands 'wirt admin ...' to root/admin.py before parsing
+    sub.add_parser("admin", help="admin verbs, as root (wirt admin --help)")
     return parser
 
 
@@ -551,27 +551,33 @@ def run_user(args: argparse.Namespace, out: Out) -> int:
 ADMIN_MODULE = "wirt_wrapper.root.admin"
 
 
-def run_admin(args: argparse.Namespace) -> int:
+def admin_argv(argv: list[str]) -> list[str] | None:
+    """The arguments for ``wirt admin`` (options before 'admin' kept), or None if not admin."""
+    index = 0
+    while index < len(argv) and argv[index].startswith("-"):
+        takes_value = argv[index] in ("--vm", "--config", "--layout")
+        index += 2 if takes_value else 1
+    if index < len(argv) and argv[index] == "admin":
+        return argv[:index] + argv[index + 1:]
+    return None
+
+
+def run_admin(forwarded: list[str]) -> int:
     if os.geteuid() != 0:
         raise NotAllowed("'wirt admin' is for the admin: run it as root "
                          "(sudo wirt admin assign|unassign|run|audit ...)")
-    forwarded = list(args.admin_args)
-    if args.json:
-        forwarded.append("--json")
-    for option in ("config", "layout"):
-        if getattr(args, option):
-            forwarded += [f"--{option}", getattr(args, option)]
-    sys.stdout.flush()
     argv = [sys.executable, "-I", "-m", ADMIN_MODULE, *forwarded]
     clean = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+    sys.stdout.flush()
     os.execve(sys.executable, argv, clean)  # noqa: S606 - a fixed program, no shell
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
+        forwarded = admin_argv(sys.argv[1:] if argv is None else argv)
+        if forwarded is not None:
+            return run_admin(forwarded)
         args = build_parser().parse_args(argv)
-        if args.command == "admin":
-            return run_admin(args)
         return run_user(args, Out(args.json))
     except CliError as exc:
         print(f"wirt: {shown(str(exc))}", file=sys.stderr)
