@@ -195,3 +195,26 @@ def test_the_user_side_loads_neither_libvirt_nor_root_code() -> None:
     proc = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True,
                           check=True)
     assert proc.stdout.strip() == "[]"
+
+
+def test_exit_codes_come_from_the_one_table() -> None:
+    """No literal exit code outside rules/errors.py: os._exit(70), sys.exit(2), exit_code = 4,
+    or a bare number returned by an entry point's main() or run()."""
+    literal = []
+    for module, path in modules().items():
+        if module == "wirt_wrapper.rules.errors":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and ast.unparse(node.func) in (
+                    "os._exit", "sys.exit", "SystemExit", "exit") and node.args \
+                    and isinstance(node.args[0], ast.Constant):
+                literal.append(f"{module}:{node.lineno}: {ast.unparse(node)}")
+            if isinstance(node, ast.Assign) and any(
+                    ast.unparse(t).endswith("exit_code") for t in node.targets) \
+                    and isinstance(node.value, ast.Constant):
+                literal.append(f"{module}:{node.lineno}: {ast.unparse(node)}")
+            if isinstance(node, ast.FunctionDef) and node.name in ("main", "run", "run_pass"):
+                literal += [f"{module}:{sub.lineno}: {ast.unparse(sub)}" for sub in ast.walk(node)
+                            if isinstance(sub, ast.Return) and isinstance(sub.value, ast.Constant)
+                            and isinstance(sub.value.value, int)]
+    assert literal == []

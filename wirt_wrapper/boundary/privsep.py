@@ -35,7 +35,7 @@ from typing import Any
 
 from wirt_wrapper.boundary.channel import Channel
 from wirt_wrapper.rules import protocol
-from wirt_wrapper.rules.errors import WirtError
+from wirt_wrapper.rules.errors import EXIT_DROP_FAILED, WirtError
 from wirt_wrapper.rules.protocol import MAX_MESSAGE
 
 __all__ = [
@@ -66,10 +66,10 @@ def drop_for_good(user: Identity) -> None:
         regained = False
     if regained or os.getresuid() != (user.uid,) * 3 or os.getresgid() != (user.gid,) * 3:
         os.write(2, b"wirt: privilege drop failed; aborting\n")
-        os._exit(70)
+        os._exit(EXIT_DROP_FAILED)
     if sorted(os.getgroups()) != sorted(set(groups)):
         os.write(2, b"wirt: supplementary groups not dropped; aborting\n")
-        os._exit(70)
+        os._exit(EXIT_DROP_FAILED)
 
 
 @dataclass
@@ -270,14 +270,14 @@ def filesystem_identity(user: Identity) -> Iterator[None]:
         # setfs[ug]id return the previous value: asking again tells the current one
         if _libc.setfsuid(user.uid) != user.uid or _libc.setfsgid(user.gid) != user.gid:
             os.write(2, b"wirt: cannot take the user's filesystem identity; aborting\n")
-            os._exit(70)
+            os._exit(EXIT_DROP_FAILED)
         yield
     finally:
         _libc.setfsuid(0)
         _libc.setfsgid(0)
         os.setgroups(saved)
         if _libc.setfsuid(0) != 0 or _libc.setfsgid(0) != 0:
-            os._exit(70)
+            os._exit(EXIT_DROP_FAILED)
 
 
 class Prober:

@@ -39,6 +39,7 @@ from wirt_wrapper.rules.actions import (
 from wirt_wrapper.rules.config import DEFAULT_PATH, Config, load_config
 from wirt_wrapper.rules.errors import (
     EXIT_BY_OUTCOME,
+    EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_TIMEOUT,
     CliError,
@@ -583,7 +584,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wirt: {shown(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         return EXIT_OK
     except OSError as exc:

@@ -28,6 +28,7 @@ import stat
 import sys
 
 from wirt_wrapper.rules.actions import VM_NAME
+from wirt_wrapper.rules.errors import EXIT_AS_ROOT, EXIT_KEPT, EXIT_OK
 from wirt_wrapper.rules.layouts import LEGACY, SET_ASIDE, WIRT
 from wirt_wrapper.user import fs as userfs
 from wirt_wrapper.user.fs import Unsafe
@@ -61,10 +62,10 @@ class Migration:
             spool = userfs.walk(self.home, LEGACY.spool, self.uid)
         except FileNotFoundError:
             print(f"nothing to migrate: there is no {shown(LEGACY.spool)}")
-            return 0
+            return EXIT_OK
         except (Unsafe, OSError) as exc:
             print(f"wirt-migrate-legacy: {exc}; nothing was moved", file=sys.stderr)
-            return 1
+            return EXIT_KEPT
         try:
             entries, truncated = userfs.list_dir(spool, LIMIT)
             for name, st in sorted(entries):
@@ -91,7 +92,7 @@ class Migration:
         verb = "would move" if self.dry_run else "moved"
         print(f"{verb} {self.moved} entries; {self.kept} left where they are"
               + (f"; {self.roots} folders of root's left" if self.roots else ""))
-        return 1 if self.kept else 0
+        return EXIT_KEPT if self.kept else EXIT_OK
 
     def folder(self, parent: int, name: str, st: os.stat_result,
                target: tuple[str, ...]) -> None:
@@ -186,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     if uid == 0 or os.geteuid() == 0:
         print("wirt-migrate-legacy: run me as the user whose folders these are, not as root",
               file=sys.stderr)
-        return 2
+        return EXIT_AS_ROOT
     home = pwd.getpwuid(uid).pw_dir
     os.umask(0o077)
     home_fd = os.open(home, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

@@ -189,7 +189,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     from wirt_wrapper.root import startup
     from wirt_wrapper.rules.config import load_config
-    from wirt_wrapper.rules.errors import WirtError
+    from wirt_wrapper.rules.errors import EXIT_INTERNAL, EXIT_OK, WirtError
 
     startup.scrub_environment()
     args = parse_args(argv)
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except OSError as exc:
         print(f"wirt-audit: {exc.filename}: {exc.strerror}", file=sys.stderr)
-        return 1
+        return EXIT_INTERNAL
     actions = [_names(name)[0] for name in args.action]
     event = None if args.event == "all" else args.event
     filters = {"user": args.user, "vm": args.vm, "action": actions, "outcome": args.outcome}
@@ -221,8 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         print(f"wirt-audit: {exc}", file=sys.stderr)
-        return 1
-    return 0
+        return EXIT_INTERNAL
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -19,6 +19,9 @@ Exit status of ``virsh_wrapper`` (and ``wirt-audit``, ``wirt-migrate-legacy``):
 130   interrupted (Ctrl-C)
 ====  ==========================================================================
 
+Exit status of ``wirt-migrate-legacy``: 0 everything moved (or nothing to
+move), 1 something stays where it is (listed), 2 run as root.
+
 Exit status of ``wirt`` (the user CLI):
 
 ====  ==========================================================================
@@ -40,10 +43,13 @@ Exit status of ``wirt`` (the user CLI):
 from __future__ import annotations
 
 __all__ = [
+    "EXIT_AS_ROOT",
     "EXIT_BY_OUTCOME",
     "EXIT_CONFIG",
+    "EXIT_DROP_FAILED",
     "EXIT_INTERNAL",
     "EXIT_INTERRUPTED",
+    "EXIT_KEPT",
     "EXIT_LOCK",
     "EXIT_NOT_ROOT",
     "EXIT_OK",
@@ -73,6 +79,10 @@ EXIT_INTERRUPTED = 130  # the shell's 128 + SIGINT
 EXIT_BY_OUTCOME = {"done": 0, "failed": 1, "rejected": 2, "interrupted": 3}
 EXIT_TIMEOUT = 4
 EXIT_PENDING = 5
+EXIT_KEPT = 1  # wirt-migrate-legacy: some entries stay where they are
+EXIT_AS_ROOT = 2  # wirt-migrate-legacy: run by root instead of the user
+# a user side or helper whose privilege drop or identity switch failed (BSD EX_SOFTWARE)
+EXIT_DROP_FAILED = 70
 
 
 class WirtError(Exception):
