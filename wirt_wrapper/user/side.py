@@ -37,6 +37,10 @@ from wirt_wrapper.user.probe import signature
 __all__ = ["user_main"]
 
 STATUS_LIMIT = 64 * 1024
+# What one turn tells root (rules.protocol bounds every request; these stay inside them).
+MAX_NOTICES = 2000
+KEY_LIMIT = 300
+MESSAGE_LIMIT = 2000
 LOG_TAIL = 64 * 1024
 
 
@@ -47,6 +51,7 @@ class UserSide:
         self.uid = job.uid
         self.home = os.open(job.home, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.notices: list[dict[str, str]] = []
+        self.unlisted = 0  # notices past MAX_NOTICES
         self.logged: list[str] = []
         self.last: dict[tuple[str, str], dict[str, str]] = {}
         self.budget = job.max_files
@@ -70,7 +75,12 @@ class UserSide:
         return self.chan.request(fields)
 
     def notice(self, layout: Layout, key: str, message: str) -> None:
-        self.notices.append({"layout": layout.name, "key": key, "message": message})
+        """Tell the user once (root remembers the key); past MAX_NOTICES, count only."""
+        if len(self.notices) >= MAX_NOTICES:
+            self.unlisted += 1
+            return
+        self.notices.append({"layout": layout.name, "key": key[:KEY_LIMIT],
+                             "message": message[:MESSAGE_LIMIT]})
 
     # -- writing results -------------------------------------------------
     def log(self, layout: Layout, entry: dict[str, Any], line: str) -> None:
@@ -351,6 +361,8 @@ class UserSide:
             request["rejected"] = f"{path}: {exc}"
         except OSError as exc:
             request["rejected"] = f"{path}: cannot be read: {exc.strerror}"
+        if "rejected" in request:
+            request["rejected"] = request["rejected"][:MESSAGE_LIMIT]
         if self.job.dry_run:
             self.ask(protocol.INTEND, **request)  # root says what it would do
             return None
@@ -396,6 +408,10 @@ class UserSide:
         return result
 
     def finish(self) -> None:
+        if self.unlisted:
+            self.notices[-1] = {"layout": self.notices[-1]["layout"], "key": "unlisted",
+                                "message": f"and {self.unlisted + 1} more things in your spool "
+                                "that wirt ignores are not listed: tidy it up"}
         if self.notices and not self.job.dry_run:
             reply = self.ask(protocol.NOTICES, items=self.notices)
             by_layout: dict[str, list[str]] = {}
