@@ -184,12 +184,22 @@ def test_install_cron_as_wrapper_then_uninstall(names: tuple[str, str], tmp_path
         st = os.stat(folder)
         assert st.st_uid == 0 and not st.st_mode & 0o022, folder
 
+    # a config an older install wrote: the lock in world-writable /run/lock, which
+    # the pass now refuses (SECURITY.md row 14); the installer moves that one line
+    # and keeps the rest, the admin's own edits too
+    written = config.read_text()
+    new_line = 'lock_file = "/run/wirt/wirt.lock"   # wirt makes /run/wirt, root-only'
+    assert written.count(new_line) == 1, written
+    mine = written + "# the admin's own note\n"
+    config.write_text(mine.replace(new_line, 'lock_file = "/run/lock/wirt.lock"'))
     proc = subprocess.run([*INSTALL, "--wrapper-user", wrapper, "--group", group],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "created" not in proc.stdout and "kept your /etc/wirt/wirt.toml" in proc.stdout
+    assert "moved lock_file in /etc/wirt/wirt.toml from /run/lock" in proc.stdout, proc.stdout
+    assert config.read_text() == mine.replace(new_line, 'lock_file = "/run/wirt/wirt.lock"')
     again = os.stat(config)
-    assert (again.st_ino, again.st_mtime_ns) == (first.st_ino, first.st_mtime_ns)
+    assert (again.st_uid, stat.S_IMODE(again.st_mode)) == (0, stat.S_IMODE(first.st_mode))
     assert sh("getent", "passwd", wrapper).stdout.count("\n") == 1
     assert os.access("/usr/local/sbin/wirt-audit", os.X_OK)
     # no mail from this test: the host's real MTA would deliver it
