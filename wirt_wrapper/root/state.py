@@ -50,8 +50,11 @@ def _check_chain(folder: Path, key: str, shown: str) -> None:
             raise _refuse(key, shown, f"{item} is writable by group or others")
 
 
-def secure_folder(path: str, key: str) -> str:
-    """Create the missing part of folder *path* (mode 0700) and check it; the real path."""
+def secure_folder(path: str, key: str, value: str | None = None) -> str:
+    """Create the missing part of folder *path* (mode 0700) and check it; the real path.
+
+    *value*: the configured value to name in a refusal (default *path*).
+    """
     real = Path(os.path.realpath(path))
     missing: list[Path] = []
     existing = real
@@ -59,21 +62,22 @@ def secure_folder(path: str, key: str) -> str:
         missing.append(existing)
         existing = existing.parent
     # never create a name where someone else could have made it first
-    _check_chain(existing, key, path)
+    shown = value or path
+    _check_chain(existing, key, shown)
     for item in reversed(missing):
         try:
             os.mkdir(item, 0o700)
         except FileExistsError:
             pass  # made meanwhile, by root (nobody else can write here): checked below
-    _check_chain(real, key, path)
+    _check_chain(real, key, shown)
     return str(real)
 
 
 def prepare_state(config: Config) -> None:
     """Make and check the folders of the lock, the state and the audit log (every start)."""
-    secure_folder(os.path.dirname(config.lock_file), "lock_file")
+    secure_folder(os.path.dirname(config.lock_file), "lock_file", config.lock_file)
     secure_folder(config.state_dir, "state_dir")
-    secure_folder(os.path.dirname(config.audit_log), "audit_log")
+    secure_folder(os.path.dirname(config.audit_log), "audit_log", config.audit_log)
 
 
 def open_root_file(path: str, flags: int, what: str) -> int:
