@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 import libvirt
+import psutil
 
 PREFIX = "wb"
 EXE = str(Path(sys.executable).parent / "virsh_wrapper")
@@ -118,14 +119,10 @@ def undefine(uri: str, names: list[str]) -> None:
 
 def libvirtd_cpu() -> float:
     """CPU seconds used so far by libvirtd (0 when it is not running)."""
-    found = subprocess.run(["pgrep", "-x", "libvirtd"], capture_output=True, text=True)
     total = 0.0
-    for pid in found.stdout.split():
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    for proc in psutil.process_iter(["name", "cpu_times"]):
+        if proc.info["name"] == "libvirtd" and proc.info["cpu_times"] is not None:
+            total += proc.info["cpu_times"].user + proc.info["cpu_times"].system
     return total
 
 
@@ -206,8 +203,11 @@ def main() -> None:
         "[limits]\nseconds_per_user = 30\n"
     )
     config.chmod(0o600)
-    print(f"setup: {len(users)} users, {len(folders)} VM folders ({args.layout}), {uri}, "
-          f"{time.perf_counter() - t0:.1f} s", flush=True)
+    conn = libvirt.open(uri)
+    held = len(conn.listAllDomains())
+    conn.close()
+    print(f"setup: {len(users)} users, {len(folders)} VM folders ({args.layout}), {uri} "
+          f"holding {held} domains, {time.perf_counter() - t0:.1f} s", flush=True)
 
     run_pass(config)  # warm-up: writes every status.xml once
     idle, busy, floors, peaks, idle_cpu, busy_cpu = [], [], [], [], [], []
@@ -227,7 +227,7 @@ def main() -> None:
         "idle_s": statistics.median(idle), "busy_s": statistics.median(busy),
         "floor_s": statistics.median(floors), "peak_rss_mb": max(peaks),
         "idle_cpu_s": statistics.median(idle_cpu), "busy_cpu_s": statistics.median(busy_cpu),
-        "load_before": os.getloadavg()[0],
+        "load_before": os.getloadavg()[0], "domains_on_host": held,
     }
     result["idle_over_floor"] = result["idle_s"] / result["floor_s"]
     result["busy_over_floor"] = result["busy_s"] / result["floor_s"]

@@ -15,6 +15,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
+import psutil
 from conftest import Host, User
 
 Identity = tuple[str, str, str]  # user, vm, file
@@ -27,23 +28,10 @@ OUTCOMES = {"done", "failed", "rejected", "interrupted"}
 
 def descendants(pid: int) -> list[int]:
     """Every live descendant of *pid* (the pass forks a spawner, which forks user sides)."""
-    found: list[int] = []
-    todo = [pid]
-    while todo:
-        parent = todo.pop()
-        try:
-            tasks = os.listdir(f"/proc/{parent}/task")
-        except OSError:
-            continue
-        for task in tasks:
-            try:
-                with open(f"/proc/{parent}/task/{task}/children") as handle:
-                    kids = [int(c) for c in handle.read().split()]
-            except OSError:
-                continue
-            found += kids
-            todo += kids
-    return found
+    try:
+        return [child.pid for child in psutil.Process(pid).children(recursive=True)]
+    except psutil.Error:
+        return []
 
 
 def write_commands(user: User, vms: list[str], files: list[tuple[str, str]],

@@ -23,6 +23,7 @@ import sys
 import time
 from collections import Counter
 
+import psutil
 import pytest
 from conftest import VIRSH_WRAPPER, Host
 from outcomes import check_exactly_once, descendants, write_commands
@@ -46,12 +47,10 @@ def user_sides(pid: int) -> list[int]:
     found = []
     for child in descendants(pid):
         try:
-            with open(f"/proc/{child}/status") as status:
-                uid = next(ln for ln in status if ln.startswith("Uid:")).split()[1]
-        except (OSError, StopIteration):
-            continue
-        if uid != "0":
-            found.append(child)
+            if psutil.Process(child).uids().real != 0:
+                found.append(child)
+        except psutil.Error:
+            continue  # ended meanwhile
     return found
 
 

@@ -17,9 +17,9 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import libvirt
+import psutil
 import pytest
 from conftest import Host
 from guest import realvm
@@ -39,16 +39,8 @@ OUTCOMES = {"done", "failed", "interrupted"}
 
 def libvirtd_pids() -> list[int]:
     """Live libvirtd processes (a killed one may linger as a zombie for a moment)."""
-    found = subprocess.run(["pgrep", "-x", "libvirtd"], capture_output=True, text=True)
-    pids = []
-    for pid in map(int, found.stdout.split()):
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if state != "Z":
-            pids.append(pid)
-    return pids
+    return [p.info["pid"] for p in psutil.process_iter(["pid", "name", "status"])
+            if p.info["name"] == "libvirtd" and p.info["status"] != psutil.STATUS_ZOMBIE]
 
 
 def socket_answers() -> bool:
