@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import email
 import email.policy
+import re
+import shlex
 import shutil
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -279,9 +283,10 @@ def test_syslog_lines(host: Host, tmp_path: Path) -> None:
     assert len(lines) == 3, lines
     rejected, failed, summary = sorted(lines, key=lambda s: ("pass:" in s, "failed" in s))
     assert rejected.startswith("<29>")  # daemon.notice
-    assert " wirt[" in rejected and f"rejected: user={alice.name} vm=web action=start" in rejected
+    assert " wirt[" in rejected
+    assert f'rejected: user="{alice.name}" vm="web" action="start" file="start"' in rejected
     assert "token '--domain' is not accepted" in rejected
-    assert f"failed: user={alice.name} vm=gone action=autostart" in failed
+    assert f'failed: user="{alice.name}" vm="gone" action="autostart"' in failed
     assert summary.startswith("<30>")  # daemon.info
     assert ": pass: users=1 skipped=0 done=1 failed=1 rejected=1 interrupted=0 seconds=" \
         in summary
@@ -310,3 +315,188 @@ def test_mail_config_errors_name_the_key(host: Host) -> None:
         proc = host.run(check=False)
         assert proc.returncode == 2, extra
         assert key in proc.stderr, (extra, proc.stderr)
+
+
+# -- syslog: quoting, a slow daemon, the digest's size --------------------------------
+FORGED = "x user=rt1 vm=web action=destroy file=destroy reason=ok"
+FORGED_QUOTES = 'y" user="rt1" action="destroy\\" reason=\\'
+
+
+def syslog_fields(line: str) -> tuple[str, dict[str, str], list[str]]:
+    """Read a syslog line as a key=value tool would: shell-like words after
+    ``wirt[pid]: ``; a word without ``=`` is skipped, a later key wins.
+    Returns the tag, the values and the keys seen more than once."""
+    _, _, text = line.partition("]: ")
+    tag, *words = shlex.split(text)
+    values: dict[str, str] = {}
+    twice = []
+    for word in words:
+        key, eq, value = word.partition("=")
+        if eq:
+            if key in values:
+                twice.append(key)
+            values[key] = value
+    return tag, values, twice
+
+
+def test_syslog_values_are_quoted_a_file_name_cannot_forge_fields(
+        host: Host, tmp_path: Path) -> None:
+    alice = host.add_user("alice")
+    path = tmp_path / "log.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.setblocking(False)
+    host.extra_config = f'syslog_socket = "{path}"\n'
+    host.write_config({f"{alice.name}-web": None})
+    alice.run("mkdir -p ~/wirt/service/vm/web")
+    for name in (FORGED, FORGED_QUOTES):
+        alice.run('touch "$1"', "wirt/service/vm/web/" + name)
+    host.run()
+    lines = receive_all(sock)
+    sock.close()
+    assert len(lines) == 3, lines
+    parsed = [syslog_fields(line) for line in lines]
+    problems = [(values, twice) for tag, values, twice in parsed if tag == "rejected:"]
+    assert len(problems) == 2, lines
+    for values, twice in problems:
+        assert twice == [], (values, twice)  # one user=, one action=, ... per line
+        assert values["user"] == alice.name and values["vm"] == "web", values
+        assert values["action"] == "-", values  # not an action, certainly no destroy
+        assert "rt1" not in values["user"] and "rt1" in values["reason"]
+    assert {v["file"] for v, _ in problems} == {FORGED, FORGED_QUOTES}  # each whole
+    (summary,) = [values for tag, values, _ in parsed if tag == "pass:"]
+    assert summary["rejected"] == "2" and summary["users"] == "1"
+
+
+class SlowSyslog:
+    """A /dev/log stand-in that reads slowly: a small receive buffer, and a thread
+    that takes one datagram every *delay* seconds."""
+
+    def __init__(self, path: Path, delay: float) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.05)
+        self.delay = delay
+        self.lines: list[str] = []
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        while not self.done.is_set():
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                continue
+            self.lines.append(data.decode("ascii"))
+            time.sleep(self.delay)
+
+    def drain(self, quiet: float = 0.5) -> list[str]:
+        """Everything, once nothing more arrived for *quiet* seconds."""
+        count = -1
+        while count != len(self.lines):
+            count = len(self.lines)
+            time.sleep(quiet)
+        self.done.set()
+        self.thread.join()
+        self.sock.close()
+        return self.lines
+
+
+def test_slow_syslog_daemon_gets_every_line_and_the_summary(host: Host, tmp_path: Path) -> None:
+    alice, bob = host.add_user("alice"), host.add_user("bob")
+    host.extra_config = f'syslog_socket = "{tmp_path / "log.sock"}"\n'
+    host.write_config({f"{alice.name}-web": None})
+    alice.run('mkdir -p ~/wirt/service/vm/web && cd ~/wirt/service/vm/web && '
+              'for i in $(seq 100 199); do : > "bad-$i"; done')
+    bob.write("wirt/service/vm/gone/start")  # no such domain: failed
+    daemon = SlowSyslog(tmp_path / "log.sock", delay=0.005)
+    try:
+        host.run()
+    finally:
+        lines = daemon.drain()
+    outcomes = [r["outcome"] for r in host.commands()]
+    assert outcomes.count("rejected") == 100 and outcomes.count("failed") == 1
+    # read without relying on the quoting (so that this counts lines on any version)
+    rejected = {m.group(1) for line in lines if f" rejected: user={alice.name}" in
+                line.replace('"', "") for m in [re.search(r" file=\"?(bad-\d+)", line)] if m}
+    assert rejected == {f"bad-{i}" for i in range(100, 200)}, (len(rejected), len(lines))
+    failed = [n for n, line in enumerate(lines) if f" failed: user={bob.name} vm=gone "
+              in line.replace('"', "")]
+    assert len(failed) == 1 and len(lines) == 102, len(lines)
+    assert ": pass: " in lines[-1] and " rejected=100 " in lines[-1], lines[-1]  # last
+    assert "syslog_dropped" not in lines[-1]
+    # bob's line is among the first: alice's flood beyond her share goes after it
+    assert failed[0] <= 21
+
+
+def test_syslog_waits_within_a_budget_counts_drops_and_stops_on_errors(tmp_path: Path) -> None:
+    from wirt_wrapper.root.notify import LOG_INFO, LOG_NOTICE, Syslog, summary_line
+
+    path = tmp_path / "log.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(str(path))
+    server.setblocking(False)
+    log = Syslog(str(path), wait=0.1, budget=0.3)
+    started = time.monotonic()
+    sent = [log.send(LOG_NOTICE, f"line {n}") for n in range(40)]  # nobody reads
+    elapsed = time.monotonic() - started
+    assert 0.25 < elapsed < 1.0  # waited, but within the budget (and one line's wait)
+    assert sent.count(True) >= 1 and log.dropped == sent.count(False) > 0
+    assert not log.broken
+    # the budget is spent: a full socket now drops at once ...
+    started = time.monotonic()
+    assert not log.send(LOG_NOTICE, "again") and time.monotonic() - started < 0.05
+    assert log.dropped == sent.count(False) + 1
+    # ... but the last line (the summary) still waits for room: the daemon reads soon
+    got: list[str] = []
+    reader = threading.Timer(0.02, lambda: got.extend(receive_all(server)))
+    reader.start()
+    assert log.send(LOG_INFO, f"summary dropped={log.dropped}", last=True)
+    reader.join()
+    got += receive_all(server)
+    assert len(got) == sent.count(True) + 1
+    assert got[-1].endswith(f"summary dropped={log.dropped}")
+    summary = SimpleNamespace(users=2, skipped=0, counts={"done": 1}, seconds=0.5,
+                              libvirt_down=None)
+    assert summary_line(summary, 7) == "pass: users=2 skipped=0 done=1 seconds=0.50 " \
+        "syslog_dropped=7"
+    assert "syslog_dropped" not in summary_line(summary, 0)
+    # a real error (the daemon went away) turns syslog off: no waiting, no counting
+    server.close()
+    path.unlink()
+    dropped = log.dropped
+    started = time.monotonic()
+    assert not log.send(LOG_NOTICE, "gone") and log.broken
+    assert not log.send(LOG_INFO, "summary", last=True)
+    assert time.monotonic() - started < 0.1 and log.dropped == dropped
+    log.close()
+
+
+def test_digest_lists_a_users_first_problems_and_counts_the_rest(
+        host: Host, smtp: SmtpServer) -> None:
+    alice, bob = host.add_user("alice"), host.add_user("bob")
+    host.extra_config = mail_config(smtp)
+    host.write_config({f"{alice.name}-web": None})
+    long = "n" * 200
+    alice.run(f'mkdir -p ~/wirt/service/vm/web && cd ~/wirt/service/vm/web && '
+              f'for i in $(seq 100 199); do : > "bad-$i-{long}"; done')
+    bob.write("wirt/service/vm/gone/start")
+    host.run()
+    (digest,) = smtp.to("root")
+    body = digest.body
+    assert "101 commands not carried out" in digest.message["Subject"]
+    assert "Commands not carried out: 101, from 2 users" in body
+    rows = [line for line in body.splitlines() if line.split()[:1] == [alice.name]]
+    assert len(rows) == 20, len(rows)
+    assert f"... and 80 more of {alice.name}'s like these (80 rejected), not listed: " \
+        f"wirt-audit --user {alice.name} --since 1d" in body
+    assert has_row(body, bob.name, "gone", "start", "failed")
+    assert len(digest.message.as_bytes()) < 20_000, len(digest.message.as_bytes())
+    # the ones only counted are throttled like the listed ones: the same files again
+    # make no new digest
+    alice.run(f'cd ~/wirt/service/vm/web && for i in $(seq 100 199); do : > "bad-$i-{long}"; '
+              'done')
+    host.run()
+    assert len(smtp.to("root")) == 1

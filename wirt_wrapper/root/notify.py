@@ -1,4 +1,4 @@
-"""Telling people what went wrong in a pass: syslog lines and mail (runs as root, at the end).
+r"""Telling people what went wrong in a pass: syslog lines and mail (runs as root, at the end).
 
 Trusts: the root-owned config (transport, the admin's address) and the
 passwd database (each recipient is a member's user name, looked up again).
@@ -13,6 +13,32 @@ audit log and the user's own log before this runs.  A mail that cannot be
 sent becomes a ``mail-failed`` audit event and a line on stderr; a missing
 syslog socket is skipped silently (hosts without a syslog daemon).
 
+Syslog lines are ``TAG: key="value" key="value" ...``.  The quoting rule,
+for every value that is not one of root's own numbers: the text is first
+made printable (``printable``: one line of printable ASCII, anything else as
+``\xNN``/``\uNNNN``, cut with ``...``), then ``\`` becomes ``\\`` and ``"``
+becomes ``\"``, and the result is put in double quotes.  So a value never
+contains a bare ``"`` or a space outside its quotes, and a key=value reader
+(``shlex.split`` of the text after ``wirt[pid]: ``, or the regex
+``(\w+)="((?:[^"\\]|\\.)*)"``) gets each value back whole: a file named
+``x user=rt1 action=destroy`` stays inside ``file="..."``.  The summary line
+(``pass: users=3 ... seconds=0.52``) carries only root's counts, unquoted.
+
+``/dev/log`` is written without blocking.  When it is full (``EAGAIN``: the
+daemon reads slower than a pass writes), a line waits up to ``SYSLOG_WAIT``
+for room, all such waits of one pass together at most ``SYSLOG_BUDGET``;
+after that a full socket drops the line, and the summary counts the drops
+(``syslog_dropped=N``).  Any other error (no daemon, ``ECONNREFUSED``,
+``ENOENT``) turns syslog off for the rest of the pass.  So that one user's
+flood cannot crowd out the others, every user's first ``SYSLOG_FAIR`` lines
+go out first (in pass order), then root's notes, then the rest; the pass
+summary is always tried last, after the mail, with a wait of its own.
+
+Root's digest lists at most ``DIGEST_PER_USER`` problems of one user and
+counts the rest (``and N more of alice's like these``), so one member's
+hundred rejected files cannot make the mail big; every one is in the audit
+log.
+
 Repeats are throttled: a problem (user, VM, file, outcome, reason) is mailed
 to a recipient at most once per ``mail.repeat_hours``; the state lives in
 ``state_dir/mailed.json``.
@@ -24,6 +50,7 @@ import hashlib
 import json
 import os
 import pwd
+import select
 import smtplib
 import socket
 import subprocess
@@ -44,12 +71,16 @@ from wirt_wrapper.rules.config import Config, MailConfig, check_root_owned
 from wirt_wrapper.rules.errors import ConfigError
 from wirt_wrapper.rules.layouts import LAYOUTS
 
-__all__ = ["Mailer", "Problem", "Report", "Syslog", "Throttle", "after_pass"]
+__all__ = ["Mailer", "Problem", "Report", "Syslog", "Throttle", "after_pass", "quoted"]
 
 IDENT = "wirt"
 LOG_DAEMON = 3 << 3
 LOG_WARNING, LOG_NOTICE, LOG_INFO = 4, 5, 6
 SYSLOG_LIMIT = 2000
+SYSLOG_WAIT = 0.2  # longest wait for room on a full syslog socket, per line
+SYSLOG_BUDGET = 2.0  # all those waits of one pass together
+SYSLOG_FAIR = 20  # every user's first lines go out before anyone's further ones
+DIGEST_PER_USER = 20  # root's digest lists this many problems of one user, counts the rest
 TIMEOUT = 30.0  # one SMTP conversation step or one sendmail run
 # sendmail runs with this environment only (no shell, nothing of the caller's).
 MAIL_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C"}
@@ -106,29 +137,67 @@ class Report:
 
 
 # -- syslog --------------------------------------------------------------------
-class Syslog:
-    """RFC 3164 lines to a Unix datagram socket (``/dev/log``); never blocks, never raises."""
+def quoted(text: str, limit: int) -> str:
+    """*text* as one syslog value: printable, then ``\\`` and ``"`` escaped, in double quotes."""
+    safe = printable(text, limit).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{safe}"'
 
-    def __init__(self, path: str) -> None:
+
+class Syslog:
+    """RFC 3164 lines to a Unix datagram socket (``/dev/log``); never raises.
+
+    Waits for room on a full socket at most ``wait`` per line and ``budget`` per
+    pass (the last line, the summary, has a wait of its own); ``dropped`` counts
+    the lines that found no room.
+    """
+
+    def __init__(self, path: str, *, wait: float = SYSLOG_WAIT,
+                 budget: float = SYSLOG_BUDGET) -> None:
         self.path = path
         self.sock: socket.socket | None = None
         self.broken = not path
+        self.wait = wait
+        self.budget = budget
+        self.dropped = 0
 
-    def send(self, severity: int, text: str) -> None:
+    def send(self, severity: int, text: str, *, last: bool = False) -> bool:
+        """Hand over one line; False if it was dropped (full) or syslog is off."""
         if self.broken:
-            return
+            return False
         now = time.localtime()
         stamp = f"{time.strftime('%b', now)} {now.tm_mday:2d} {time.strftime('%H:%M:%S', now)}"
         line = f"<{LOG_DAEMON | severity}>{stamp} {IDENT}[{os.getpid()}]: {printable(text, 1800)}"
+        data = line.encode("ascii")[:SYSLOG_LIMIT]
         try:
             if self.sock is None:
                 self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
                 self.sock.setblocking(False)
                 self.sock.connect(self.path)
-            self.sock.send(line.encode("ascii")[:SYSLOG_LIMIT])
+            return self._send(self.sock, data, last)
         except OSError:
             self.broken = True  # no syslog daemon here: the audit log has everything
             self.close()
+            return False
+
+    def _send(self, sock: socket.socket, data: bytes, last: bool) -> bool:
+        deadline: float | None = None
+        while True:
+            try:
+                sock.send(data)
+                return True
+            except BlockingIOError:  # the daemon's queue is full: wait a little for room
+                started = time.monotonic()
+                if deadline is None:
+                    deadline = started + (self.wait if last else min(self.wait, self.budget))
+                left = deadline - started
+                if left <= 0:
+                    self.dropped += 1
+                    return False
+                poller = select.poll()
+                poller.register(sock, select.POLLOUT)
+                poller.poll(max(1, round(left * 1000)))
+                if not last:
+                    self.budget -= time.monotonic() - started
 
     def close(self) -> None:
         if self.sock is not None:
@@ -136,17 +205,31 @@ class Syslog:
             self.sock = None
 
 
-def syslog_lines(report: Report, summary: PassSummary) -> Iterable[tuple[int, str]]:
-    for p in report.problems:
-        yield LOG_NOTICE, (f"{p.outcome}: user={p.user} vm={p.vm} "
-                           f"action={p.action or '-'} file={printable(p.file, 80)} "
-                           f"reason={printable(p.reason, 400)}")
+def _problem_line(p: Problem) -> str:
+    return (f"{p.outcome}: user={quoted(p.user, 64)} vm={quoted(p.vm, 80)} "
+            f"action={quoted(p.action or '-', 40)} file={quoted(p.file, 80)} "
+            f"reason={quoted(p.reason, 400)}")
+
+
+def syslog_lines(report: Report) -> Iterable[tuple[int, str]]:
+    """The pass's lines but the summary: each user's first ``SYSLOG_FAIR`` problems in
+    pass order, root's notes, then the problems beyond a user's share."""
+    first, rest = _per_user(report.problems, SYSLOG_FAIR)
+    for p in first:
+        yield LOG_NOTICE, _problem_line(p)
     for note in report.notes:
-        yield LOG_WARNING, f"problem: {note}"
+        yield LOG_WARNING, f"problem: message={quoted(note, 600)}"
+    for more in rest.values():
+        for p in more:
+            yield LOG_NOTICE, _problem_line(p)
+
+
+def summary_line(summary: PassSummary, dropped: int = 0) -> str:
     counts = " ".join(f"{k}={v}" for k, v in summary.counts.items())
     down = " libvirt=unreachable" if summary.libvirt_down else ""
-    yield LOG_INFO, (f"pass: users={summary.users} skipped={summary.skipped} {counts} "
-                     f"seconds={summary.seconds:.2f}{down}")
+    lost = f" syslog_dropped={dropped}" if dropped else ""
+    return (f"pass: users={summary.users} skipped={summary.skipped} {counts} "
+            f"seconds={summary.seconds:.2f}{down}{lost}")
 
 
 # -- throttling ------------------------------------------------------------------
@@ -330,13 +413,19 @@ def digest_mail(mail: MailConfig, mailer: Mailer, problems: list[Problem], notes
         lines = [f"  - {printable(n, 600)}" for n in notes]
         parts.append("Problems of the pass:\n" + "\n".join(lines))
     if problems:
+        listed, more = _per_user(problems, DIGEST_PER_USER)
         rows = [("USER", "VM", "ACTION", "OUTCOME", "REASON")] + [
             (printable(p.user, 40), p.vm, p.action or printable(p.file, 40), p.outcome,
-             printable(p.reason, 600)) for p in problems]
+             printable(p.reason, 600)) for p in listed]
         widths = [max(len(row[i]) for row in rows) for i in range(4)]
         table = "\n".join(
             "  " + "".join(cell.ljust(w + 2) for cell, w in zip(row, widths, strict=False))
             + row[4] for row in rows)
+        for user, rest in more.items():
+            outcomes = ", ".join(f"{n} {o}" for o, n in sorted(_count(rest).items()))
+            table += (f"\n  ... and {len(rest)} more of {printable(user, 40)}'s like these "
+                      f"({outcomes}), not listed: wirt-audit --user {printable(user, 40)} "
+                      "--since 1d")
         users = len({p.user for p in problems})
         parts.append(f"Commands not carried out: {len(problems)}, from {users} "
                      f"user{'s' if users > 1 else ''}\n{table}")
@@ -352,6 +441,28 @@ def digest_mail(mail: MailConfig, mailer: Mailer, problems: list[Problem], notes
     return _message(mail, mailer, mail.admin, subject, "\n\n".join(parts) + "\n")
 
 
+def _per_user(problems: list[Problem], share: int) -> tuple[list[Problem],
+                                                             dict[str, list[Problem]]]:
+    """The first *share* problems of each user (in order), and each user's rest."""
+    listed: list[Problem] = []
+    more: dict[str, list[Problem]] = {}
+    seen: dict[str, int] = {}
+    for p in problems:
+        seen[p.user] = seen.get(p.user, 0) + 1
+        if seen[p.user] > share:
+            more.setdefault(p.user, []).append(p)
+        else:
+            listed.append(p)
+    return listed, more
+
+
+def _count(problems: list[Problem]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for p in problems:
+        counts[p.outcome] = counts.get(p.outcome, 0) + 1
+    return counts
+
+
 def _member(name: str, uid: int) -> bool:
     """The recipient is the passwd account the command came from (never a file's word)."""
     try:
@@ -365,14 +476,19 @@ def after_pass(config: Config, summary: PassSummary, report: Report, audit: Audi
     """Syslog, then mail; records its own failures and never raises."""
     log = Syslog(config.syslog_socket)
     try:
-        for severity, text in syslog_lines(report, summary):
+        for severity, text in syslog_lines(report):
             log.send(severity, text)
         if config.mail.enabled and (report.problems or report.notes):
             _mail_all(config, summary, report, audit, log)
     except Exception as exc:  # noqa: BLE001 - telling people must never fail the pass
         _failed(audit, log, "(all)", f"{type(exc).__name__}: {exc}")
     finally:
-        log.close()
+        try:  # the summary goes last, after the mail's lines, with a wait of its own
+            log.send(LOG_INFO, summary_line(summary, log.dropped), last=True)
+        except Exception as exc:  # noqa: BLE001 - as above
+            print(f"wirt: syslog summary: {type(exc).__name__}: {exc}", file=sys.stderr)
+        finally:
+            log.close()
 
 
 def _mail_all(config: Config, summary: PassSummary, report: Report, audit: AuditLog,
@@ -424,5 +540,5 @@ def _send(mailer: Mailer, message: EmailMessage, to: str, audit: AuditLog, log: 
 
 def _failed(audit: AuditLog, log: Syslog, to: str, reason: str) -> None:
     audit.write("mail-failed", to=to, reason=reason)
-    log.send(LOG_WARNING, f"mail to {to} failed: {reason}")
+    log.send(LOG_WARNING, f"mail-failed: to={quoted(to, 64)} reason={quoted(reason, 600)}")
     print(f"wirt: mail to {to} failed: {reason}", file=sys.stderr)
