@@ -43,7 +43,7 @@ def start_pass(host: Host) -> subprocess.Popen[bytes]:
 
 
 def user_sides(pid: int) -> list[int]:
-    """Descendants of the pass that have dropped to a user (not PAM's ldconfig, say)."""
+    """Descendants of the pass that have dropped to a user (not root's own helpers)."""
     found = []
     for child in descendants(pid):
         try:
