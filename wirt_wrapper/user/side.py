@@ -20,6 +20,7 @@ import errno
 import os
 import stat
 import time
+from contextlib import suppress
 from typing import Any
 
 from wirt_wrapper.boundary.channel import Channel
@@ -203,18 +204,29 @@ class UserSide:
                 with userfs.opened(self.home, layout.history, self.uid) as fd:
                     st = os.stat(entry["hist"], dir_fd=fd, follow_symlinks=False)
                     claimed = st.st_ino == entry["ino"]
-                    # an empty file at the name journaled before it was made: our placeholder
-                    if not claimed and stat.S_ISREG(st.st_mode) and st.st_size == 0 \
-                            and st.st_uid == self.uid:
-                        os.unlink(entry["hist"], dir_fd=fd)
             except (Unsafe, OSError):
                 pass
+            else:
+                # an empty file at a name journaled before it was made, the command never
+                # claimed: most likely our placeholder, but it is in the user's home: kept
+                # (nothing of the user's is deleted), and the user is told once
+                if not claimed and entry.get("stage") == "intent" \
+                        and stat.S_ISREG(st.st_mode) and st.st_size == 0:
+                    self.left_placeholder(layout, entry)
             logged = self.logged_already(layout, entry)
             items.append({"id": entry["id"], "claimed": claimed, "logged": logged})
         reply = self.ask(protocol.RECOVERED, items=items)
         for entry in reply["write"]:
             layout = LAYOUTS[entry["layout"]]
             self.record(layout, entry)
+
+    def left_placeholder(self, layout: Layout, entry: dict[str, Any]) -> None:
+        hist = layout.shown(*layout.history, entry["hist"])
+        pending = layout.shown(*layout.spool, layout.folder_of(entry["vm"]), entry["file"])
+        self.notice(layout, f"placeholder:{entry['hist']}",
+                    f"{hist} is an empty file left from an interrupted pass (made for "
+                    f"{pending}, which was not run and stays pending); wirt keeps it, you "
+                    "may remove it")
 
     # -- one pass over one layout ------------------------------------------
     def record(self, layout: Layout, entry: dict[str, Any]) -> None:
@@ -387,14 +399,14 @@ class UserSide:
         if reply.get("pending"):
             self.stopped = True
             return None
-        placed = False
+        placed: os.stat_result | None = None
         try:
             userfs.place(hist_fd, hist)
-            placed = True
+            placed = os.stat(hist, dir_fd=hist_fd, follow_symlinks=False)
             userfs.claim(vm_fd, name, hist_fd, hist)
         except OSError as exc:
-            if placed:
-                os.unlink(hist, dir_fd=hist_fd)
+            if placed is not None:
+                self.remove_placeholder(hist_fd, hist, placed)
             self.ask(protocol.UNCLAIMED, id=reply["id"])
             if exc.errno != errno.ENOENT:
                 where = layout.shown(*layout.spool, layout.folder_of(request["vm"]), name)
@@ -406,6 +418,21 @@ class UserSide:
         self.record(layout, {**request, **result, "hist": hist, "id": reply["id"],
                              "stamp": stamp})
         return result
+
+    @staticmethod
+    def remove_placeholder(hist_fd: int, hist: str, placed: os.stat_result) -> None:
+        """Undo this turn's own placeholder after a failed claim (the command stays pending).
+
+        The empty file was made (O_EXCL) a moment ago by this turn: it is wirt's, not the
+        user's, and keeping one per failed claim would add a file to history every pass
+        for as long as the claim keeps failing.  Removed only while the name still holds
+        that very file, empty: never a command file that did arrive, never a file put there.
+        """
+        with suppress(OSError):
+            now = os.stat(hist, dir_fd=hist_fd, follow_symlinks=False)
+            if (now.st_dev, now.st_ino) == (placed.st_dev, placed.st_ino) \
+                    and stat.S_ISREG(now.st_mode) and now.st_size == 0:
+                os.unlink(hist, dir_fd=hist_fd)
 
     def finish(self) -> None:
         if self.unlisted:
