@@ -24,7 +24,7 @@ import libvirt
 from wirt_wrapper.root.audit import AuditLog, Journal
 from wirt_wrapper.root.hypervisor import Hypervisor, Interrupted, Unreachable
 from wirt_wrapper.root.notify import Report
-from wirt_wrapper.root.records import Records
+from wirt_wrapper.root.records import Records, notice_key
 from wirt_wrapper.rules import protocol
 from wirt_wrapper.rules.actions import (
     Claimants,
@@ -48,7 +48,7 @@ __all__ = ["HANDLERS", "Monitor", "Options", "Summary", "UserContext"]
 # What one user's turn may write into root's audit log: notices beyond this many
 # are one record with a count, and long user-chosen texts are cut.
 NOTICE_RECORDS = 20
-TEXT_LIMIT = 500  # characters of a reason or notice (user-chosen names are escaped: up to 4x)
+TEXT_LIMIT = 500  # characters of a reason or notice, made printable ASCII by root itself
 FILE_LIMIT = 80  # characters of a file name in a record
 
 
@@ -161,7 +161,8 @@ class Monitor:
             "domain": domain_for(self.config.domain_name, ctx.user.pw_name, vm),
         }
         if "rejected" in msg:
-            entry["rejected"] = msg["rejected"][:TEXT_LIMIT]
+            # escaped here, not trusted to be: a non-ASCII character is 6 bytes in JSON
+            entry["rejected"] = printable(msg["rejected"], TEXT_LIMIT)
         else:
             try:  # re-validate: the user side's word is not enough
                 action = lookup_action(file_name)
@@ -290,8 +291,8 @@ class Monitor:
         recorded = 0
         for item in msg["items"]:
             layout = _layout(item["layout"], self.options.layouts)
-            key = f"{layout}:{item['key'][:300]}"
-            text = item["message"][:TEXT_LIMIT]
+            key = notice_key(layout, item["key"])
+            text = printable(item["message"], TEXT_LIMIT)
             if self.records.notice_seen(uid, key):
                 new.append({"layout": layout, "message": text})
                 recorded += 1

@@ -6,7 +6,11 @@ no longer members:
 
 * ``reported.json``: the notices each user was already told (a stray entry,
   an unwritable log, ...), so that each is told once.  A notice that is gone
-  in a pass is forgotten, so it is told again if it comes back.
+  in a pass is forgotten, so it is told again if it comes back.  Notices are
+  kept under :func:`notice_key`: a key that holds a long or unprintable name
+  is kept as a digest, so that a key costs at most ~75 bytes whatever names
+  a user chose (2,000 keys of 240-byte non-UTF-8 names, escaped in JSON,
+  were 2.8 MB for one user).
 * ``idle.json``: per user, layout and VM, the digest of the info behind the
   status.xml the last full turn wrote and that file's lstat signature, so
   that the prober's look can tell that nothing needs a user side.  Each full
@@ -16,18 +20,34 @@ no longer members:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Any
 
 from wirt_wrapper.root.state import load_state, save_state
 
-__all__ = ["MAX_IDLE_VMS", "MAX_NOTICE_KEYS", "Records"]
+__all__ = ["MAX_IDLE_VMS", "MAX_NOTICE_KEYS", "Records", "notice_key"]
 
 MAX_NOTICE_KEYS = 2000  # notices remembered per user; more are told again each pass
 MAX_IDLE_VMS = 500  # VM folders per user whose status a look can vouch for; more get a turn
 
 Idle = dict[str, dict[str, list[Any]]]  # layout -> VM -> [digest, lstat signature]
+
+_PLAIN_KEY = 64  # characters of a printable ASCII key kept as it is
+
+
+def notice_key(layout: str, key: str) -> str:
+    """How root remembers a notice: the same for the look's keys and the user side's.
+
+    A short printable key is kept as is (readable in reported.json); any other
+    (a name the user chose: up to 255 bytes, escaped 6-fold in JSON if not UTF-8)
+    by its digest, so every key is short and equal keys stay equal.
+    """
+    if len(key) <= _PLAIN_KEY and key.isascii() and key.isprintable():
+        return f"{layout}:{key}"
+    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    return f"{layout}:#{digest}"
 
 
 class Records:

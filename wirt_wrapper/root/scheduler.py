@@ -24,7 +24,7 @@ from wirt_wrapper.root.accounts import AccountChecker, group_lists, members
 from wirt_wrapper.root.audit import AuditLog, Journal
 from wirt_wrapper.root.hypervisor import Hypervisor, Unreachable
 from wirt_wrapper.root.monitor import Monitor, Options, Summary, UserContext
-from wirt_wrapper.root.records import Records
+from wirt_wrapper.root.records import Records, notice_key
 from wirt_wrapper.root.state import prepare_state
 from wirt_wrapper.rules.actions import Claimants, Rejection, check_vm_name
 from wirt_wrapper.rules.config import Config
@@ -263,8 +263,9 @@ class Pass:
             vms, odd = look.get("vms"), look.get("odd", [])
             if look.get("spool") != "ok" or not isinstance(vms, dict):
                 return True  # a command, or something the full side must look at
-            if not isinstance(odd, list) or any(f"{layout}:{key}" not in reported
-                                                for key in odd):
+            if not isinstance(odd, list) or any(
+                    not isinstance(key, str) or notice_key(layout, key) not in reported
+                    for key in odd):
                 return True  # a stray entry the user has not been told about yet
             if LAYOUTS[layout].info is None or self.hv.down:
                 continue  # nothing to refresh (or nothing to refresh it from)
