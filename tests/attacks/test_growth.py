@@ -339,8 +339,9 @@ def test_a_subverted_user_side_cannot_write_more(host: Host) -> None:
     """SECURITY row 19 meets row 10: the user side is hostile.  It sends, within the
     protocol's shapes, the longest texts it may (4,096 characters) of characters that JSON
     escapes 6-fold.  The caps must hold on root's side: a command record stays at most
-    ~1.2 KB and a turn's notices at most 21 records of that size.  (Runs root's monitor
-    in this process; imported here so that the module still runs on the old code.)"""
+    ~1.2 KB and a turn's notices at most 21 records of that size.  This one runs root's
+    monitor in this process, so it tests this checkout's code whichever venv runs it
+    (imported here, so that the other tests still run against an old executable)."""
     import pwd
 
     from wirt_wrapper.root.scheduler import Options, Pass
