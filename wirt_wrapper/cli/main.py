@@ -21,7 +21,6 @@ import pwd
 import re
 import sys
 import tomllib
-from collections.abc import Callable
 from typing import Any, NoReturn
 
 from wirt_wrapper.cli.spool import Home, Outcome, VmRef
@@ -34,7 +33,6 @@ from wirt_wrapper.rules.actions import (
     domain_for,
     lookup_action,
     parse_params,
-    printable,
 )
 from wirt_wrapper.rules.config import DEFAULT_PATH, Config, load_config
 from wirt_wrapper.rules.errors import (
@@ -47,6 +45,7 @@ from wirt_wrapper.rules.errors import (
     NotAllowed,
     UsageError,
 )
+from wirt_wrapper.rules.output import Out, shown
 
 __all__ = ["main"]
 
@@ -161,23 +160,6 @@ def build_parser() -> Parser:
 
 
 # -- output -------------------------------------------------------------------
-def shown(line: str) -> str:
-    """A line safe for a terminal (logs written before names were escaped, old tools)."""
-    return printable(line, limit=1 << 20)
-
-
-class Out:
-    def __init__(self, as_json: bool) -> None:
-        self.as_json = as_json
-
-    def emit(self, data: Any, text: Callable[[], list[str]]) -> None:
-        if self.as_json:
-            print(json.dumps(data, indent=2, sort_keys=True))
-        else:
-            for line in text():
-                print(shown(line))
-
-
 class Progress:
     """A one-line spinner on stderr, only when stderr is a terminal."""
 

@@ -16,15 +16,12 @@ database before they are written into a domain.
 from __future__ import annotations
 
 import argparse
-import json
 import pwd
 import sys
-from collections.abc import Callable
 from typing import Any
 from xml.sax.saxutils import escape
 
 from wirt_wrapper.root import startup
-from wirt_wrapper.rules.actions import printable
 from wirt_wrapper.rules.config import Config, load_config
 from wirt_wrapper.rules.errors import (
     EXIT_INTERRUPTED,
@@ -37,6 +34,7 @@ from wirt_wrapper.rules.errors import (
     UsageError,
     WirtError,
 )
+from wirt_wrapper.rules.output import Out, shown
 
 __all__ = ["main"]
 
@@ -79,20 +77,6 @@ def build_parser() -> Parser:
     return admin
 
 
-class Out:
-    """Text lines (names escaped for the terminal) or, with --json, one JSON document."""
-
-    def __init__(self, as_json: bool) -> None:
-        self.as_json = as_json
-
-    def emit(self, data: Any, text: Callable[[], list[str]]) -> None:
-        if self.as_json:
-            print(json.dumps(data, indent=2, sort_keys=True))
-        else:
-            for line in text():
-                print(printable(line, limit=1 << 20))
-
-
 def main(argv: list[str] | None = None) -> int:
     """``wirt admin VERB ...``: the same start-up guarantees as virsh_wrapper, then the verb."""
     try:
@@ -115,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             return audit(args, config, out)
         return assign(args, config, out)
     except CliError as exc:
-        print(f"wirt: {printable(str(exc), limit=1 << 20)}", file=sys.stderr)
+        print(f"wirt: {shown(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
