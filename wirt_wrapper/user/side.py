@@ -40,7 +40,6 @@ __all__ = ["user_main"]
 STATUS_LIMIT = 64 * 1024
 # What one turn tells root (rules.protocol bounds every request; these stay inside them).
 MAX_NOTICES = 2000
-KEY_LIMIT = 300
 MESSAGE_LIMIT = 2000
 LOG_TAIL = 64 * 1024
 
@@ -80,7 +79,8 @@ class UserSide:
         if len(self.notices) >= MAX_NOTICES:
             self.unlisted += 1
             return
-        self.notices.append({"layout": layout.name, "key": key[:KEY_LIMIT],
+        # the key whole: root keeps it as the prober's look names it (records.notice_key)
+        self.notices.append({"layout": layout.name, "key": key,
                              "message": message[:MESSAGE_LIMIT]})
 
     # -- writing results -------------------------------------------------
