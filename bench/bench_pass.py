@@ -3,7 +3,7 @@
 Run as root on a host prepared by tests/setup-host.sh:
 
     /opt/wirt-test/bin/python bench/bench_pass.py [--users 200] [--vms 5] [--runs 5] [--keep]
-                                                  [--layout wirt|legacy]
+                                                  [--layout wirt|legacy] [--against VENV]
 
 It creates real users (prefix ``wb``) in a real group, defines one domain per
 VM folder on the real libvirtd (``qemu:///system``; libvirt's test driver when
@@ -129,12 +129,12 @@ def libvirtd_cpu() -> float:
 CPU: list[float] = []  # CPU seconds of each pass: its processes plus libvirtd's share
 
 
-def run_pass(config: Path) -> tuple[float, float]:
+def run_pass(config: Path, exe: str = EXE) -> tuple[float, float]:
     """Wall time of one pass of the real executable, and the peak RSS (MB) it reached."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     daemon = libvirtd_cpu()
     start = time.perf_counter()
-    proc = subprocess.run([EXE, "--config", str(config)], capture_output=True, text=True,
+    proc = subprocess.run([exe, "--config", str(config)], capture_output=True, text=True,
                           env={"PATH": "/usr/bin:/bin"})
     seconds = time.perf_counter() - start
     if proc.returncode:
@@ -180,6 +180,10 @@ def main() -> None:
                         help=f"user name prefix; the group is PREFIX + 'guests' (default {PREFIX})")
     parser.add_argument("--layout", choices=sorted(SPOOLS), default="wirt",
                         help="the spool layout to fill and serve (legacy: ~/virsh/dom-<vm>)")
+    parser.add_argument("--against", metavar="VENV",
+                        help="another install (a virtualenv with virsh_wrapper in bin/, e.g. "
+                        "of an earlier commit): its idle and busy passes run interleaved "
+                        "with this one's on the same fixture, and the ratios are printed")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="wirt-bench-"))
@@ -209,13 +213,21 @@ def main() -> None:
     print(f"setup: {len(users)} users, {len(folders)} VM folders ({args.layout}), {uri} "
           f"holding {held} domains, {time.perf_counter() - t0:.1f} s", flush=True)
 
+    other = str(Path(args.against) / "bin" / "virsh_wrapper") if args.against else None
     run_pass(config)  # warm-up: writes every status.xml once
     idle, busy, floors, peaks, idle_cpu, busy_cpu = [], [], [], [], [], []
+    their_idle: list[float] = []
+    their_busy: list[float] = []
     for _ in range(args.runs):
+        if other:  # the same fixture, the same moment: the other install first
+            their_idle.append(run_pass(config, other)[0])
         seconds, peak = run_pass(config)
         idle.append(seconds)
         idle_cpu.append(CPU[-1])
         peaks.append(peak)
+        if other:
+            drop_commands(folders, owners)
+            their_busy.append(run_pass(config, other)[0])
         drop_commands(folders, owners)
         seconds, peak = run_pass(config)
         busy.append(seconds)
@@ -242,6 +254,15 @@ def main() -> None:
     print(f"CPU        idle {result['idle_cpu_s']:.2f} s, busy {result['busy_cpu_s']:.2f} s "
           f"(pass processes + libvirtd; on 2 cores, wall >= CPU / 2)")
     print(f"load avg   {os.getloadavg()[0]:.2f} at the end (other work on the machine)")
+    if other:
+        result["against"] = args.against
+        result["their_idle_s"] = statistics.median(their_idle)
+        result["their_busy_s"] = statistics.median(their_busy)
+        print(f"against    {args.against}: idle median {result['their_idle_s']:.3f} s "
+              f"runs {[round(x, 3) for x in their_idle]}, busy median "
+              f"{result['their_busy_s']:.3f} s runs {[round(x, 3) for x in their_busy]}")
+        print(f"           this / that: idle {result['idle_s'] / result['their_idle_s']:.2f}x, "
+              f"busy {result['busy_s'] / result['their_busy_s']:.2f}x (interleaved, same fixture)")
     ok = (result["idle_s"] <= TARGETS["idle"] and result["busy_s"] <= TARGETS["busy"]
           and result["peak_rss_mb"] <= TARGETS["memory_mb"])
     print("targets:", "met" if ok else "NOT met")
