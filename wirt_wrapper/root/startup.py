@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from wirt_wrapper.rules.config import check_root_owned
-from wirt_wrapper.rules.errors import NotRootError, UnsafeInstall
+from wirt_wrapper.rules.errors import ConfigError, NotRootError, UnsafeInstall
 
 __all__ = ["SAFE_ENV", "check_code", "check_readable", "prepare", "scrub_environment"]
 
@@ -33,21 +33,29 @@ def scrub_environment() -> None:
     os.environ.update(SAFE_ENV)
 
 
-def _code_files(package: Path) -> list[Path]:
-    """The package's folders and the files Python loads from them (sources and caches)."""
-    found = [package]
+def _code_files(package: Path) -> list[tuple[Path, os.stat_result]]:
+    """The package's folders and the files Python loads from them (sources and caches),
+    each with its lstat, below *package* (which is not in the list)."""
+    found = []
     for folder, dirs, files in os.walk(package):
         dirs.sort()
-        found += [Path(folder, d) for d in dirs]
-        found += [Path(folder, f) for f in sorted(files) if f.endswith((".py", ".pyc"))]
+        for name in (*dirs, *sorted(f for f in files if f.endswith((".py", ".pyc")))):
+            path = Path(folder, name)
+            found.append((path, os.lstat(path)))
     return found
 
 
 def check_code(package: Path = PACKAGE) -> None:
     """The code that runs as root, and the interpreter running it, must be root's alone."""
     check_root_owned(os.path.realpath(sys.executable), "interpreter")
-    for path in _code_files(package):
-        check_root_owned(str(path), "code")
+    check_root_owned(str(package), "code")  # the package folder and every folder above it
+    for path, st in _code_files(package):
+        if stat.S_ISLNK(st.st_mode):
+            check_root_owned(str(path), "code")  # where it leads, all the way up
+        elif st.st_uid != 0:
+            raise ConfigError(f"code {path}: {path} is owned by uid {st.st_uid}, not root")
+        elif st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise ConfigError(f"code {path}: {path} is writable by group or others")
 
 
 def check_readable(package: Path = PACKAGE) -> None:
@@ -63,14 +71,16 @@ def check_readable(package: Path = PACKAGE) -> None:
     for root in roots:
         for parent in root.parents:
             _readable(parent, stat.S_IXOTH, "folder")
-    for path in (*roots[1:], *_code_files(package)):
-        folder = path.is_dir()
+    entries = [(root, os.stat(root)) for root in roots]
+    for path, st in (*entries, *_code_files(package)):
+        folder = stat.S_ISDIR(st.st_mode)
         _readable(path, stat.S_IROTH | (stat.S_IXOTH if folder else 0),
-                  "folder" if folder else "file")
+                  "folder" if folder else "file", st.st_mode)
 
 
-def _readable(path: Path, need: int, kind: str) -> None:
-    mode = os.stat(path).st_mode
+def _readable(path: Path, need: int, kind: str, mode: int | None = None) -> None:
+    if mode is None:
+        mode = os.stat(path).st_mode
     if mode & need != need:
         raise UnsafeInstall(
             f"{kind} {path} is not readable by unprivileged users (mode "
