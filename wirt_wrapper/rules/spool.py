@@ -34,11 +34,11 @@ _KINDS = (
 
 
 def kind_of(mode: int) -> str:
-    """What an entry that is not a regular file is, in words."""
+    """What an entry is, in words ("a file" for a regular file)."""
     for test, name in _KINDS:
         if test(mode):
             return name
-    return "not a regular file"
+    return "a file" if stat.S_ISREG(mode) else "not a regular file"
 
 
 @dataclass(frozen=True)
