@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from wirt_wrapper.rules import strictjson
 from wirt_wrapper.rules.errors import ProtocolError
 
 __all__ = [
@@ -43,51 +44,14 @@ RECOVERED, INVENTORY, INTEND, UNCLAIMED, RUN, NOTICES, BYE = (
     "recovered", "inventory", "intend", "unclaimed", "run", "notices", "bye")
 
 
-# -- strict JSON ------------------------------------------------------------------
-def _depth_ok(data: bytes, limit: int) -> bool:
-    """Whether brackets nest at most *limit* deep (strings skipped), before any parsing."""
-    depth, in_string, escaped = 0, False, False
-    for byte in data:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif byte == 0x5C:  # backslash
-                escaped = True
-            elif byte == 0x22:
-                in_string = False
-        elif byte == 0x22:
-            in_string = True
-        elif byte in b"[{":
-            depth += 1
-            if depth > limit:
-                return False
-        elif byte in b"]}":
-            depth -= 1
-    return True
-
-
-def _no_constant(name: str) -> Any:
-    raise ProtocolError(f"{name} is not allowed in a message")
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result = dict(pairs)
-    if len(result) != len(pairs):
-        raise ProtocolError("a key is given twice in one object")
-    return result
-
-
 def decode(data: bytes) -> dict[str, Any]:
     """One message: at most MAX_MESSAGE bytes and MAX_DEPTH deep, strict JSON, an object."""
     if len(data) > MAX_MESSAGE:
         raise ProtocolError(f"message of {len(data)} bytes is too large")
-    if not _depth_ok(data, MAX_DEPTH):
-        raise ProtocolError(f"message nests deeper than {MAX_DEPTH}")
     try:
-        message = json.loads(data, parse_constant=_no_constant,
-                             object_pairs_hook=_no_duplicates)
-    except (ValueError, RecursionError) as exc:
-        raise ProtocolError(f"not a JSON message: {exc}") from None
+        message = strictjson.loads(data, max_bytes=MAX_MESSAGE, max_depth=MAX_DEPTH)
+    except strictjson.StrictJSONError as exc:
+        raise ProtocolError(f"message: {exc}") from None
     if not isinstance(message, dict):
         raise ProtocolError("a message must be a JSON object")
     return message
