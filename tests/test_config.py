@@ -15,7 +15,14 @@ from typing import Any
 import pytest
 
 import wirt_wrapper.rules.config as config_module
-from wirt_wrapper.rules.config import Config, check_root_owned, load_config, parse_config
+from wirt_wrapper.rules.config import (
+    Config,
+    QuotaConfig,
+    SettingsConfig,
+    check_root_owned,
+    load_config,
+    parse_config,
+)
 from wirt_wrapper.rules.errors import EXIT_CONFIG, ConfigError
 
 NOBODY = 65534
@@ -86,7 +93,7 @@ class TestKeys:
     def test_mail(self, key: str, value: Any) -> None:
         assert bad({"mail": {key: value}}).startswith(f"mail.{key}:")
 
-    @pytest.mark.parametrize("key", ["limits", "mail"])
+    @pytest.mark.parametrize("key", ["limits", "mail", "settings", "quota"])
     def test_table_must_be_a_table(self, key: str) -> None:
         assert bad({key: 5}).startswith(f"[{key}]")
 
@@ -94,6 +101,10 @@ class TestKeys:
         ({"groups": "vm"}, "groups"), ({"URI": "x"}, "URI"), ({"user": "x"}, "user"),
         ({"limits": {"max_files": 1}}, "limits.max_files"),
         ({"mail": {"to": "x"}}, "mail.to"),
+        ({"settings": {"max_memory": 1}}, "settings.max_memory"),
+        ({"settings": {"memory_mib": 1}}, "settings.memory_mib"),
+        ({"quota": {"max_vcpus": 1}}, "quota.max_vcpus"),
+        ({"quotas": {}}, "quotas"),
     ])
     def test_unknown_key(self, data: dict[str, Any], name: str) -> None:
         message = bad(data)
@@ -323,3 +334,111 @@ def test_code_users_cannot_read_is_refused(code_dir: Path, target: str, mode: in
     path.chmod(0o755 if path.is_dir() else 0o644)
     later = _pass_from(copy)  # the same copy, readable: the start-up checks pass
     assert "config file /nonexistent" in later.stderr, later.stderr
+
+
+class TestSettings:
+    """[settings] and [quota] (SPEC section 9)."""
+
+    def test_defaults(self) -> None:
+        config = parse_config({}, "x")
+        assert config.settings == SettingsConfig(enabled=True, max_memory_mib=8192,
+                                                 max_vcpus=4, iso_dir="")
+        assert config.quota == QuotaConfig(memory_mib=0, vcpus=0)
+        assert parse_config({"settings": {}, "quota": {}}, "x") == config
+
+    def test_every_key(self) -> None:
+        config = parse_config({
+            "settings": {"enabled": False, "max_memory_mib": 65536, "max_vcpus": 64,
+                         "iso_dir": "/srv/isos"},
+            "quota": {"memory_mib": 16384, "vcpus": 8},
+        }, "x")
+        assert config.settings == SettingsConfig(False, 65536, 64, "/srv/isos")
+        assert config.quota == QuotaConfig(16384, 8)
+
+    def test_one_key_keeps_the_other_defaults(self) -> None:
+        config = parse_config({"settings": {"max_vcpus": 2}, "quota": {"vcpus": 3}}, "x")
+        assert config.settings == SettingsConfig(max_vcpus=2)
+        assert config.quota == QuotaConfig(vcpus=3)
+
+    @pytest.mark.parametrize("key,value", [
+        ("enabled", "yes"), ("enabled", 1), ("enabled", None),
+        ("max_memory_mib", 0), ("max_memory_mib", -1), ("max_memory_mib", 8192.0),
+        ("max_memory_mib", "8192"), ("max_memory_mib", True), ("max_memory_mib", float("inf")),
+        ("max_vcpus", 0), ("max_vcpus", -4), ("max_vcpus", 2.5), ("max_vcpus", True),
+        ("max_vcpus", False), ("max_vcpus", [4]), ("max_vcpus", float("nan")),
+        ("iso_dir", 1), ("iso_dir", True), ("iso_dir", ["/srv"]), ("iso_dir", None),
+    ])
+    def test_settings_wrong_type(self, key: str, value: object) -> None:
+        assert bad({"settings": {key: value}}).startswith(f"settings.{key}: must be")
+
+    @pytest.mark.parametrize("value", ["isos", "./isos", "srv/isos", " /srv", "~/isos",
+                                       "/srv/is\nos", "/srv/\x00", "/srv/\x7f",
+                                       "/srv/\x85", "/srv/\t"])
+    def test_iso_dir(self, value: str) -> None:
+        message = bad({"settings": {"iso_dir": value}})
+        assert message.startswith("settings.iso_dir: "), message
+        assert "absolute path" in message or "control character" in message
+
+    @pytest.mark.parametrize("value", ["", "/srv/isos", "/", "/srv/ISO images/é"])
+    def test_iso_dir_good(self, value: str) -> None:
+        assert parse_config({"settings": {"iso_dir": value}}, "x").settings.iso_dir == value
+
+    @pytest.mark.parametrize("key,value,rule", [
+        ("max_memory_mib", 63, "must be at least 64"),
+        ("max_memory_mib", 16 * 1024 * 1024 + 1, "must be at most 16777216"),
+        ("max_memory_mib", 2**63, "must be at most"),
+        ("max_vcpus", 4097, "must be at most 4096"),
+        ("max_vcpus", 10**30, "must be at most 4096"),
+    ])
+    def test_settings_bounds(self, key: str, value: int, rule: str) -> None:
+        message = bad({"settings": {key: value}})
+        assert message.startswith(f"settings.{key}: {rule}") and str(value) in message
+
+    @pytest.mark.parametrize("key,value", [
+        ("max_memory_mib", 64), ("max_memory_mib", 16 * 1024 * 1024),
+        ("max_vcpus", 1), ("max_vcpus", 4096),
+    ])
+    def test_settings_bounds_inclusive(self, key: str, value: int) -> None:
+        assert getattr(parse_config({"settings": {key: value}}, "x").settings, key) == value
+
+    @pytest.mark.parametrize("key,value", [
+        ("memory_mib", -1), ("memory_mib", 1.0), ("memory_mib", 0.0), ("memory_mib", True),
+        ("memory_mib", False), ("memory_mib", "0"), ("memory_mib", None),
+        ("vcpus", -1), ("vcpus", 2.0), ("vcpus", True), ("vcpus", float("nan")),
+        ("vcpus", float("-inf")), ("vcpus", [1]),
+    ])
+    def test_quota_wrong_type(self, key: str, value: object) -> None:
+        message = bad({"quota": {key: value}})
+        assert message.startswith(f"quota.{key}: must be a non-negative int"), message
+
+    @pytest.mark.parametrize("key,value", [("memory_mib", 0), ("memory_mib", 1),
+                                           ("memory_mib", 1 << 30), ("vcpus", 0),
+                                           ("vcpus", 1), ("vcpus", 1 << 20)])
+    def test_quota_good(self, key: str, value: int) -> None:
+        assert getattr(parse_config({"quota": {key: value}}, "x").quota, key) == value
+
+    @pytest.mark.parametrize("key,value", [("memory_mib", (1 << 30) + 1),
+                                           ("vcpus", (1 << 20) + 1), ("vcpus", 2**64)])
+    def test_quota_bounds(self, key: str, value: int) -> None:
+        assert bad({"quota": {key: value}}).startswith(f"quota.{key}: must be at most")
+
+    def test_in_a_file(self, etc: Path) -> None:
+        path = write(etc / "wirt.toml", '[settings]\niso_dir = "/srv/isos"\nmax_vcpus = 8\n'
+                     "[quota]\nmemory_mib = 4096\n")
+        config = load_config(str(path))
+        assert config.settings == SettingsConfig(max_vcpus=8, iso_dir="/srv/isos")
+        assert config.quota == QuotaConfig(memory_mib=4096)
+
+    def test_toml_true_is_not_a_number_in_a_file(self, etc: Path) -> None:
+        path = write(etc / "wirt.toml", "[quota]\nvcpus = true\n")
+        with pytest.raises(ConfigError, match=r"^quota\.vcpus: must be a non-negative int"):
+            load_config(str(path))
+
+    def test_the_shipped_file_lists_them(self) -> None:
+        import tomllib
+
+        shipped = Path(config_module.__file__).parents[2] / "deploy" / "wirt.toml"
+        data = tomllib.loads(shipped.read_text())
+        assert set(data["settings"]) == {"enabled", "max_memory_mib", "max_vcpus", "iso_dir"}
+        assert set(data["quota"]) == {"memory_mib", "vcpus"}
+        assert parse_config(data, "x") == Config(path="x")

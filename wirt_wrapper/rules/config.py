@@ -15,13 +15,16 @@ import shlex
 import stat
 import string
 import tomllib
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from wirt_wrapper.rules.errors import ConfigError
+from wirt_wrapper.rules.settings import MIN_MEMORY_MIB
 
-__all__ = ["Config", "Limits", "MailConfig", "check_root_owned", "load_config", "DEFAULT_PATH"]
+__all__ = ["Config", "Limits", "MailConfig", "QuotaConfig", "SettingsConfig", "check_root_owned",
+           "load_config", "DEFAULT_PATH"]
 
 DEFAULT_PATH = "/etc/wirt/wirt.toml"
 LAYOUT_NAMES = ("wirt", "legacy")
@@ -52,6 +55,24 @@ class MailConfig:
 
 
 @dataclass(frozen=True)
+class SettingsConfig:
+    """The admin's limits on what a VM's settings file may ask (SPEC section 9)."""
+
+    enabled: bool = True  # false: settings files are not applied
+    max_memory_mib: int = 8192  # per VM
+    max_vcpus: int = 4  # per VM
+    iso_dir: str = ""  # the ISO catalogue folder; "" = no CD changes
+
+
+@dataclass(frozen=True)
+class QuotaConfig:
+    """Per user, summed over every domain the user owns; 0 = no quota."""
+
+    memory_mib: int = 0
+    vcpus: int = 0
+
+
+@dataclass(frozen=True)
 class Config:
     group: str = "vmguests"
     uri: str = "qemu:///system"
@@ -64,22 +85,27 @@ class Config:
     syslog_socket: str = "/dev/log"  # "" turns syslog off
     limits: Limits = field(default_factory=Limits)
     mail: MailConfig = field(default_factory=MailConfig)
+    settings: SettingsConfig = field(default_factory=SettingsConfig)
+    quota: QuotaConfig = field(default_factory=QuotaConfig)
     path: str = "(built-in defaults)"
 
 
-def _positive(key: str, value: Any, kind: type) -> Any:
+def _positive(key: str, value: Any, kind: type, *, zero_ok: bool = False) -> Any:
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     # TOML has nan and inf: neither is a usable limit (a nan deadline breaks select)
     if not isinstance(value, (int, float)) or not isinstance(value, kind) \
-            or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"{key}: must be a positive {kind.__name__}, got {value!r}")
+            or isinstance(value, bool) or not math.isfinite(value) or value < 0 \
+            or (value == 0 and not zero_ok):
+        sign = "non-negative" if zero_ok else "positive"
+        raise ConfigError(f"{key}: must be a {sign} {kind.__name__}, got {value!r}")
     return value
 
 
 def _string(key: str, value: Any, *, absolute: bool = False, empty_ok: bool = False) -> str:
     if not isinstance(value, str) or (not value and not empty_ok):
-        raise ConfigError(f"{key}: must be a non-empty string, got {value!r}")
+        kind = "string" if empty_ok else "non-empty string"
+        raise ConfigError(f"{key}: must be a {kind}, got {value!r}")
     if absolute and not value.startswith("/"):
         raise ConfigError(f"{key}: must be an absolute path, got {value!r}")
     if any(ord(c) < 0x20 for c in value):
@@ -103,7 +129,8 @@ def _check_template(value: str) -> str:
     return value
 
 
-def _sub_table(key: str, raw: Any, cls: type, kinds: dict[str, type]) -> Any:
+def _sub_table(key: str, raw: Any, cls: type, kinds: dict[str, type],
+               zero_ok: frozenset[str] = frozenset()) -> Any:
     if not isinstance(raw, dict):
         raise ConfigError(f"[{key}]: must be a table")
     values: dict[str, Any] = {}
@@ -118,7 +145,7 @@ def _sub_table(key: str, raw: Any, cls: type, kinds: dict[str, type]) -> Any:
         elif kind is str:
             value = _string(full, value, empty_ok=True)
         else:
-            value = _positive(full, value, kind)
+            value = _positive(full, value, kind, zero_ok=name in zero_ok)
         values[name] = value
     return cls(**values)
 
@@ -163,11 +190,44 @@ def _check_limits(limits: Limits) -> Limits:
     return limits
 
 
+# SPEC 9: a VM's memory is at least this (rules.settings.MIN_MEMORY_MIB), so a
+# lower limit would refuse every value; the upper bounds are far past any host.
+MAX_VM_MEMORY_MIB = 16 << 20  # 16 TiB
+MAX_VM_VCPUS = 4096
+MAX_QUOTA_MEMORY_MIB = 1 << 30  # 1 PiB, summed over a user's domains
+MAX_QUOTA_VCPUS = 1 << 20
+
+
+def _at_most(key: str, value: int, bound: int) -> None:
+    if value > bound:
+        raise ConfigError(f"{key}: must be at most {bound}, got {value}")
+
+
+def _check_settings(settings: SettingsConfig) -> SettingsConfig:
+    if settings.max_memory_mib < MIN_MEMORY_MIB:
+        raise ConfigError(f"settings.max_memory_mib: must be at least {MIN_MEMORY_MIB} "
+                          f"(the smallest memory a VM may ask for), got {settings.max_memory_mib}")
+    _at_most("settings.max_memory_mib", settings.max_memory_mib, MAX_VM_MEMORY_MIB)
+    _at_most("settings.max_vcpus", settings.max_vcpus, MAX_VM_VCPUS)
+    if settings.iso_dir:
+        _string("settings.iso_dir", settings.iso_dir, absolute=True)
+        # a path root opens and users read in isos.txt: no DEL or C1 controls either
+        if any(unicodedata.category(c) == "Cc" for c in settings.iso_dir):
+            raise ConfigError("settings.iso_dir: contains a control character")
+    return settings
+
+
+def _check_quota(quota: QuotaConfig) -> QuotaConfig:
+    _at_most("quota.memory_mib", quota.memory_mib, MAX_QUOTA_MEMORY_MIB)
+    _at_most("quota.vcpus", quota.vcpus, MAX_QUOTA_VCPUS)
+    return quota
+
+
 def parse_config(data: dict[str, Any], path: str) -> Config:
     """Build a Config from parsed TOML, naming the key of the first problem."""
     known = {
         "group", "uri", "layouts", "domain_name", "pam_service", "audit_log",
-        "lock_file", "state_dir", "syslog_socket", "limits", "mail",
+        "lock_file", "state_dir", "syslog_socket", "limits", "mail", "settings", "quota",
     }
     values: dict[str, Any] = {"path": path}
     for key, value in data.items():
@@ -182,6 +242,13 @@ def parse_config(data: dict[str, Any], path: str) -> Config:
             kinds = {"enabled": bool, "sendmail": str, "admin": str, "smtp_host": str,
                      "smtp_port": int, "domain": str, "repeat_hours": float}
             values[key] = _check_mail(_sub_table(key, value, MailConfig, kinds))
+        elif key == "settings":
+            kinds = {"enabled": bool, "max_memory_mib": int, "max_vcpus": int, "iso_dir": str}
+            values[key] = _check_settings(_sub_table(key, value, SettingsConfig, kinds))
+        elif key == "quota":
+            kinds = {"memory_mib": int, "vcpus": int}
+            values[key] = _check_quota(_sub_table(key, value, QuotaConfig, kinds,
+                                                  zero_ok=frozenset(kinds)))
         elif key == "layouts":
             if (not isinstance(value, list) or not value
                     or any(v not in LAYOUT_NAMES for v in value)):
