@@ -14,7 +14,9 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
-from wirt_wrapper.rules.status import last_command, render
+from wirt_wrapper.rules.status import last_command, last_config
+from wirt_wrapper.rules.status import parse as read_back
+from wirt_wrapper.rules.status import render
 
 INFO: dict[str, Any] = {
     "domain": "alice-web", "state": "running", "reason": "booted", "autostart": True,
@@ -24,6 +26,9 @@ INFO: dict[str, Any] = {
 # What XML 1.0 can carry (and so what survives a round trip unchanged).
 XML_CHAR = re.compile("[\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]*")
 KEYS = ("action", "params", "outcome", "message", "time")
+CONFIG_KEYS = ("outcome", "message", "time")
+SETTINGS: dict[str, Any] = {"memory_mib": 1024, "vcpus": 2, "cdrom": "debian-12.iso",
+                            "boot": ["cdrom", "hd"], "has_cdrom": True, "restart_needed": True}
 
 
 def parse(document: bytes) -> etree._Element:
@@ -68,7 +73,77 @@ class TestRender:
         assert found is None or "root:" not in found["message"]
 
 
+class TestSettings:
+    """Issue 10.5: the settings as libvirt holds them, and the last config outcome."""
+
+    LAST_CONFIG = {"outcome": "rejected", "time": "2025-01-02T03:04:05",
+                   "message": "config: vcpus: 9 is more than the limit of 4 per VM"}
+
+    def test_exact_format(self) -> None:
+        document = render("web", dict(INFO, settings=SETTINGS), None, self.LAST_CONFIG)
+        text = document.decode()
+        assert ('<settings restart-needed="yes">\n    <memory unit="MiB">1024</memory>\n'
+                '    <vcpus>2</vcpus>\n    <cdrom>debian-12.iso</cdrom>\n'
+                '    <boot>cdrom hd</boot>\n  </settings>\n') in text
+        assert ('  <last-config outcome="rejected" time="2025-01-02T03:04:05">config: vcpus: 9 '
+                'is more than the limit of 4 per VM</last-config>\n</status>\n') in text
+        # the settings come after the graphics, the last config after the last command
+        root = parse(render("web", dict(INFO, settings=SETTINGS),
+                            {"action": "start", "outcome": "done", "message": "", "time": "t"},
+                            self.LAST_CONFIG))
+        tags = [child.tag for child in root]
+        assert tags[-4:] == ["graphics", "settings", "last-command", "last-config"]
+        # the top-level memory (live, KiB) stays what it was
+        assert root.find("memory").get("unit") == "KiB" and root.findtext("memory") == "65536"
+
+    def test_round_trip(self) -> None:
+        document = render("web", dict(INFO, settings=SETTINGS), None, self.LAST_CONFIG)
+        found = read_back(document)
+        assert found["settings"] == SETTINGS
+        assert found["last_config"] == self.LAST_CONFIG
+        assert last_config(document) == self.LAST_CONFIG
+        assert found["last"] is None and found["memory_kib"] == 65536
+
+    def test_no_drive_no_disc_no_restart(self) -> None:
+        no_drive = dict(SETTINGS, has_cdrom=False, cdrom="", restart_needed=False, boot=["hd"])
+        root = parse(render("web", dict(INFO, settings=no_drive), None))
+        assert root.find("settings/cdrom") is None
+        assert root.find("settings").get("restart-needed") == "no"
+        assert read_back(render("web", dict(INFO, settings=no_drive), None))["settings"] == \
+            no_drive
+        ejected = dict(SETTINGS, cdrom="")
+        document = render("web", dict(INFO, settings=ejected), None)
+        assert b"<cdrom></cdrom>" in document
+        assert read_back(document)["settings"] == ejected
+
+    def test_absent_when_root_said_nothing(self) -> None:
+        document = render("web", INFO, None)
+        assert b"<settings" not in document and b"<last-config" not in document
+        found = read_back(document)
+        assert "settings" not in found and found["last_config"] is None
+        assert last_config(document) is None
+
+    def test_deterministic(self) -> None:
+        info = dict(INFO, settings=SETTINGS)
+        assert render("web", info, None, self.LAST_CONFIG) == render(
+            "web", {**INFO, "settings": dict(reversed(list(SETTINGS.items())))}, None,
+            dict(reversed(list(self.LAST_CONFIG.items()))))
+
+    def test_garbage_reads_as_no_last_config(self) -> None:
+        for document in (b"", b"<", b"not xml", b"<status/>", b"\xff\xfe"):
+            assert last_config(document) is None
+
+
 text = st.text(max_size=80)
+settings_strategy = st.fixed_dictionaries({
+    "memory_mib": st.integers(min_value=0, max_value=1 << 40),
+    "vcpus": st.integers(min_value=0, max_value=4096),
+    "has_cdrom": st.booleans(),
+    "cdrom": st.one_of(st.just(""), st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,20}\.iso",
+                                                  fullmatch=True), text),
+    "boot": st.lists(st.sampled_from(["hd", "cdrom", "network", "fd"]), max_size=4),
+    "restart_needed": st.booleans(),
+})
 
 
 class TestFuzz:
@@ -102,3 +177,50 @@ class TestFuzz:
                 assert XML_CHAR.fullmatch(found.get(key, "")), key  # replaced, not lost
         # re-rendering what was read back is stable (an idle pass rewrites nothing)
         assert render(vm, info, found) == render(vm, info, last_command(render(vm, info, found)))
+
+    @settings(max_examples=500, deadline=None)
+    @given(vm=text, settings_=st.one_of(st.none(), settings_strategy),
+           last_config_=st.one_of(st.none(), st.fixed_dictionaries(
+               {"outcome": text, "message": text, "time": text})),
+           message=text)
+    @example(vm="web", settings_=dict(SETTINGS, cdrom="]]>\x00<x/>"), message="",
+             last_config_={"outcome": "failed", "message": "libvirt: \x1b[2J\ud800 <&>",
+                           "time": '"'})
+    def test_settings_and_last_config_round_trip(
+            self, vm: str, settings_: dict[str, Any] | None,
+            last_config_: dict[str, str] | None, message: str) -> None:
+        info = dict(INFO) if settings_ is None else dict(INFO, settings=settings_)
+        last = {"action": "start", "outcome": "done", "message": message, "time": "t"}
+        document = render(vm, info, last, last_config_)
+        root = parse(document)  # well-formed, whatever the text was
+        found = read_back(document)
+        if settings_ is None:
+            assert root.find("settings") is None and "settings" not in found
+        else:
+            got = found["settings"]
+            assert {k: got[k] for k in ("memory_mib", "vcpus", "boot", "has_cdrom",
+                                        "restart_needed")} == {
+                k: settings_[k] for k in ("memory_mib", "vcpus", "boot", "has_cdrom",
+                                          "restart_needed")}
+            if not settings_["has_cdrom"]:
+                assert got["cdrom"] == ""
+            elif XML_CHAR.fullmatch(settings_["cdrom"]):
+                assert got["cdrom"] == settings_["cdrom"]
+            else:
+                assert XML_CHAR.fullmatch(got["cdrom"])  # replaced, not lost
+        if last_config_ is None:
+            assert found["last_config"] is None
+        else:
+            assert found["last_config"] is not None
+            for key in CONFIG_KEYS:
+                value = last_config_[key]
+                if XML_CHAR.fullmatch(value):
+                    assert found["last_config"].get(key, "") == value, key
+                else:
+                    assert XML_CHAR.fullmatch(found["last_config"].get(key, "")), key
+        assert found["last"] is not None and found["last"]["action"] == "start"
+        # stable: rendering what was read back gives the same bytes (an idle pass compares)
+        again = dict(info)
+        if "settings" in found:
+            again["settings"] = found["settings"]
+        assert render(vm, again, found["last"], found["last_config"]) == document

@@ -15,7 +15,7 @@ from typing import Any
 
 from lxml import etree
 
-__all__ = ["last_command", "parse", "render"]
+__all__ = ["last_command", "last_config", "parse", "render"]
 
 VERSION = "1"
 _PARSER = etree.XMLParser(
@@ -44,8 +44,28 @@ def info_digest(info: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(info, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def render(vm: str, info: dict[str, Any], last: dict[str, str] | None) -> bytes:
-    """The status document for *vm*; *info* comes from the privileged side."""
+def _settings(parent: etree._Element, settings: dict[str, Any]) -> None:
+    """``<settings>``: the persistent definition as libvirt holds it (SPEC section 9).
+
+    ``<cdrom>`` is there only when the VM has a CD-ROM drive (empty text: no disc);
+    ``<boot>`` holds the boot devices in order, separated by spaces.
+    """
+    node = etree.SubElement(parent, "settings", {
+        "restart-needed": "yes" if settings.get("restart_needed") else "no"})
+    _text(node, "memory", int(settings.get("memory_mib", 0)), unit="MiB")
+    _text(node, "vcpus", int(settings.get("vcpus", 0)))
+    if settings.get("has_cdrom"):
+        _text(node, "cdrom", settings.get("cdrom") or "")
+    _text(node, "boot", " ".join(str(dev) for dev in settings.get("boot", ())))
+
+
+def render(vm: str, info: dict[str, Any], last: dict[str, str] | None,
+           last_config: dict[str, str] | None = None) -> bytes:
+    """The status document for *vm*; *info* comes from the privileged side.
+
+    *last* is the last command, *last_config* the last outcome of the VM's
+    settings file (``outcome``, ``message``, ``time``).
+    """
     root = etree.Element("status", version=VERSION)
     _text(root, "vm", vm)
     _text(root, "domain", info.get("domain", ""))
@@ -63,27 +83,54 @@ def render(vm: str, info: dict[str, Any], last: dict[str, str] | None) -> bytes:
             etree.SubElement(
                 root, "graphics", {k: _xml_safe(v) for k, v in sorted(graphics.items()) if v != ""}
             )
+    settings = info.get("settings")
+    if settings:
+        _settings(root, settings)
     if last:
         node = _text(root, "last-command", last.get("message", ""),
                      action=last.get("action", ""), outcome=last.get("outcome", ""),
                      time=last.get("time", ""), params=last.get("params", ""))
         node.tail = None
+    if last_config:
+        _text(root, "last-config", last_config.get("message", ""),
+              outcome=last_config.get("outcome", ""), time=last_config.get("time", ""))
     return etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True)
 
 
-def last_command(document: bytes) -> dict[str, str] | None:
-    """The ``<last-command>`` of an existing status.xml, or None if absent or unreadable."""
+def _last(document: bytes, tag: str, keep: tuple[str, ...]) -> dict[str, str] | None:
     try:
         root = etree.fromstring(document, _PARSER)
     except etree.XMLSyntaxError:
         return None
-    node = root.find("last-command")
+    node = root.find(tag)
     if node is None:
         return None
-    keep = ("action", "outcome", "time", "params")
     found = {k: str(node.get(k)) for k in keep if node.get(k) is not None}
     found["message"] = node.text or ""
     return found
+
+
+def last_command(document: bytes) -> dict[str, str] | None:
+    """The ``<last-command>`` of an existing status.xml, or None if absent or unreadable."""
+    return _last(document, "last-command", ("action", "outcome", "time", "params"))
+
+
+def last_config(document: bytes) -> dict[str, str] | None:
+    """The ``<last-config>`` (last settings-file outcome), or None if absent or unreadable."""
+    return _last(document, "last-config", ("outcome", "time"))
+
+
+def _read_settings(node: etree._Element) -> dict[str, Any]:
+    """``<settings>`` read back in the shape root hands over (``info["settings"]``)."""
+    cdrom = node.find("cdrom")
+    return {
+        "memory_mib": int(node.findtext("memory") or 0),
+        "vcpus": int(node.findtext("vcpus") or 0),
+        "cdrom": "" if cdrom is None else cdrom.text or "",
+        "boot": (node.findtext("boot") or "").split(),
+        "has_cdrom": cdrom is not None,
+        "restart_needed": node.get("restart-needed") == "yes",
+    }
 
 
 def parse(document: bytes) -> dict[str, Any]:
@@ -116,5 +163,9 @@ def parse(document: bytes) -> dict[str, Any]:
     graphics = root.find("graphics")
     if graphics is not None:
         found["graphics"] = {str(k): str(v) for k, v in graphics.attrib.items()}
+    settings = root.find("settings")
+    if settings is not None:
+        found["settings"] = _read_settings(settings)
     found["last"] = last_command(document)
+    found["last_config"] = last_config(document)
     return found
