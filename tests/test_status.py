@@ -14,9 +14,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
-from wirt_wrapper.rules.status import last_command, last_config
+from wirt_wrapper.rules.status import last_command, last_config, render
 from wirt_wrapper.rules.status import parse as read_back
-from wirt_wrapper.rules.status import render
 
 INFO: dict[str, Any] = {
     "domain": "alice-web", "state": "running", "reason": "booted", "autostart": True,
