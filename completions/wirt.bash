@@ -11,6 +11,43 @@ _wirt_vms() {
     done
 }
 
+_wirt_isos() {
+    local line
+    [ -f ~/wirt/info/isos.txt ] || return
+    while IFS= read -r line; do
+        case $line in '#'*|'') ;; *) printf '%s\n' "$line" ;; esac
+    done < ~/wirt/info/isos.txt
+}
+
+# wirt set: KEY=VALUE words (bash splits "cdrom=deb" at '=' when COMP_WORDBREAKS has it).
+_wirt_set() {
+    local cur=$1 word=$1 key values v
+    if [[ -n ${COMP_LINE-} ]]; then
+        word=${COMP_LINE:0:COMP_POINT}
+        word=${word##*[[:space:]]}
+    fi
+    if [[ $word != *=* ]]; then
+        COMPREPLY=($(compgen -W "memory_mib= vcpus= cdrom= boot=$2" -- "$cur"))
+        compopt -o nospace 2>/dev/null
+        return
+    fi
+    key=${word%%=*}
+    case $key in
+        cdrom) values="none $(_wirt_isos)" ;;
+        boot) values="hd cdrom network hd,cdrom cdrom,hd hd,network network,hd" ;;
+        *) return ;;
+    esac
+    if [[ $cur == "$word" ]]; then  # one word: complete key=value
+        COMPREPLY=()
+        for v in $values; do
+            [[ $key=$v == "$cur"* ]] && COMPREPLY+=("$key=$v")
+        done
+    else  # split at '=': complete the value alone
+        v=${word#*=}
+        COMPREPLY=($(compgen -W "$values" -- "$v"))
+    fi
+}
+
 _wirt() {
     local cur prev cmd i opts
     cur=${COMP_WORDS[COMP_CWORD]}
@@ -34,7 +71,8 @@ _wirt() {
     case $cmd in
         "")
             COMPREPLY=($(compgen -W "list status start shutdown stop destroy kill reboot reset
-                suspend resume autostart refresh log history create admin $opts" -- "$cur"))
+                suspend resume autostart refresh log history create set settings isos admin
+                $opts" -- "$cur"))
             return ;;
         start) opts+=" --paused --force-boot --wait --timeout" ;;
         shutdown|stop|reboot) opts+=" --mode --wait --timeout" ;;
@@ -43,8 +81,24 @@ _wirt() {
         reset|suspend|resume|refresh) opts+=" --wait --timeout" ;;
         log) opts+=" --lines --follow" ;;
         history) opts+=" --lines" ;;
+        set)
+            opts+=" --wait --timeout"
+            if [[ $cur != -* ]]; then
+                local vms="" n=0
+                for ((i = i + 1; i < COMP_CWORD; i++)); do
+                    case ${COMP_WORDS[i]} in
+                        --vm|--config|--layout|--timeout) ((i++)); n=1 ;;
+                        -*|*=*|=) ;;
+                        *) [[ ${COMP_WORDS[i+1]-} == = ]] || n=1 ;;
+                    esac
+                done
+                ((n)) || vms=" $(_wirt_vms)"
+                _wirt_set "$cur" "$vms"
+                return
+            fi ;;
+        isos) ;;
         admin)
-            COMPREPLY=($(compgen -W "assign unassign run audit" -- "$cur"))
+            COMPREPLY=($(compgen -W "assign unassign run audit quota" -- "$cur"))
             return ;;
     esac
     if [[ $cur == -* ]]; then

@@ -25,7 +25,10 @@ from typing import Any
 import pytest
 from conftest import BIN, REPO, Host, User, remove_user, sh
 
+from wirt_wrapper.rules import settings as settings_rules
+from wirt_wrapper.rules import status as status_xml
 from wirt_wrapper.rules.actions import ACTIONS
+from wirt_wrapper.rules.config import Config
 
 WIRT = str(BIN / "wirt")
 
@@ -500,6 +503,272 @@ def test_legacy_wait_against_a_real_pass(site: Host) -> None:
         alice, "log", "web").stdout
 
 
+# -- the VM's settings file: wirt set, wirt settings, wirt isos (issue 10.6) -------------------
+# (rules/config.py gains [settings] and [quota] in a parallel change: tests of the admin's
+# limits run once it has them)
+HAS_LIMITS = hasattr(Config(), "settings") and hasattr(Config(), "quota")
+
+
+def settings_file(user: User, vm: str = "web") -> Path:
+    return spool(user, vm) / settings_rules.FILE
+
+
+def publish_isos(user: User, *names: str) -> None:
+    """What a pass writes: a comment line, then one ISO name per line."""
+    user.write("wirt/info/isos.txt", "# the admin's ISO catalogue (written by wirt)\n"
+               + "".join(f"{n}\n" for n in names))
+
+
+def test_set_merges_into_the_file_and_writes_it_atomically(site: Host) -> None:
+    alice = site.users[0]
+    wirt(alice, "create", "web")
+    config = settings_file(alice)
+    alice.write(str(config.relative_to(alice.home)), '{"vcpus": 1, "boot": ["hd"]}')
+    before = config.lstat().st_ino
+
+    trace = alice.home / "trace"
+    proc = alice.run('exec strace -f -qq -o "$1" -e trace=openat,rename,renameat,renameat2 '
+                     '"$2" --config "$3" set web memory_mib=1024 cdrom=none',
+                     str(trace), WIRT, SITE_CONFIG[-1], check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("web: wrote ~/wirt/service/vm/web/config: memory_mib=1024 "
+                                  "vcpus=1 cdrom=none (eject) boot=hd; the next pass applies it")
+    assert json.loads(config.read_text()) == {"memory_mib": 1024, "vcpus": 1, "cdrom": None,
+                                              "boot": ["hd"]}
+    assert config.read_bytes() == settings_rules.dumps(
+        {"memory_mib": 1024, "vcpus": 1, "cdrom": None, "boot": ("hd",)})
+    st = config.lstat()
+    assert (st.st_uid, stat.S_IMODE(st.st_mode), st.st_nlink) == (alice.uid, 0o600, 1)
+    assert st.st_ino != before  # a new file renamed over the old one, not written in place
+    assert os.listdir(spool(alice, "web")) == ["config"]  # no temp file left
+    # the new content went into a fresh dot-file (O_EXCL), then renamed over 'config';
+    # 'config' itself was only ever opened for reading
+    calls = trace.read_text()
+    assert '".config.new", O_WRONLY|O_CREAT|O_EXCL' in calls
+    assert '".config.new", ' in calls and '"config"' in calls
+    assert any("rename" in line and '".config.new"' in line and '"config"' in line
+               for line in calls.splitlines())
+    assert not any('"config", O_WRONLY' in line or '"config", O_RDWR' in line
+                   for line in calls.splitlines())
+
+    # --vm, a list value, and KEY= takes the key out again
+    proc = wirt(alice, "set", "--vm", "web", "boot=cdrom,hd", "vcpus=", "cdrom=")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(config.read_text()) == {"memory_mib": 1024, "boot": ["cdrom", "hd"]}
+    # the same again: nothing written (a pass applies each version once)
+    inode = config.lstat().st_ino
+    proc = wirt(alice, "set", "web", "memory_mib=1024")
+    assert proc.returncode == 0 and "nothing written" in proc.stdout, proc
+    assert config.lstat().st_ino == inode
+    data = json.loads(wirt(alice, "set", "web", "vcpus=2", "--json").stdout)
+    assert data["wanted"] == {"memory_mib": 1024, "vcpus": 2, "boot": ["cdrom", "hd"]}
+    assert data["written"] is True and data["file"] == "~/wirt/service/vm/web/config"
+
+    # a first file, and the legacy layout (config in ~/virsh/dom-<vm>/)
+    alice.run("mkdir -p ~/virsh/dom-old")
+    assert wirt(alice, "set", "old", "vcpus=2").returncode == 0
+    assert json.loads((alice.home / "virsh/dom-old/config").read_text()) == {"vcpus": 2}
+    proc = wirt(alice, "set", "old", "vcpus=3", "--wait")
+    assert proc.returncode == 64 and "legacy layout" in proc.stderr
+    # a broken file is not merged into (and not replaced)
+    alice.write("wirt/service/vm/web/config", '{"vcpus": 1, "vcpus": 2}')
+    proc = wirt(alice, "set", "web", "memory_mib=512")
+    assert proc.returncode == 64 and "given twice" in proc.stderr and "remove it" in proc.stderr
+    # but an unknown key in it can be taken out
+    alice.write("wirt/service/vm/web/config", '{"vcpus": 1, "colour": "red"}')
+    assert wirt(alice, "set", "web", "vcpus=2").returncode == 64
+    proc = wirt(alice, "set", "web", "colour=")
+    assert proc.returncode == 64 and "'colour' is not a setting" in proc.stderr
+
+
+@pytest.mark.parametrize(("word", "rule"), [
+    ("memory_mib=32", "memory_mib: must be at least 64, not 32"),
+    ("memory_mib=1.5", 'memory_mib: must be a whole number, not "1.5"'),
+    ("vcpus=two", 'vcpus: must be a whole number, not "two"'),
+    ("vcpus=0", "vcpus: must be at least 1, not 0"),
+    ("boot=hd,hd", "boot: names a device twice"),
+    ("boot=floppy", 'boot: "floppy" is not a boot device'),
+    ("boot=hd,cdrom,network,hd", "boot: must be a list of 1 to 3"),
+    ("cdrom=../../etc/shadow", "cdrom: must be the name of an ISO in the catalogue"),
+    ("cdrom=debian.img", "cdrom: must be the name of an ISO"),
+    ("colour=red", "'colour' is not a setting (known: memory_mib, vcpus, cdrom, boot)"),
+    ("vcpus", "'vcpus' is not KEY=VALUE"),
+])
+def test_set_refuses_bad_values_and_writes_nothing(site: Host, word: str, rule: str) -> None:
+    alice = site.users[0]
+    wirt(alice, "create", "web")
+    config = alice.write("wirt/service/vm/web/config", '{"vcpus": 1}')
+    inode = config.lstat().st_ino
+    proc = wirt(alice, "set", "web", "vcpus=2" if word.startswith("memory") else "memory_mib=128",
+                word)
+    assert proc.returncode == 64, proc
+    assert rule in proc.stderr, proc.stderr
+    assert config.read_text() == '{"vcpus": 1}' and config.lstat().st_ino == inode
+    assert os.listdir(spool(alice, "web")) == ["config"]
+
+
+def test_set_checks_the_catalogue_and_the_admins_limits(site: Host) -> None:
+    alice = site.users[0]
+    wirt(alice, "create", "web")
+    # no catalogue published: the name is checked by the grammar only (the pass decides)
+    if not HAS_LIMITS:
+        assert wirt(alice, "set", "web", "cdrom=debian-12.iso").returncode == 0
+    names = [f"tool-{i}.iso" for i in range(8)] + ["debian-12.iso", "debian-11.iso"]
+    publish_isos(alice, *names)
+    proc = wirt(alice, "set", "web", "cdrom=debian-13.iso")
+    assert proc.returncode == 64, proc
+    assert "cdrom: 'debian-13.iso' is not in the catalogue (~/wirt/info/isos.txt)" in proc.stderr
+    assert "it has: debian-12.iso, debian-11.iso" in proc.stderr  # the closest first
+    assert "(10 in all: wirt isos)" in proc.stderr and "nothing was written" in proc.stderr
+    assert not settings_file(alice).exists() or "debian-13" not in settings_file(
+        alice).read_text()
+    if not HAS_LIMITS:
+        proc = wirt(alice, "set", "web", "cdrom=debian-12.iso")
+        assert proc.returncode == 0, proc.stderr
+        return
+    site.extra_config = "[settings]\nmax_memory_mib = 2048\nmax_vcpus = 2\n" \
+        "iso_dir = \"/nonexistent\"\n"
+    site.write_config({f"{alice.name}-web": None})
+    with published(site):
+        proc = wirt(alice, "set", "web", "vcpus=3")
+        assert proc.returncode == 64 and "settings.max_vcpus" in proc.stderr, proc
+        proc = wirt(alice, "set", "web", "memory_mib=4096")
+        assert proc.returncode == 64 and "settings.max_memory_mib" in proc.stderr, proc
+        proc = wirt(alice, "set", "web", "memory_mib=2048", "vcpus=2", "cdrom=debian-12.iso")
+        assert proc.returncode == 0, proc.stderr
+
+
+def test_set_refuses_a_linked_or_foreign_config(site: Host) -> None:
+    alice, bob = site.users
+    wirt(alice, "create", "web")
+    wirt(bob, "create", "mail")
+    target = alice.write("wirt/notes", '{"vcpus": 1}')
+    config = settings_file(alice)
+    alice.run(f'ln -s {target} {config}')
+    proc = wirt(alice, "set", "web", "vcpus=2")
+    assert proc.returncode == 77 and "symbolic link" in proc.stderr, proc.stderr
+    assert config.is_symlink() and target.read_text() == '{"vcpus": 1}'
+    proc = wirt(alice, "settings", "web")
+    assert proc.returncode == 77 and "symbolic link" in proc.stderr
+    config.unlink()
+    alice.run(f'ln {target} {config}')
+    proc = wirt(alice, "set", "web", "vcpus=2")
+    assert proc.returncode == 77 and "2 hard links" in proc.stderr, proc.stderr
+    assert target.read_text() == '{"vcpus": 1}'
+    config.unlink()
+    # a co-member's file in a folder alice made group-writable
+    alice.run(f'chgrp {site.group} ~/wirt ~/wirt/service ~/wirt/service/vm ~/wirt/service/vm/web'
+              ' && chmod 2775 ~/wirt ~/wirt/service ~/wirt/service/vm ~/wirt/service/vm/web')
+    bob.run(f"printf '{{}}' > {config}")
+    proc = wirt(alice, "set", "web", "vcpus=2")
+    assert proc.returncode == 77 and f"owned by uid {bob.uid}" in proc.stderr, proc.stderr
+    assert config.stat().st_uid == bob.uid and config.read_text() == "{}"
+
+
+APPLIED = {"memory_mib": 512, "vcpus": 1, "cdrom": "", "boot": ["hd"], "has_cdrom": True,
+           "restart_needed": True}
+INFO: dict[str, Any] = {"domain": "", "state": "running", "reason": "booted",
+                        "autostart": False, "persistent": True, "memory_kib": 524288,
+                        "vcpus": 1, "graphics": {}}
+
+
+def write_status(user: User, vm: str, settings: dict[str, Any] | None,
+                 last_config: dict[str, str] | None) -> None:
+    """A status.xml as a pass renders it (rules/status.py), written as the user."""
+    info = dict(INFO, domain=f"{user.name}-{vm}")
+    if settings is not None:
+        info["settings"] = settings
+    user.write(f"wirt/info/vm/{vm}/status.xml",
+               status_xml.render(vm, info, None, last_config).decode())
+
+
+def test_settings_shows_wanted_against_applied(site: Host) -> None:
+    alice = site.users[0]
+    wirt(alice, "create", "web")
+    proc = wirt(alice, "settings", "web")
+    assert proc.returncode == 0, proc.stderr
+    assert "no settings file: every setting stays as it is" in proc.stdout
+    assert "no pass has written the status yet" in proc.stdout
+
+    assert wirt(alice, "set", "web", "memory_mib=1024", "boot=cdrom,hd").returncode == 0
+    last = {"outcome": "done", "message": "memory_mib=1024 boot=cdrom,hd: at the next boot",
+            "time": "2025-03-04T05:06:07+0000"}
+    write_status(alice, "web", APPLIED, last)
+    data = json.loads(wirt(alice, "settings", "web", "--json").stdout)
+    assert data["wanted"] == {"memory_mib": 1024, "boot": ["cdrom", "hd"]}
+    assert data["applied"] == APPLIED and data["restart_needed"] is True
+    assert data["last_config"] == last and data["problem"] is None and data["exists"] is True
+    text = wirt(alice, "settings", "web").stdout.splitlines()
+    rows = {line.split()[0]: line for line in text if line[:1].islower() and "  " in line}
+    assert rows["memory_mib"].split() == ["memory_mib", "1024", "MiB", "512", "MiB"]
+    assert rows["vcpus"].split() == ["vcpus", "-", "1"]
+    assert rows["cdrom"].split() == ["cdrom", "-", "none"]
+    assert rows["boot"].split() == ["boot", "cdrom,hd", "hd"]
+    assert any(line.startswith("restart needed: yes") for line in text)
+    assert "last config: done: memory_mib=1024 boot=cdrom,hd: at the next boot " \
+        "(2025-03-04 05:06:07)" in text
+
+    # a VM without a CD-ROM drive, a file the rules refuse, no restart needed
+    write_status(alice, "web", dict(APPLIED, has_cdrom=False, restart_needed=False), None)
+    alice.write("wirt/service/vm/web/config", '{"vcpus": true}')
+    proc = wirt(alice, "settings", "web")
+    assert "the file is refused by the rules: config: vcpus: must be a whole number, not " \
+        "true" in proc.stdout
+    assert "no CD-ROM drive" in proc.stdout and "restart needed: no" in proc.stdout
+    assert "last config: none yet" in proc.stdout
+    # a pass that does not report settings yet
+    write_status(alice, "web", None, None)
+    assert "applied: not reported" in wirt(alice, "settings", "web").stdout
+
+
+def test_set_wait_reads_the_outcome_from_status_xml(site: Host) -> None:
+    """--wait returns when status.xml's <last-config> changes (a stand-in writes it here)."""
+    alice = site.users[0]
+    wirt(alice, "create", "web")
+    old = {"outcome": "done", "message": "", "time": "2025-01-01T00:00:00+0000"}
+    write_status(alice, "web", APPLIED, old)
+    for outcome, code in (("rejected", 2), ("done", 0)):
+        waiting = subprocess.Popen(
+            ["/usr/sbin/runuser", "-u", alice.name, "--", WIRT, "set", "web",
+             f"vcpus={code + 2}", "--wait", "--timeout", "30", "--config", SITE_CONFIG[-1]],
+            cwd=alice.home, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={"HOME": str(alice.home), "PATH": "/usr/bin:/bin"})
+        deadline = time.monotonic() + 20
+        while f'"vcpus": {code + 2}' not in (settings_file(alice).read_text()
+                                             if settings_file(alice).exists() else ""):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(0.5)
+        assert waiting.poll() is None  # still waiting: the old outcome is not its own
+        new = {"outcome": outcome, "message": f"config: {outcome}", "time": f"t-{outcome}"}
+        write_status(alice, "web", APPLIED, new)
+        out, err = waiting.communicate(timeout=30)
+        assert waiting.returncode == code, err
+        assert out.strip() == f"web: config: {outcome}: config: {outcome}"
+    proc = wirt(alice, "set", "web", "vcpus=7", "--wait", "--timeout", "0.5")
+    assert proc.returncode == 4 and "no pass has applied" in proc.stderr
+
+
+def test_isos_lists_the_published_catalogue(site: Host) -> None:
+    alice = site.users[0]
+    proc = wirt(alice, "isos")
+    assert proc.returncode == 0 and "No ISO catalogue is published yet" in proc.stdout
+    assert json.loads(wirt(alice, "isos", "--json").stdout) == {"published": False, "isos": []}
+    publish_isos(alice)
+    assert "The catalogue is empty" in wirt(alice, "isos").stdout
+    publish_isos(alice, "debian-12.iso", "tools+drivers_1.0.iso")
+    proc = wirt(alice, "isos")
+    assert proc.returncode == 0 and proc.stdout.splitlines() == [
+        "debian-12.iso", "tools+drivers_1.0.iso"]
+    assert json.loads(wirt(alice, "isos", "--json").stdout) == {
+        "published": True, "isos": ["debian-12.iso", "tools+drivers_1.0.iso"]}
+    # a link planted instead of the listing is not followed
+    (alice.home / "wirt/info/isos.txt").unlink()
+    alice.run("ln -s /etc/passwd ~/wirt/info/isos.txt")
+    proc = wirt(alice, "isos")
+    assert proc.returncode == 77 and "symbolic link" in proc.stderr
+
+
 # -- bash completion ------------------------------------------------------------------------------
 def test_bash_completion(site: Host) -> None:
     alice = site.users[0]
@@ -519,6 +788,17 @@ def test_bash_completion(site: Host) -> None:
     assert complete("wirt", "start", "") == ["db", "web"]
     assert complete("wirt", "--vm", "w") == ["web"]
     assert "autostart" in complete("wirt", "") and "refresh" in complete("wirt", "")
+    assert {"set", "settings", "isos"} <= set(complete("wirt", ""))
+    assert complete("wirt", "settings", "") == ["db", "web"]
+    assert complete("wirt", "set", "") == ["boot=", "cdrom=", "db", "memory_mib=", "vcpus=",
+                                           "web"]
+    assert complete("wirt", "set", "web", "") == ["boot=", "cdrom=", "memory_mib=", "vcpus="]
+    assert "--wait" in complete("wirt", "set", "--")
+    publish_isos(alice, "debian-12.iso", "tools.iso")
+    assert complete("wirt", "set", "web", "cdrom=d") == ["cdrom=debian-12.iso"]
+    assert complete("wirt", "set", "web", "cdrom=") == ["cdrom=debian-12.iso", "cdrom=none",
+                                                        "cdrom=tools.iso"]
+    assert complete("wirt", "admin", "q") == ["quota"]
     # every flag of the action table is offered for its action and aliases
     for action in ACTIONS:
         names = [n for n in (action.name, *action.aliases) if n != "status"]
@@ -542,6 +822,61 @@ def test_admin_assign_reads_back_on_the_test_driver(site: Host) -> None:
     proc = subprocess.run([WIRT, "admin", "assign", "nosuchdomain", alice.name, "--config",
                            str(site.config)], capture_output=True, text=True)
     assert proc.returncode == 66 and "no domain 'nosuchdomain'" in proc.stderr
+
+
+def test_admin_quota_on_the_test_driver(site: Host) -> None:
+    """Use is summed over every domain a member owns, by the pass's ownership rule."""
+    alice, bob = site.users
+
+    def domain(name: str, mib: int, vcpus: int, owner: str | None = None) -> str:
+        meta = "" if owner is None else (
+            "<metadata><wirt:owner xmlns:wirt='http://wirt.weimarnetz.de/xmlns/owner/1'>"
+            f"{owner}</wirt:owner></metadata>")
+        return (f"<domain type='test'><name>{name}</name><memory unit='MiB'>{mib}</memory>"
+                f"<vcpu>{vcpus}</vcpu>{meta}<os><type>hvm</type></os></domain>")
+
+    if HAS_LIMITS:
+        site.extra_config = "[quota]\nmemory_mib = 3000\nvcpus = 4\n"
+    site.write_config()
+    (site.root / "etc" / "host.xml").write_text("<node>" + "".join([
+        domain(f"{alice.name}-web", 1024, 2),
+        domain(f"{alice.name}-db", 2048, 2, bob.name),  # alice's name, bob's by metadata
+        domain(f"{bob.name}-mail", 512, 1),
+        domain("build-farm", 4096, 4, alice.name),     # no folder names it: the metadata does
+        domain("postgres", 8192, 8),                   # nobody's: no metadata, no folder name
+    ]) + "</node>")
+
+    def quota(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([WIRT, "admin", "quota", *args, "--config", str(site.config)],
+                              capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+
+    proc = quota("--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = {row["user"]: row for row in json.loads(proc.stdout)}
+    assert set(rows) == {alice.name, bob.name}
+    assert [d["domain"] for d in rows[alice.name]["domains"]] == [
+        "build-farm", f"{alice.name}-web"]
+    assert (rows[alice.name]["memory_mib"], rows[alice.name]["vcpus"]) == (5120, 6)
+    assert [d["domain"] for d in rows[bob.name]["domains"]] == [
+        f"{alice.name}-db", f"{bob.name}-mail"]
+    assert (rows[bob.name]["memory_mib"], rows[bob.name]["vcpus"]) == (2560, 3)
+    if HAS_LIMITS:
+        assert rows[alice.name]["quota"] == {"memory_mib": 3000, "vcpus": 4}
+        assert rows[alice.name]["over"] == ["memory_mib", "vcpus"] and rows[bob.name]["over"] == []
+    proc = quota(bob.name)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].split() == ["USER", "DOMAINS", "MEMORY", "MIB", "QUOTA", "MIB", "VCPUS",
+                                "QUOTA", "VCPUS"]
+    assert lines[1].split() == [bob.name, "2", "2560", "3000" if HAS_LIMITS else "none", "3",
+                                "4" if HAS_LIMITS else "none"]
+    assert len(lines) == 2
+    if HAS_LIMITS:
+        assert quota(alice.name).stdout.splitlines()[1].endswith("OVER: memory_mib, vcpus")
+    proc = quota("nosuchuser-x")
+    assert proc.returncode == 66 and "no user" in proc.stderr
+    proc = wirt(alice, "admin", "quota")
+    assert proc.returncode == 77 and "run it as root" in proc.stderr
 
 
 def test_admin_runs_isolated_with_a_clean_environment(site: Host) -> None:

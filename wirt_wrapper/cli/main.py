@@ -14,6 +14,7 @@ table in :mod:`clierrors`.
 from __future__ import annotations
 
 import argparse
+import difflib
 import grp
 import json
 import os
@@ -23,7 +24,9 @@ import sys
 import tomllib
 from typing import Any, NoReturn
 
-from wirt_wrapper.cli.spool import Home, Outcome, VmRef
+from wirt_wrapper.cli.spool import ISOS_FILE, ISOS_PARTS, Home, Outcome, VmRef
+from wirt_wrapper.rules import settings as settings_rules
+from wirt_wrapper.rules import strictjson
 from wirt_wrapper.rules.actions import (
     ACTIONS,
     Action,
@@ -34,7 +37,7 @@ from wirt_wrapper.rules.actions import (
     lookup_action,
     parse_params,
 )
-from wirt_wrapper.rules.config import DEFAULT_PATH, Config, load_config
+from wirt_wrapper.rules.config import DEFAULT_PATH, Config, Limits, load_config
 from wirt_wrapper.rules.errors import (
     EXIT_BY_OUTCOME,
     EXIT_INTERRUPTED,
@@ -53,7 +56,8 @@ USER_CONFIG = (".config", "wirt")
 USER_CONFIG_FILE = "config.toml"
 OLD_CONFIG_FILE = ".wirt.json"
 DEFAULT_TIMEOUT = 300.0
-READ_COMMANDS = ("list", "status", "log", "history", "create")
+READ_COMMANDS = ("list", "status", "log", "history", "create", "set", "settings", "isos")
+ISOS_SHOWN = f"~/{'/'.join(ISOS_PARTS)}/{ISOS_FILE}"
 
 
 # -- the command line ---------------------------------------------------------
@@ -153,6 +157,30 @@ def build_parser() -> Parser:
                    help="how many of the newest (0: all; default 20)")
     p = sub.add_parser("create", parents=[common], help="make a VM's folder (private, 0700)")
     _vm_arg(p)
+    p = sub.add_parser(
+        "set", parents=[common], help="change the VM's settings file (memory, vCPUs, CD, boot)",
+        description="set: merge KEY=VALUE into the VM folder's settings file 'config' "
+        "(memory_mib=2048, vcpus=2, cdrom=NAME from 'wirt isos' or cdrom=none to eject, "
+        "boot=cdrom,hd; KEY= removes the key, which leaves that setting as it is). The "
+        "result is checked against the pass's rules before it is written (atomically); "
+        "the next pass applies it: memory, vCPUs and boot order at the next boot, a CD "
+        "at once.")
+    p.add_argument("words", nargs="+", metavar="[VM] KEY=VALUE",
+                   help=f"the VM (unless --vm or a default names it), then settings "
+                   f"({', '.join(settings_rules.KEYS)})")
+    p.add_argument("-w", "--wait", action="store_true",
+                   help="wait until a pass has applied it; the exit status tells the outcome")
+    p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                   help=f"give up waiting after this long (default {DEFAULT_TIMEOUT:g})")
+    p = sub.add_parser("settings", parents=[common],
+                       help="the VM's settings: what its config asks vs what libvirt holds",
+                       description="settings: what the VM's settings file asks for (wanted), "
+                       "what libvirt holds (applied, from status.xml), whether a restart is "
+                       "needed, and the outcome of the last settings change.")
+    _vm_arg(p)
+    sub.add_parser("isos", parents=[common], help="the ISO catalogue you can put in the CD drive",
+                   description=f"isos: the ISO names the admin offers ({ISOS_SHOWN}, written "
+                   "by a pass); use one with: wirt set VM cdrom=NAME")
 
     # listed for --help only: main() hands 'wirt admin ...' to root/admin.py before parsing
     sub.add_parser("admin", help="admin verbs, as root (wirt admin --help)")
@@ -506,10 +534,274 @@ def cmd_history(home: Home, args: argparse.Namespace, out: Out) -> int:
     return EXIT_OK
 
 
+# -- the VM's settings file (SPEC section 9) ------------------------------------------
+REMOVE = object()  # KEY= on the command line: take the key out of the file
+INTEGER = re.compile(r"-?[0-9]{1,30}")
+
+
+def max_file_bytes(config: Config | None) -> int:
+    return (config.limits if config is not None else Limits()).max_file_bytes
+
+
+def refused(exc: Rejection) -> UsageError:
+    """A rule of the settings grammar, for the command line: nothing was written."""
+    text = str(exc).removesuffix("; nothing of the file was applied")
+    return UsageError(f"{text}; nothing was written")
+
+
+def setting_value(word: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` as the JSON value the file will hold (the grammar judges it later)."""
+    key, sep, value = word.partition("=")
+    if not sep:
+        raise UsageError(f"'{word}' is not KEY=VALUE (keys: {', '.join(settings_rules.KEYS)}; "
+                         "e.g. wirt set web memory_mib=2048 vcpus=2)")
+    if key not in settings_rules.KEYS:
+        raise UsageError(f"'{key}' is not a setting (known: {', '.join(settings_rules.KEYS)})")
+    if value == "":
+        return key, REMOVE
+    if key in ("memory_mib", "vcpus"):
+        return key, int(value) if INTEGER.fullmatch(value) else value
+    if key == "cdrom":
+        return key, None if value.lower() in ("none", "null", "eject") else value
+    return key, [item.strip() for item in value.split(",")]
+
+
+def shown_value(key: str, value: Any) -> str:
+    if key == "boot":
+        return ",".join(value)
+    if key == "cdrom":
+        return "none (eject)" if value is None else str(value)
+    return str(value)
+
+
+def describe_wanted(wanted: dict[str, Any]) -> str:
+    return " ".join(f"{k}={shown_value(k, wanted[k])}" for k in settings_rules.KEYS
+                    if k in wanted) or "nothing (every setting is left as it is)"
+
+
+def current_settings(home: Home, ref: VmRef, limit: int) -> dict[str, Any]:
+    """The keys of the VM's config as they are (unknown or bad values kept: KEY= removes them)."""
+    raw = home.read_config(ref)
+    if raw is None:
+        return {}
+    where = ref.shown(settings_rules.FILE)
+    try:
+        data = strictjson.loads(raw, max_bytes=limit, max_depth=2, floats=False)
+    except strictjson.StrictJSONError:
+        data = None
+    if isinstance(data, dict) and raw.isascii():
+        return data
+    try:
+        settings_rules.parse(raw, limit)
+    except Rejection as exc:
+        raise UsageError(f"{where} cannot be merged into: {exc}. Fix it, or remove it and "
+                         "run wirt set again; nothing was written") from None
+    raise UsageError(f"{where} cannot be merged into; nothing was written")  # (not reached)
+
+
+def unknown_iso(name: str, isos: list[str]) -> UsageError:
+    if not isos:
+        return UsageError(f"cdrom: '{name}' is not in the catalogue: {ISOS_SHOWN} lists no ISO "
+                          "at all (ask the admin); nothing was written")
+    few = list(dict.fromkeys([*difflib.get_close_matches(name, isos, 3), *sorted(isos)]))[:5]
+    more = f", ... ({len(isos)} in all: wirt isos)" if len(isos) > len(few) else ""
+    return UsageError(f"cdrom: '{name}' is not in the catalogue ({ISOS_SHOWN}); it has: "
+                      f"{', '.join(few)}{more}; nothing was written")
+
+
+def check_wanted(home: Home, ref: VmRef, wanted: dict[str, Any], config: Config | None) -> None:
+    """What the pass would refuse, refused before anything is written (where wirt can tell)."""
+    isos = home.isos()
+    cdrom = wanted.get("cdrom")
+    if cdrom is not None and isos is not None and cdrom not in isos:
+        raise unknown_iso(cdrom, isos)
+    site = getattr(config, "settings", None)
+    if site is None:
+        return  # the admin's limits are not readable here: the pass decides
+    if not getattr(site, "enabled", True):
+        warn("the admin has turned settings off on this host ([settings] enabled = false): "
+             "a pass will refuse the file")
+    applied = (home.status(ref) or {}).get("settings") or {}
+    catalogue: list[str] | None = None
+    if getattr(site, "iso_dir", ""):
+        catalogue = isos if isos is not None else ([cdrom] if cdrom else [])
+    try:
+        settings_rules.check_limits(
+            wanted, max_memory_mib=site.max_memory_mib, max_vcpus=site.max_vcpus,
+            isos=catalogue, has_cdrom=bool(applied.get("has_cdrom", True)))
+    except Rejection as exc:
+        raise refused(exc) from None
+
+
+def cmd_set(home: Home, args: argparse.Namespace, out: Out, config: Config | None) -> int:
+    words = list(args.words)
+    if "=" not in words[0]:
+        args.vm_arg = words.pop(0)
+    if not words:
+        raise UsageError("what to set? Give KEY=VALUE (keys: "
+                         f"{', '.join(settings_rules.KEYS)}), e.g. wirt set web vcpus=2")
+    changes: dict[str, Any] = {}
+    for word in words:
+        key, value = setting_value(word)
+        if key in changes:
+            raise UsageError(f"{key} is given twice; nothing was written")
+        changes[key] = value
+    vm = chosen_vm(args, home)
+    ref = home.find(vm, args.layout)
+    if args.wait and ref.layout.info is None:
+        raise UsageError(f"--wait needs status.xml, which the {ref.layout.name} layout does not "
+                         f"have; write without --wait and follow with: wirt log {vm} -f")
+    problem = membership_problem(config, home.user)
+    if problem:
+        raise NotAllowed(problem)
+    limit = max_file_bytes(config)
+    before_raw = home.read_config(ref)
+    merged = current_settings(home, ref, limit)
+    for key, value in changes.items():
+        if value is REMOVE:
+            merged.pop(key, None)
+        else:
+            merged[key] = value
+    try:  # the same grammar the pass parses the file with
+        wanted = settings_rules.parse(json.dumps(merged).encode("ascii"), limit)
+    except (Rejection, UnicodeEncodeError) as exc:
+        if isinstance(exc, UnicodeEncodeError):
+            raise UsageError("settings are plain ASCII; nothing was written") from None
+        raise refused(exc) from None
+    check_wanted(home, ref, wanted, config)
+    data = settings_rules.dumps(wanted)
+    if len(data) > limit:
+        raise UsageError(f"the file would have {len(data)} bytes, more than the limit of "
+                         f"{limit}; nothing was written")
+    where = ref.shown(settings_rules.FILE)
+    base = {"vm": vm, "layout": ref.layout.name, "file": where,
+            "wanted": {k: list(v) if k == "boot" else v for k, v in wanted.items()},
+            "removed": sorted(k for k, v in changes.items() if v is REMOVE)}
+    if data == before_raw:
+        out.emit({**base, "written": False, "stage": "unchanged"}, lambda: [
+            f"{vm}: {where} already says {describe_wanted(wanted)}; nothing written "
+            "(a pass applies each version of the file once)"])
+        return EXIT_OK
+    before = home.last_config(ref)
+    home.write_config(ref, data)
+    if not args.wait:
+        out.emit({**base, "written": True, "stage": "pending"}, lambda: [
+            f"{vm}: wrote {where}: {describe_wanted(wanted)}; the next pass applies it. "
+            f"See: wirt settings {vm} (or use --wait)"])
+        return EXIT_OK
+    timeout = DEFAULT_TIMEOUT if args.timeout is None else args.timeout
+    progress = Progress(f"{vm}: config")
+    try:
+        result = home.wait_config(ref, before, timeout, progress.tick)
+    finally:
+        progress.clear()
+    if result is None:
+        if out.as_json:
+            out.emit({**base, "written": True, "stage": "pending"}, list)
+        print(f"wirt: {vm}: config: still waiting after {timeout:g} s: no pass has applied "
+              f"{where} yet (passes run from cron; libvirt may be down); a pass applies it "
+              "later", file=sys.stderr)
+        return EXIT_TIMEOUT
+    outcome, message = result.get("outcome", ""), result.get("message", "")
+    out.emit({**base, "written": True, "stage": "handled", "outcome": outcome,
+              "message": message, "time": result.get("time", "")},
+             lambda: [f"{vm}: config: {outcome}{': ' + message if message else ''}"])
+    return EXIT_BY_OUTCOME.get(outcome, EXIT_BY_OUTCOME["failed"])
+
+
+def cmd_settings(home: Home, args: argparse.Namespace, out: Out, config: Config | None) -> int:
+    ref = home.find(chosen_vm(args, home), args.layout)
+    raw = home.read_config(ref)
+    wanted: dict[str, Any] | None = None
+    problem = None
+    if raw is not None:
+        try:
+            wanted = settings_rules.parse(raw, max_file_bytes(config))
+        except Rejection as exc:
+            problem = str(exc)
+    status = home.status(ref)
+    applied = (status or {}).get("settings")
+    last = (status or {}).get("last_config")
+    data = {
+        "vm": ref.vm, "layout": ref.layout.name, "file": ref.shown(settings_rules.FILE),
+        "exists": raw is not None, "problem": problem,
+        "wanted": None if wanted is None else {
+            k: list(v) if k == "boot" else v for k, v in wanted.items()},
+        "applied": applied, "restart_needed": None if applied is None
+        else applied.get("restart_needed"), "last_config": last,
+    }
+
+    def applied_value(key: str) -> str:
+        if applied is None:
+            return "?"
+        if key == "memory_mib":
+            return f"{applied.get('memory_mib', '?')} MiB"
+        if key == "boot":
+            return ",".join(applied.get("boot", [])) or "-"
+        if key == "cdrom":
+            if not applied.get("has_cdrom"):
+                return "no CD-ROM drive"
+            return applied.get("cdrom") or "none"
+        return str(applied.get(key, "?"))
+
+    def wanted_value(key: str) -> str:
+        if wanted is None or key not in wanted:
+            return "-"
+        value = wanted[key]
+        return f"{value} MiB" if key == "memory_mib" else shown_value(key, value)
+
+    def text() -> list[str]:
+        lines = [f"VM {ref.vm} ({ref.layout.name} layout), settings file {data['file']}"]
+        if raw is None:
+            lines.append(f"  no settings file: every setting stays as it is "
+                         f"(wirt set {ref.vm} KEY=VALUE writes one)")
+        elif problem:
+            lines.append(f"  the file is refused by the rules: {problem}")
+        lines.append("")
+        lines += table([[key, wanted_value(key), applied_value(key)]
+                        for key in settings_rules.KEYS],
+                       ["SETTING", "WANTED (config)", "APPLIED (libvirt)"])
+        lines.append("")
+        if ref.layout.info is None:
+            lines.append("applied: not reported in the legacy layout (no status.xml); "
+                         f"see wirt log {ref.vm}")
+        elif status is None:
+            lines.append(f"applied: unknown: no pass has written the status yet "
+                         f"(wirt refresh {ref.vm} --wait)")
+        elif applied is None:
+            lines.append("applied: not reported (this host's passes do not report settings)")
+        else:
+            lines.append("restart needed: " + (
+                "yes (memory, vCPUs and boot order take effect at the next boot: "
+                f"wirt reboot {ref.vm})" if applied.get("restart_needed") else "no"))
+        if last:
+            message = f": {last['message']}" if last.get("message") else ""
+            lines.append(f"last config: {last.get('outcome', '?')}{message} "
+                         f"({when(last.get('time', ''))})")
+        elif ref.layout.info is not None:
+            lines.append("last config: none yet")
+        return lines
+
+    out.emit(data, text)
+    return EXIT_OK
+
+
+def cmd_isos(home: Home, args: argparse.Namespace, out: Out) -> int:
+    isos = home.isos()
+    if isos is None:
+        out.emit({"published": False, "isos": []}, lambda: [
+            f"No ISO catalogue is published yet ({ISOS_SHOWN} does not exist): the admin "
+            "sets settings.iso_dir, and a pass writes the list."])
+        return EXIT_OK
+    out.emit({"published": True, "isos": isos}, lambda: isos or [
+        f"The catalogue is empty ({ISOS_SHOWN}): the admin has published no ISO."])
+    return EXIT_OK
+
+
 def run_user(args: argparse.Namespace, out: Out) -> int:
     if os.geteuid() == 0:
         raise NotAllowed("root has no spool: wirt serves the members of the group. "
-                         "As root, use: wirt admin assign|unassign|run|audit")
+                         "As root, use: wirt admin assign|unassign|run|audit|quota")
     home = Home()
     config = site_config(args.config)
     try:
@@ -523,6 +815,12 @@ def run_user(args: argparse.Namespace, out: Out) -> int:
             return cmd_log(home, args, out)
         if args.command == "history":
             return cmd_history(home, args, out)
+        if args.command == "set":
+            return cmd_set(home, args, out, config)
+        if args.command == "settings":
+            return cmd_settings(home, args, out, config)
+        if args.command == "isos":
+            return cmd_isos(home, args, out)
         return cmd_action(home, args, out, config)
     finally:
         for message in dict.fromkeys(home.warnings):
@@ -548,7 +846,7 @@ def admin_argv(argv: list[str]) -> list[str] | None:
 def run_admin(forwarded: list[str]) -> int:
     if os.geteuid() != 0:
         raise NotAllowed("'wirt admin' is for the admin: run it as root "
-                         "(sudo wirt admin assign|unassign|run|audit ...)")
+                         "(sudo wirt admin assign|unassign|run|audit|quota ...)")
     argv = [sys.executable, "-I", "-m", ADMIN_MODULE, *forwarded]
     clean = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
     sys.stdout.flush()

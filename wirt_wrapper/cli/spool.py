@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from wirt_wrapper.rules import logline
+from wirt_wrapper.rules import settings as settings_rules
 from wirt_wrapper.rules import status as status_xml
 from wirt_wrapper.rules.actions import Rejection, check_vm_name
 from wirt_wrapper.rules.errors import NotAllowed, NotFound, Pending, UsageError
@@ -46,6 +47,9 @@ BY_NAME = {layout.name: layout for layout in ORDER}
 STATUS_LIMIT = 64 * 1024
 LOG_READ_LIMIT = 8 * 1024 * 1024
 SMALL_FILE = 64 * 1024
+ISOS_PARTS = ("wirt", "info")  # ~/wirt/info/isos.txt: the admin's ISO catalogue, by a pass
+ISOS_FILE = "isos.txt"
+ISOS_LIMIT = 1024 * 1024
 
 @dataclass(frozen=True)
 class VmRef:
@@ -414,6 +418,73 @@ class Home:
                     if stat.S_ISREG(st.st_mode) and st.st_mtime >= since:
                         names.append((st.st_mtime, entry.name))
         return [name for _, name in sorted(names)]
+
+    # -- the VM's settings file ------------------------------------------------
+    def read_config(self, ref: VmRef) -> bytes | None:
+        """The VM folder's ``config`` (safe path: no link, yours, one link); None if absent."""
+        try:
+            return self.read_small(ref.parts, settings_rules.FILE)
+        except FileNotFoundError:
+            return None
+
+    def write_config(self, ref: VmRef, data: bytes) -> None:
+        """Replace ``config`` atomically: a fresh ``.config.new`` (0600), renamed over it.
+
+        The rename replaces the name; nothing is ever written through an entry
+        that is there (a pass reads the old file or the new one, never a part).
+        """
+        with self.folder(ref.parts) as fd:
+            self._check_private(fd, ref.shown())
+            try:
+                userfs.check_entry(fd, settings_rules.FILE, self.uid)
+                userfs.replace_file(fd, settings_rules.FILE, data, 0o600)
+            except Unsafe as exc:
+                raise _unsafe(exc, f"{ref.shown(settings_rules.FILE)} ") from None
+
+    def isos(self) -> list[str] | None:
+        """The ISO names of ~/wirt/info/isos.txt (a pass writes it); None if not published."""
+        try:
+            data = self.read_small(ISOS_PARTS, ISOS_FILE, ISOS_LIMIT)
+        except FileNotFoundError:
+            return None
+        names = []
+        for line in data.decode("ascii", "replace").splitlines():
+            name = line.strip()
+            if not name or name.startswith("#"):
+                continue
+            if settings_rules.ISO_NAME.fullmatch(name):
+                names.append(name)
+            else:
+                self.warnings.append(f"~/{'/'.join(ISOS_PARTS)}/{ISOS_FILE}: ignored a line "
+                                     "that is not an ISO name")
+        return names
+
+    def last_config(self, ref: VmRef) -> dict[str, str] | None:
+        """The last outcome of the settings file in status.xml (None: none, or no status)."""
+        info = ref.layout.info
+        if info is None:
+            return None
+        try:
+            data = self.read_small((*info, ref.vm), STATUS_FILE, STATUS_LIMIT)
+        except FileNotFoundError:
+            return None
+        return status_xml.last_config(data)
+
+    def wait_config(self, ref: VmRef, before: dict[str, str] | None, timeout: float,
+                    tick: Callable[[str, float], None] | None = None,
+                    interval: float = 0.2) -> dict[str, str] | None:
+        """Poll status.xml until its ``<last-config>`` differs from *before*; None on timeout."""
+        started = time.monotonic()
+        while True:
+            now = time.monotonic()
+            current = self.last_config(ref)
+            if current is not None and current != before:
+                return current
+            if now - started >= timeout:
+                return None
+            if tick is not None:
+                tick("pending", now - started)
+            time.sleep(interval)
 
     # -- reading results -------------------------------------------------------
     def status(self, ref: VmRef) -> dict[str, Any] | None:

@@ -6,7 +6,9 @@
   (:func:`hypervisor.parse_domain_xml`);
 * ``run``: a pass now (``virsh_wrapper --verbose``'s code, in this process);
 * ``audit USER``: that user's records in the audit log (all events, rotated
-  generations too), through ``wirt-audit``'s reader, which escapes every value.
+  generations too), through ``wirt-audit``'s reader, which escapes every value;
+* ``quota [USER]``: each member's memory and vCPUs, summed over every domain
+  they own (the pass's ownership rule), against ``[quota]`` (SPEC section 9).
 
 Trusts: root-owned code and config (checked as ``virsh_wrapper`` checks them),
 and root's own command line.  User names are checked against the password
@@ -74,6 +76,12 @@ def build_parser() -> Parser:
     p.add_argument("user", metavar="USER")
     p.add_argument("-n", "--lines", type=int, default=50,
                    help="how many of the newest records (0: all; default 50)")
+    p = verbs.add_parser("quota", parents=[common],
+                         help="memory and vCPUs each member's domains use, against [quota]",
+                         description="quota: per member (or only USER), the memory (MiB) and "
+                         "vCPUs of the persistent definitions of every domain they own, summed, "
+                         "next to the per-user quota of [quota] (0 = none).")
+    p.add_argument("user", metavar="USER", nargs="?", help="only this user")
     return admin
 
 
@@ -97,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_pass(args)
         if args.admin_command == "audit":
             return audit(args, config, out)
+        if args.admin_command == "quota":
+            return quota(args, config, out)
         return assign(args, config, out)
     except CliError as exc:
         print(f"wirt: {shown(str(exc))}", file=sys.stderr)
@@ -206,6 +216,105 @@ def audit(args: argparse.Namespace, config: Config, out: Out) -> int:
         out.emit(records, list)
     elif records:
         print_table(records, sys.stdout, COLUMNS)
+    return EXIT_OK
+
+
+_KIB_PER = {"b": 1 / 1024, "bytes": 1 / 1024, "k": 1, "kib": 1, "kb": 1000 / 1024,
+            "m": 1024, "mib": 1024, "mb": 1e6 / 1024, "g": 1 << 20, "gib": 1 << 20,
+            "gb": 1e9 / 1024, "t": 1 << 30, "tib": 1 << 30, "tb": 1e12 / 1024}
+
+
+def domain_use(xml: str) -> tuple[str | None, int, int]:
+    """Owner metadata, memory (MiB, from ``<memory>``) and vCPUs (``<vcpu>``) of a definition."""
+    from lxml import etree
+
+    from wirt_wrapper.root.hypervisor import OWNER_NS
+
+    root = etree.fromstring(xml.encode(), etree.XMLParser(resolve_entities=False,
+                                                          no_network=True))
+    owner = root.findtext(f"metadata/{{{OWNER_NS}}}owner")
+    memory = root.find("memory")
+    kib = 0.0
+    if memory is not None and (memory.text or "").strip().isdigit():
+        kib = int((memory.text or "").strip()) * _KIB_PER.get(
+            memory.get("unit", "KiB").lower(), 1)
+    vcpus = (root.findtext("vcpu") or "").strip()
+    return (owner.strip() if owner else None), int(kib) // 1024, \
+        int(vcpus) if vcpus.isdigit() else 0
+
+
+def quota(args: argparse.Namespace, config: Config, out: Out) -> int:
+    """Each member's use (the persistent definitions of the domains they own) against [quota]."""
+    import libvirt
+
+    from wirt_wrapper.root.accounts import members
+    from wirt_wrapper.rules.actions import Claimants, owner_problem
+
+    try:
+        names = [entry.pw_name for entry in members(config.group)]
+    except KeyError:
+        raise NotFound(f"the group '{config.group}' does not exist") from None
+    users = names
+    if args.user is not None:
+        _owner_user(args.user, config)
+        users = [args.user]
+    claimants = Claimants(config.domain_name, sorted({*names, *users}))
+    limits = getattr(config, "quota", None)  # [quota] (0 = none)
+    quota_memory = int(getattr(limits, "memory_mib", 0) or 0)
+    quota_vcpus = int(getattr(limits, "vcpus", 0) or 0)
+
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    try:
+        conn = libvirt.open(config.uri)
+    except libvirt.libvirtError as exc:
+        raise Unavailable(f"cannot connect to {config.uri}: {exc.get_error_message()}") from None
+    domains: list[tuple[str, str | None, int, int, bool]] = []
+    try:
+        for dom in conn.listAllDomains(0):
+            try:
+                persistent = bool(dom.isPersistent())
+                xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE if persistent else 0)
+            except libvirt.libvirtError:
+                continue  # undefined meanwhile
+            owner, memory, vcpus = domain_use(xml)
+            domains.append((dom.name(), owner, memory, vcpus, persistent))
+    finally:
+        conn.close()
+
+    def owns(user: str, domain: str, owner: str | None) -> bool:
+        """The pass's rule: the metadata owner, else the one member whose folder names it."""
+        if owner is None and all(member != user for member, _ in claimants.find(domain)):
+            return False  # no VM folder of this user's would name it
+        return owner_problem(user, domain, owner, claimants.find(domain, besides=user)) is None
+
+    rows: list[dict[str, Any]] = []
+    for user in users:
+        theirs = [d for d in sorted(domains) if owns(user, d[0], d[1])]
+        mine = [{"domain": name, "memory_mib": memory, "vcpus": vcpus, "persistent": persistent}
+                for name, _, memory, vcpus, persistent in theirs]
+        use_memory = sum(d[2] for d in theirs)
+        use_vcpus = sum(d[3] for d in theirs)
+        over = [key for key, use, limit in (("memory_mib", use_memory, quota_memory),
+                                            ("vcpus", use_vcpus, quota_vcpus))
+                if limit and use > limit]
+        rows.append({"user": user, "domains": mine, "memory_mib": use_memory,
+                     "vcpus": use_vcpus,
+                     "quota": {"memory_mib": quota_memory, "vcpus": quota_vcpus},
+                     "over": over})
+
+    def text() -> list[str]:
+        header = ["USER", "DOMAINS", "MEMORY MIB", "QUOTA MIB", "VCPUS", "QUOTA VCPUS", ""]
+        table = [[row["user"], str(len(row["domains"])), str(row["memory_mib"]),
+                  str(quota_memory or "none"), str(row["vcpus"]), str(quota_vcpus or "none"),
+                  "OVER: " + ", ".join(row["over"]) if row["over"] else ""] for row in rows]
+        widths = [max(len(r[i]) for r in [header, *table]) for i in range(len(header))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                 for r in [header, *table]]
+        if not rows:
+            lines.append(f"(the group '{config.group}' has no members)")
+        return lines
+
+    out.emit(rows, text)
     return EXIT_OK
 
 
