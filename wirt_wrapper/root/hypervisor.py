@@ -1,8 +1,9 @@
 """Everything that talks to libvirt (runs as root, in the privileged process).
 
 It is handed only validated requests (see :mod:`wirt_wrapper.root.monitor`).  It never
-creates, defines or undefines a domain, never runs ``virsh`` or a shell, and
-never reads the URI from the environment.  Every libvirt call runs on one
+creates or undefines a domain (it redefines an existing persistent one only to
+apply a VM's settings file, :meth:`Hypervisor.configure`), never runs ``virsh``
+or a shell, and never reads the URI from the environment.  Every libvirt call runs on one
 worker thread with a timeout, so a hung libvirtd cannot hang the pass.
 """
 
@@ -19,7 +20,14 @@ from typing import Any, TypeVar
 import libvirt
 from lxml import etree
 
-from wirt_wrapper.rules.actions import Action, no_domain
+from wirt_wrapper.root.definition import (
+    apply_settings,
+    cdrom_device_xml,
+    read_settings,
+    settings_from_tree,
+)
+from wirt_wrapper.rules.actions import Action, Rejection, no_domain
+from wirt_wrapper.rules.settings import restart_needed
 
 __all__ = ["OWNER_NS", "DomainInfo", "Hypervisor", "Interrupted", "Unreachable"]
 
@@ -72,7 +80,8 @@ class _Worker:
     def __init__(self) -> None:
         self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], concurrent.futures.Future[Any]]
                                       | None] = queue.SimpleQueue()
-        threading.Thread(target=self._loop, name="libvirt", daemon=True).start()
+        self.thread = threading.Thread(target=self._loop, name="libvirt", daemon=True)
+        self.thread.start()
 
     def _loop(self) -> None:
         while (job := self._jobs.get()) is not None:
@@ -103,17 +112,55 @@ class DomainInfo:
     vcpus: int
     owner: str | None
     graphics: dict[str, str] = field(default_factory=dict)
+    # The settings (SPEC 9) as libvirt holds them, when read (see settings_of); else None.
+    settings: dict[str, Any] | None = None
 
     def as_status(self) -> dict[str, Any]:
-        return {
+        status = {
             "domain": self.name, "state": self.state, "reason": self.reason,
             "autostart": self.autostart, "persistent": self.persistent,
             "memory_kib": self.memory_kib, "vcpus": self.vcpus, "graphics": self.graphics,
         }
+        if self.settings is not None:
+            status["settings"] = self.settings
+        return status
+
+
+# The keys of DomainInfo.settings (and of status["settings"]).
+SETTINGS_KEYS = ("memory_mib", "vcpus", "boot", "cdrom", "has_cdrom", "restart_needed")
+
+
+def settings_of(xml: str | Any, iso_dir: str, live: str | None = None) -> dict[str, Any]:
+    """DomainInfo.settings: what *xml* (text, or its parsed root) holds, plus
+    ``restart_needed``.
+
+    With *live* (the running domain's XMLDesc(0)), *xml* is the persistent
+    definition and ``restart_needed`` says whether memory, vCPUs or boot order
+    differ between the two.  Without it, *xml* is what XMLDesc(0) gave: for a
+    domain that is not running (no ``id``) that is the definition itself
+    (restart_needed False); for a running one it is what runs, and
+    restart_needed is None (unknown: the persistent definition was not read).
+    """
+    root = etree.fromstring(xml.encode()) if isinstance(xml, str) else xml
+    held = settings_from_tree(root, iso_dir)
+    settings = {key: held[key] for key in SETTINGS_KEYS if key in held}
+    if live is not None:
+        settings["restart_needed"] = restart_needed(held, read_settings(live, iso_dir))
+    else:
+        settings["restart_needed"] = None if _is_live(root) else False
+    return settings
+
+
+def _is_live(root: Any) -> bool:
+    """Whether a domain XML describes a running domain (it then has an id)."""
+    return root.get("id") not in (None, "-1")
 
 
 def parse_domain_xml(xml: str) -> tuple[str | None, dict[str, str], int, int]:
-    root = etree.fromstring(xml.encode())
+    return _domain_facts(etree.fromstring(xml.encode()))
+
+
+def _domain_facts(root: Any) -> tuple[str | None, dict[str, str], int, int]:
     owner = root.findtext(f"metadata/{{{OWNER_NS}}}owner")
     graphics: dict[str, str] = {}
     node = root.find("devices/graphics")
@@ -143,9 +190,10 @@ def state_names(state: int, reason: int) -> tuple[str, str]:
 class Hypervisor:
     """One libvirt connection for one pass, with a bulk snapshot for the idle path."""
 
-    def __init__(self, uri: str, timeout: float) -> None:
+    def __init__(self, uri: str, timeout: float, iso_dir: str = "") -> None:
         self.uri = uri
         self.timeout = timeout
+        self.iso_dir = iso_dir  # settings.iso_dir: a CD from elsewhere shows as not catalogued
         self.conn: Any = None
         self.down: str | None = None  # why libvirt is unusable for the rest of the pass
         self._pool = _Worker()
@@ -160,6 +208,8 @@ class Hypervisor:
     def _call(self, fn: Callable[[], T]) -> T:
         if self.down:
             raise Unreachable(self.down)
+        if threading.current_thread() is self._pool.thread:  # would wait for itself
+            raise RuntimeError("a libvirt call from a callback on the libvirt thread")
         future = self._pool.submit(fn)
         try:
             return future.result(timeout=self.timeout)
@@ -261,7 +311,8 @@ class Hypervisor:
                     continue
             state, reason = self._states.get(name, (0, 0))
             self._info[name] = self._make_info(
-                name, state, reason, name in self._autostart, name in self._persistent, xml
+                name, state, reason, name in self._autostart, name in self._persistent, xml,
+                self.iso_dir
             )
 
     def info(self, name: str) -> DomainInfo | None:
@@ -271,11 +322,12 @@ class Hypervisor:
 
     @staticmethod
     def _make_info(name: str, state: int, reason: int, autostart: bool, persistent: bool,
-                   xml: str) -> DomainInfo:
-        owner, graphics, memory, vcpus = parse_domain_xml(xml)
+                   xml: str, iso_dir: str = "") -> DomainInfo:
+        root = etree.fromstring(xml.encode())
+        owner, graphics, memory, vcpus = _domain_facts(root)
         state_name, reason_name = state_names(state, reason)
         return DomainInfo(name, state_name, reason_name, autostart, persistent,
-                          memory, vcpus, owner, graphics)
+                          memory, vcpus, owner, graphics, _settings_or_none(root, iso_dir))
 
     def act(self, name: str, action: Action, params: dict[str, str],
             decide: Callable[[str | None], str | None]) -> tuple[str, str, DomainInfo | None]:
@@ -315,7 +367,8 @@ class Hypervisor:
                 outcome, message = "failed", f"libvirt: {exc.get_error_message()}"
             try:
                 known = action.sets(params) if action.sets and outcome == "done" else {}
-                info = _read_back(dom, name, owner, prev, action.touches, known)
+                info = _read_back(dom, name, owner, prev, action.touches, known, self.iso_dir,
+                                  read_definition=action.call is None)
             except libvirt.libvirtError as exc:
                 info = None  # e.g. a transient domain that is gone after destroy
                 if not self._alive():  # the outcome stands; later commands wait
@@ -332,24 +385,222 @@ class Hypervisor:
             self._info[name] = info
         return outcome, message, info
 
+    def configure(self, name: str, wanted: dict[str, Any], iso_path: str | None,
+                  decide: Callable[[str | None], str | None],
+                  check: Callable[[dict[str, Any]], None]
+                  ) -> tuple[str, str, DomainInfo | None]:
+        """Apply a VM's settings file (SPEC 9): one trip to the libvirt thread, like :meth:`act`.
+
+        *wanted* is :func:`wirt_wrapper.rules.settings.parse`'s dict (only the
+        keys the file names); *iso_path* is root's own path of the catalogue
+        entry for ``cdrom`` (None: eject; the name in *wanted* is never made a
+        path).  *decide* maps the owner metadata, read fresh, to a reason to
+        refuse; *check* gets the settings the persistent definition holds now
+        (:func:`~wirt_wrapper.root.definition.read_settings`, with
+        ``has_cdrom``) and raises Rejection for a limit or quota.  Both run on
+        the libvirt thread: they must not call this Hypervisor (so compute
+        :meth:`usage` before).
+
+        Writes the new persistent definition (defineXML) when it differs,
+        and on a running domain changes the CD live as well.  Returns
+        (outcome, message, info after, with ``settings`` and a known
+        ``restart_needed``).  Raises Unreachable / Interrupted as :meth:`act`.
+        """
+        missing = no_domain(name)
+        sent = threading.Event()
+        self.prefetch([name])
+        prev = self._info.get(name)
+        iso_dir = self.iso_dir
+
+        def job() -> tuple[str, str, DomainInfo | None]:
+            dom = self._doms.get(name)
+            try:
+                if dom is None:
+                    dom = self.conn.lookupByName(name)
+                owner = _owner(dom)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                    raise
+                return "failed", missing, None
+            problem = decide(owner)
+            if problem:
+                return "rejected", problem, None
+            if not dom.isPersistent():
+                return "failed", (f"{name} is a transient domain (it has no persistent "
+                                  "definition), so its settings cannot be changed; ask the "
+                                  "admin to define it"), None
+            inactive = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+            held = read_settings(inactive, iso_dir)
+
+            def back(definition: str) -> DomainInfo:
+                return _read_back(dom, name, owner, prev, frozenset({"state", "devices"}), {},
+                                  iso_dir, inactive=definition)
+
+            try:
+                check(held)
+                new = apply_settings(inactive, wanted, iso_path)
+            except (Rejection, ValueError) as exc:
+                return "rejected", str(exc), back(inactive)
+            changes = _changes(held, wanted, iso_path)
+            outcome, notes = "done", []
+            if changes:
+                try:
+                    sent.set()
+                    self.conn.defineXML(new)
+                except libvirt.libvirtError as exc:
+                    if not self._alive():
+                        raise
+                    return ("failed", f"libvirt: {exc.get_error_message()}; nothing was "
+                            "changed", back(inactive))
+            live = dom.XMLDesc(0) if dom.isActive() else None
+            if live is not None and "cdrom" in wanted:
+                now = read_settings(live, iso_dir)
+                if now["has_cdrom"] and now["cdrom_file"] != (iso_path or ""):
+                    try:
+                        sent.set()
+                        dom.updateDeviceFlags(cdrom_device_xml(live, iso_path),
+                                              libvirt.VIR_DOMAIN_AFFECT_LIVE)
+                        notes.append("the CD changed in the running VM too")
+                    except libvirt.libvirtError as exc:
+                        if not self._alive():
+                            raise
+                        outcome = "failed"
+                        notes.append(f"libvirt: {exc.get_error_message()}: the CD in the "
+                                     "running VM was not changed (the saved settings were, "
+                                     "for its next start)")
+            try:
+                definition = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+                info = back(definition)
+            except libvirt.libvirtError as exc:
+                info = None
+                if not self._alive():
+                    self.down = f"lost the connection to libvirt ({exc.get_error_message()})"
+            return outcome, _configure_message(changes, notes, info), info
+
+        try:
+            outcome, message, info = self._call(job)
+        except Unreachable as exc:
+            if sent.is_set():
+                raise Interrupted(str(exc)) from None
+            raise
+        if info is not None:
+            self._info[name] = info
+        return outcome, message, info
+
+    def usage(self, user: str,
+              decide_owner: Callable[[str, str | None], bool]) -> dict[str, tuple[int, int]]:
+        """{domain: (memory_mib, vcpus)} of the persistent definition of every domain on
+        the host that *decide_owner(domain name, owner metadata)* gives to *user*.
+
+        For quotas (SPEC 9).  Cost: one listAllDomains and one XMLDesc(INACTIVE)
+        per domain on the host (all in one trip to the libvirt thread, within
+        one timeout; about a millisecond a domain on a local libvirtd), so call
+        it only when a settings file is applied, never on the idle path.  The
+        owner metadata is read from the same inactive XML.  A domain that
+        vanishes meanwhile is left out.
+        """
+        conn = self.conn
+
+        def job() -> dict[str, tuple[int, int]]:
+            found: dict[str, tuple[int, int]] = {}
+            for dom in conn.listAllDomains(0):
+                try:
+                    name = dom.name()
+                    xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+                except libvirt.libvirtError as exc:
+                    if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                        continue
+                    raise
+                root = etree.fromstring(xml.encode())
+                meta = root.findtext(f"metadata/{{{OWNER_NS}}}owner")
+                if decide_owner(name, meta.strip() if meta else None):
+                    held = settings_from_tree(root, "")
+                    found[name] = (held["memory_mib"], held["vcpus"])
+            return found
+
+        return self._call(job)
+
+
+def _changes(held: dict[str, Any], wanted: dict[str, Any],
+             iso_path: str | None) -> list[str]:
+    """What applying *wanted* changes in the definition that holds *held*, in words."""
+    changes = []
+    if "memory_mib" in wanted and wanted["memory_mib"] != held["memory_mib"]:
+        changes.append(f"memory {wanted['memory_mib']} MiB (was {held['memory_mib']})")
+    if "vcpus" in wanted and wanted["vcpus"] != held["vcpus"]:
+        changes.append(f"vCPUs {wanted['vcpus']} (was {held['vcpus']})")
+    if "boot" in wanted and list(wanted["boot"]) != held["boot"]:
+        changes.append(f"boot order {','.join(wanted['boot'])} "
+                       f"(was {','.join(held['boot']) or 'not set'})")
+    if "cdrom" in wanted and (iso_path or "") != held["cdrom_file"]:
+        was = held["cdrom"] or "empty"
+        changes.append(f"CD {wanted['cdrom']} (was {was})" if iso_path is not None
+                       else f"CD ejected (was {was})")
+    return changes
+
+
+def _configure_message(changes: list[str], notes: list[str], info: DomainInfo | None) -> str:
+    """The outcome's message: what changed, and whether a restart is needed."""
+    if changes:
+        parts = ["set " + ", ".join(changes)]
+    elif notes:
+        parts = ["the saved definition already held these settings"]
+    else:
+        parts = ["no change: libvirt already holds these settings"]
+    parts += notes
+    settings = info.settings if info is not None else None
+    restart = settings.get("restart_needed") if settings else None
+    if restart:
+        parts.append("memory, vCPUs and boot order take effect when the VM is shut down and "
+                     "started again (a reboot inside it is not enough)")
+    elif changes and info is not None and info.state == "shut off":
+        parts.append("in effect at the next start")
+    return "; ".join(parts)
+
 
 def _read_back(dom: Any, name: str, owner: str | None, prev: DomainInfo | None,
-               touches: frozenset[str], known: dict[str, bool]) -> DomainInfo:
+               touches: frozenset[str], known: dict[str, bool], iso_dir: str = "",
+               inactive: str | None = None, read_definition: bool = False) -> DomainInfo:
     """The domain after an action: what it *touches* asked again, what it is *known* to
-    have set taken as set, the rest as known before."""
+    have set taken as set, the rest as known before.
+
+    The settings come from the live XML read for "devices" (restart_needed
+    unknown on a running domain), from *inactive* (the persistent definition,
+    when the caller has it or *read_definition* asks for it: restart_needed
+    known), or stay as before (actions that touch only the state keep the same
+    QEMU process and definition).
+    """
     if prev is None:
         touches = frozenset({"state", "autostart", "devices"})
         prev = DomainInfo(name, "", "", False, bool(dom.isPersistent()), 0, 0, owner)
     graphics, memory, vcpus = prev.graphics, prev.memory_kib, prev.vcpus
-    if "devices" in touches:
-        _, graphics, memory, vcpus = parse_domain_xml(dom.XMLDesc(0))
     state, reason = prev.state, prev.reason
     if "state" in touches:
         state, reason = state_names(*dom.state())
+    settings = prev.settings
+    if "devices" in touches:
+        live = dom.XMLDesc(0)
+        root = etree.fromstring(live.encode())
+        _, graphics, memory, vcpus = _domain_facts(root)
+        if inactive is None and read_definition and _is_live(root) and prev.persistent:
+            inactive = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        if inactive is not None and _is_live(root):
+            settings = _settings_or_none(inactive, iso_dir, live)
+        else:
+            settings = _settings_or_none(root, iso_dir)
     autostart = bool(dom.autostart()) if "autostart" in touches else prev.autostart
     autostart = known.get("autostart", autostart)
     return DomainInfo(name, state, reason, autostart, prev.persistent, memory, vcpus, owner,
-                      graphics)
+                      graphics, settings)
+
+
+def _settings_or_none(xml: str | Any, iso_dir: str,
+                      live: str | None = None) -> dict[str, Any] | None:
+    """settings_of, or None for a definition wirt cannot read (never fails a pass)."""
+    try:
+        return settings_of(xml, iso_dir, live)
+    except (ValueError, etree.XMLSyntaxError):
+        return None
 
 
 def _owner(dom: Any) -> str | None:
