@@ -91,15 +91,30 @@ def _cdrom_name(file: str | None, iso_dir: str) -> str:
 
 
 def settings_from_tree(root: Any, iso_dir: str) -> dict[str, Any]:
-    """:func:`read_settings` of an already parsed ``<domain>`` element (not changed)."""
-    vcpu = root.findtext("vcpu")
-    disk = _cdrom(root)
+    """:func:`read_settings` of an already parsed ``<domain>`` element (not changed).
+
+    One walk over the children, not one ``find`` per key: this runs for every
+    domain on the idle path (from the bulk XML read).
+    """
+    memory = vcpu = os_node = disk = None
+    for child in root:
+        tag = child.tag
+        if tag == "memory":
+            memory = child
+        elif tag == "vcpu":
+            vcpu = child.text
+        elif tag == "os":
+            os_node = child
+        elif tag == "devices" and disk is None:
+            disk = next((d for d in child if d.tag == "disk" and d.get("device") == "cdrom"),
+                        None)
     target = disk.find("target") if disk is not None else None
     file = _cdrom_file(disk) if disk is not None else ""
     return {
-        "memory_mib": _kib(root.find("memory")) // 1024,
+        "memory_mib": _kib(memory) // 1024,
         "vcpus": int(vcpu.strip()) if vcpu and vcpu.strip() else 0,
-        "boot": [b.get("dev", "") for b in root.findall("os/boot")],
+        "boot": ([b.get("dev", "") for b in os_node if b.tag == "boot"]
+                 if os_node is not None else []),
         "cdrom": _cdrom_name(file, iso_dir),
         "has_cdrom": disk is not None,
         # internal (for Hypervisor.configure), not for status:
