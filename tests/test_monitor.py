@@ -143,8 +143,9 @@ def test_a_rejection_text_is_cut_before_the_journal_and_audit() -> None:
 
 def test_bye_replaces_what_root_remembers_of_the_user() -> None:
     mon, ctx = monitor()
-    many = {f"vm{i}": ["d" * 32, [i]] for i in range(MAX_IDLE_VMS + 50)}
+    many = {f"vm{i}": ["d" * 32, [i], None] for i in range(MAX_IDLE_VMS + 50)}
     mon.answer(ctx, {"op": "bye", "statuses": {"wirt": many}})
     assert sum(len(v) for v in mon.records.idle_of(ME.pw_uid).values()) == MAX_IDLE_VMS
-    mon.answer(mon.turn(ME, None, False), {"op": "bye", "statuses": {"wirt": {"web": ["d", [1]]}}})
-    assert mon.records.idle_of(ME.pw_uid) == {"wirt": {"web": ["d", [1]]}}
+    mon.answer(mon.turn(ME, None, False),
+               {"op": "bye", "statuses": {"wirt": {"web": ["d", [1], None]}}})
+    assert mon.records.idle_of(ME.pw_uid) == {"wirt": {"web": ["d", [1], None]}}

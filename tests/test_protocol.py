@@ -68,7 +68,11 @@ GOOD: dict[str, dict[str, Any]] = {
     "unclaimed": {"op": "unclaimed", "id": "a-1"},
     "run": {"op": "run", "id": "a-1", "logged": ["a-0"]},
     "notices": {"op": "notices", "items": [{"layout": "wirt", "key": "k", "message": "m"}]},
-    "bye": {"op": "bye", "statuses": {"wirt": {"web": ["d" * 32, [1, 2, 3, 4, 5]]}}},
+    "settings": {"op": "settings", "layout": "wirt", "vm": "web", "digest": "d" * 32,
+                 "content": '{"vcpus": 2}'},
+    "bye": {"op": "bye", "statuses": {"wirt": {"web": ["d" * 32, [1, 2, 3, 4, 5], None]},
+                                      "legacy": {"db": [None, None, [1, 2, 3, 4, 5]]}},
+            "isos": "e" * 32},
 }
 
 
@@ -87,8 +91,12 @@ class TestShapes:
         ("notices", {"items": [{"layout": "wirt", "key": "k"}]}),
         ("notices", {"items": [{"layout": "wirt", "key": "k", "message": "m" * 5000}]}),
         ("bye", {"statuses": {"wirt": {"web": ["d", [1], 3]}}}),
-        ("bye", {"statuses": {"wirt": {"web": ["d" * 65, [1]]}}}),
-        ("bye", {"statuses": []}), ("bye", {"statuses": {"wirt": {"web": ["d", list(range(9))]}}}),
+        ("bye", {"statuses": {"wirt": {"web": ["d", [1]]}}}),
+        ("bye", {"statuses": {"wirt": {"web": ["d" * 65, [1], None]}}}),
+        ("bye", {"statuses": []}),
+        ("bye", {"statuses": {"wirt": {"web": ["d", list(range(9)), None]}}}),
+        ("settings", {"content": 5}), ("settings", {"digest": None}),
+        ("settings", {"content": "x" * ((1 << 20) + 1)}),
     ])
     def test_a_wrong_shape_is_refused_with_where(self, op: str, change: dict[str, Any]) -> None:
         with pytest.raises(ProtocolError, match=op):
@@ -123,8 +131,9 @@ class TestOrder:
 
     def test_a_whole_turn(self) -> None:
         turn = self.turn(recovering=True)
-        for op, layout in [("recovered", None), ("inventory", "wirt"), ("intend", "wirt"),
-                           ("run", None), ("intend", "wirt"), ("unclaimed", None),
+        for op, layout in [("recovered", None), ("inventory", "wirt"), ("settings", "wirt"),
+                           ("intend", "wirt"), ("run", None), ("intend", "wirt"),
+                           ("unclaimed", None),
                            ("inventory", "legacy"), ("intend", "legacy"), ("run", None),
                            ("notices", None), ("bye", None)]:
             turn.allow(op, layout)
@@ -157,6 +166,16 @@ class TestOrder:
         turn.allow("recovered")
         with pytest.raises(ProtocolError, match="only as the first"):
             turn.allow("recovered")
+
+    def test_settings_once_per_vm_after_the_inventory(self) -> None:
+        turn = self.turn()
+        with pytest.raises(ProtocolError, match="before its inventory"):
+            turn.allow("settings", "wirt", "web")
+        turn.allow("inventory", "wirt")
+        turn.allow("settings", "wirt", "web")
+        turn.allow("settings", "wirt", "db")
+        with pytest.raises(ProtocolError, match="'settings' twice for VM 'web'"):
+            turn.allow("settings", "wirt", "web")
 
     def test_notices_then_bye_is_fine_and_bye_alone_too(self) -> None:
         turn = self.turn()

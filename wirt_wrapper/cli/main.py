@@ -615,15 +615,15 @@ def check_wanted(home: Home, ref: VmRef, wanted: dict[str, Any], config: Config 
     cdrom = wanted.get("cdrom")
     if cdrom is not None and isos is not None and cdrom not in isos:
         raise unknown_iso(cdrom, isos)
-    site = getattr(config, "settings", None)
-    if site is None:
+    if config is None:
         return  # the admin's limits are not readable here: the pass decides
-    if not getattr(site, "enabled", True):
+    site = config.settings
+    if not site.enabled:
         warn("the admin has turned settings off on this host ([settings] enabled = false): "
              "a pass will refuse the file")
     applied = (home.status(ref) or {}).get("settings") or {}
     catalogue: list[str] | None = None
-    if getattr(site, "iso_dir", ""):
+    if site.iso_dir:
         catalogue = isos if isos is not None else ([cdrom] if cdrom else [])
     try:
         settings_rules.check_limits(

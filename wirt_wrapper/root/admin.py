@@ -248,7 +248,7 @@ def quota(args: argparse.Namespace, config: Config, out: Out) -> int:
     import libvirt
 
     from wirt_wrapper.root.accounts import members
-    from wirt_wrapper.rules.actions import Claimants, owner_problem
+    from wirt_wrapper.rules.actions import Claimants, owns
 
     try:
         names = [entry.pw_name for entry in members(config.group)]
@@ -259,9 +259,7 @@ def quota(args: argparse.Namespace, config: Config, out: Out) -> int:
         _owner_user(args.user, config)
         users = [args.user]
     claimants = Claimants(config.domain_name, sorted({*names, *users}))
-    limits = getattr(config, "quota", None)  # [quota] (0 = none)
-    quota_memory = int(getattr(limits, "memory_mib", 0) or 0)
-    quota_vcpus = int(getattr(limits, "vcpus", 0) or 0)
+    quota_memory, quota_vcpus = config.quota.memory_mib, config.quota.vcpus  # 0: none
 
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
     try:
@@ -281,15 +279,9 @@ def quota(args: argparse.Namespace, config: Config, out: Out) -> int:
     finally:
         conn.close()
 
-    def owns(user: str, domain: str, owner: str | None) -> bool:
-        """The pass's rule: the metadata owner, else the one member whose folder names it."""
-        if owner is None and all(member != user for member, _ in claimants.find(domain)):
-            return False  # no VM folder of this user's would name it
-        return owner_problem(user, domain, owner, claimants.find(domain, besides=user)) is None
-
     rows: list[dict[str, Any]] = []
     for user in users:
-        theirs = [d for d in sorted(domains) if owns(user, d[0], d[1])]
+        theirs = [d for d in sorted(domains) if owns(user, d[0], d[1], claimants)]
         mine = [{"domain": name, "memory_mib": memory, "vcpus": vcpus, "persistent": persistent}
                 for name, _, memory, vcpus, persistent in theirs]
         use_memory = sum(d[2] for d in theirs)

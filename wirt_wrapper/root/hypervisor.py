@@ -44,6 +44,8 @@ STATES = {
     libvirt.VIR_DOMAIN_CRASHED: "crashed",
     libvirt.VIR_DOMAIN_PMSUSPENDED: "pmsuspended",
 }
+# States with no QEMU process: the live XML is the definition itself.
+OFF_STATES = (libvirt.VIR_DOMAIN_NOSTATE, libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_CRASHED)
 # The reason names virsh prints (virsh domstate --reason), per state.
 REASONS = {
     "running": ["unknown", "booted", "migrated", "restored", "from snapshot", "unpaused",
@@ -202,8 +204,9 @@ class Hypervisor:
         self._autostart: set[str] = set()
         self._persistent: set[str] = set()
         self._info: dict[str, DomainInfo] = {}
-        self._xml: dict[str, str] = {}
-        self._xml_job: concurrent.futures.Future[dict[str, str]] | None = None
+        # per domain: its live XML, and a running one's persistent definition
+        self._xml: dict[str, tuple[str, str | None]] = {}
+        self._xml_job: concurrent.futures.Future[dict[str, tuple[str, str | None]]] | None = None
 
     def _call(self, fn: Callable[[], T]) -> T:
         if self.down:
@@ -270,12 +273,17 @@ class Hypervisor:
         The pass forks user sides meanwhile; the first inventory waits for it.
         """
         doms = list(self._doms.items())
+        # a running domain's persistent definition too: what its settings become at the
+        # next start (status.xml's restart-needed)
+        running = {name for name, (state, _) in self._states.items()
+                   if state not in OFF_STATES and name in self._persistent}
 
-        def read_all() -> dict[str, str]:
+        def read_all() -> dict[str, tuple[str, str | None]]:
             found = {}
             for name, dom in doms:
                 try:
-                    found[name] = dom.XMLDesc(0)
+                    found[name] = (dom.XMLDesc(0), dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+                                   if name in running else None)
                 except libvirt.libvirtError:
                     if not self._alive():
                         raise
@@ -303,17 +311,16 @@ class Hypervisor:
         for name in names:
             if name in self._info or name not in self._doms:
                 continue
-            xml = self._xml.get(name)
-            if xml is None:
+            xmls = self._xml.get(name)
+            if xmls is None:
                 try:
-                    xml = self._call(partial(self._doms[name].XMLDesc, 0))
+                    xmls = (self._call(partial(self._doms[name].XMLDesc, 0)), None)
                 except libvirt.libvirtError:
                     continue
             state, reason = self._states.get(name, (0, 0))
             self._info[name] = self._make_info(
-                name, state, reason, name in self._autostart, name in self._persistent, xml,
-                self.iso_dir
-            )
+                name, state, reason, name in self._autostart, name in self._persistent,
+                xmls[0], self.iso_dir, xmls[1])
 
     def info(self, name: str) -> DomainInfo | None:
         """What the snapshot says of *name* (idle path); None if there is no such domain."""
@@ -322,12 +329,14 @@ class Hypervisor:
 
     @staticmethod
     def _make_info(name: str, state: int, reason: int, autostart: bool, persistent: bool,
-                   xml: str, iso_dir: str = "") -> DomainInfo:
+                   xml: str, iso_dir: str = "", inactive: str | None = None) -> DomainInfo:
         root = etree.fromstring(xml.encode())
         owner, graphics, memory, vcpus = _domain_facts(root)
         state_name, reason_name = state_names(state, reason)
+        settings = (_settings_or_none(inactive, iso_dir, xml) if inactive is not None
+                    else _settings_or_none(root, iso_dir))
         return DomainInfo(name, state_name, reason_name, autostart, persistent,
-                          memory, vcpus, owner, graphics, _settings_or_none(root, iso_dir))
+                          memory, vcpus, owner, graphics, settings)
 
     def act(self, name: str, action: Action, params: dict[str, str],
             decide: Callable[[str | None], str | None]) -> tuple[str, str, DomainInfo | None]:
@@ -367,8 +376,7 @@ class Hypervisor:
                 outcome, message = "failed", f"libvirt: {exc.get_error_message()}"
             try:
                 known = action.sets(params) if action.sets and outcome == "done" else {}
-                info = _read_back(dom, name, owner, prev, action.touches, known, self.iso_dir,
-                                  read_definition=action.call is None)
+                info = _read_back(dom, name, owner, prev, action.touches, known, self.iso_dir)
             except libvirt.libvirtError as exc:
                 info = None  # e.g. a transient domain that is gone after destroy
                 if not self._alive():  # the outcome stands; later commands wait
@@ -560,14 +568,13 @@ def _configure_message(changes: list[str], notes: list[str], info: DomainInfo | 
 
 def _read_back(dom: Any, name: str, owner: str | None, prev: DomainInfo | None,
                touches: frozenset[str], known: dict[str, bool], iso_dir: str = "",
-               inactive: str | None = None, read_definition: bool = False) -> DomainInfo:
+               inactive: str | None = None) -> DomainInfo:
     """The domain after an action: what it *touches* asked again, what it is *known* to
     have set taken as set, the rest as known before.
 
-    The settings come from the live XML read for "devices" (restart_needed
-    unknown on a running domain), from *inactive* (the persistent definition,
-    when the caller has it or *read_definition* asks for it: restart_needed
-    known), or stay as before (actions that touch only the state keep the same
+    The settings come from the persistent definition (*inactive*, read here for a
+    running domain when the caller does not have it) compared with the live XML
+    read for "devices", or stay as before (actions that touch only the state keep the same
     QEMU process and definition).
     """
     if prev is None:
@@ -582,7 +589,7 @@ def _read_back(dom: Any, name: str, owner: str | None, prev: DomainInfo | None,
         live = dom.XMLDesc(0)
         root = etree.fromstring(live.encode())
         _, graphics, memory, vcpus = _domain_facts(root)
-        if inactive is None and read_definition and _is_live(root) and prev.persistent:
+        if inactive is None and _is_live(root) and prev.persistent:
             inactive = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
         if inactive is not None and _is_live(root):
             settings = _settings_or_none(inactive, iso_dir, live)

@@ -21,11 +21,13 @@ from typing import Any
 
 import libvirt
 
+from wirt_wrapper.root import catalogue
 from wirt_wrapper.root.audit import AuditLog, Journal
 from wirt_wrapper.root.hypervisor import Hypervisor, Interrupted, Unreachable
 from wirt_wrapper.root.notify import Report
 from wirt_wrapper.root.records import Records, notice_key
 from wirt_wrapper.rules import protocol
+from wirt_wrapper.rules import settings as settings_rules
 from wirt_wrapper.rules.actions import (
     Claimants,
     Rejection,
@@ -35,11 +37,12 @@ from wirt_wrapper.rules.actions import (
     lookup_action,
     no_domain,
     owner_problem,
+    owns,
     parse_params,
     printable,
 )
 from wirt_wrapper.rules.config import Config
-from wirt_wrapper.rules.errors import ProtocolError
+from wirt_wrapper.rules.errors import ProtocolError, WirtError
 from wirt_wrapper.rules.layouts import LAYOUTS
 from wirt_wrapper.rules.spool import OUTCOMES
 
@@ -102,6 +105,8 @@ class Monitor:
         self.claimants = Claimants(config.domain_name, [])
         self.pass_id = f"{time.time_ns():x}"
         self.counter = 0
+        self._catalogue: catalogue.Catalogue | None = None
+        self._catalogue_read = False
 
     def say(self, text: str) -> None:
         if self.options.verbose or self.options.dry_run:
@@ -115,8 +120,9 @@ class Monitor:
     def answer(self, ctx: UserContext, message: dict[str, Any]) -> dict[str, Any] | None:
         """The reply to *message*; None for 'bye', which ends the turn."""
         op = protocol.check_request(message)
-        ctx.turn.allow(op, message.get("layout") if op in (protocol.INVENTORY,
-                                                            protocol.INTEND) else None)
+        layout = message.get("layout") if op in (protocol.INVENTORY, protocol.INTEND,
+                                                 protocol.SETTINGS) else None
+        ctx.turn.allow(op, layout, message.get("vm") if op == protocol.SETTINGS else None)
         for cid in message.get("logged", []):
             if cid in ctx.ids:
                 self.journal.record(cid, "closed")
@@ -135,7 +141,9 @@ class Monitor:
             status = {vm: self.status_for(ctx.user, vm) for vm in vms}
         except Unreachable as exc:  # libvirt went away during the pass
             return {"down": str(exc)}
-        return {"status": status}
+        # the settings file each VM had when root last handled it: the same one is not sent
+        handled = self.records.configs_of(ctx.user.pw_uid).get(msg["layout"], {})
+        return {"status": status, "configs": {vm: handled[vm] for vm in vms if vm in handled}}
 
     def status_for(self, user: pwd.struct_passwd, vm: str) -> dict[str, Any]:
         domain = domain_for(self.config.domain_name, user.pw_name, vm)
@@ -285,6 +293,121 @@ class Monitor:
                 write.append({**entry, "outcome": outcome, "message": message, "id": cid})
         return {"write": write}
 
+    def on_settings(self, ctx: UserContext, msg: dict[str, Any]) -> dict[str, Any]:
+        """The VM's settings file, new or changed: parsed again here, checked, applied once."""
+        layout = _layout(msg["layout"], self.options.layouts)
+        vm = check_vm_name(msg["vm"])
+        uid = ctx.user.pw_uid
+        if self.records.configs_of(uid).get(layout, {}).get(vm) == msg["digest"]:
+            return {"unchanged": True}
+        domain = domain_for(self.config.domain_name, ctx.user.pw_name, vm)
+        entry: dict[str, Any] = {
+            "uid": uid, "user": ctx.user.pw_name, "layout": layout, "vm": vm,
+            "file": settings_rules.FILE, "domain": domain, "action": "config", "tokens": [],
+        }
+        started = time.monotonic()
+        status: dict[str, Any] | None = None
+        try:
+            wanted = self._wanted(msg)
+            entry["tokens"] = [f"{k}={_shown_value(v)}" for k, v in sorted(wanted.items())]
+        except Rejection as exc:
+            outcome, message = "rejected", printable(str(exc), TEXT_LIMIT)
+            if self.options.dry_run:
+                self.say(f"{ctx.user.pw_name} {vm} config: would reject: {message}")
+                return {"unchanged": True}
+        else:
+            if self.options.dry_run:
+                self.say(f"{ctx.user.pw_name} {vm} config: would apply "
+                         f"{' '.join(entry['tokens']) or 'nothing'} to {domain}")
+                return {"unchanged": True}
+            if self.hv.down:
+                return {"pending": self.hv.down}
+            outcome, message, status = self.configure(ctx, domain, wanted)
+        if outcome != "interrupted":  # not known to be applied: the next pass tries again
+            self.records.set_config(uid, layout, vm, msg["digest"])
+        cid = f"{self.pass_id}-config-{vm}"
+        self.audit_command(cid, entry, outcome, message, time.monotonic() - started)
+        return {"outcome": outcome, "message": message, "status": status, "id": cid,
+                "action": "config", "tokens": entry["tokens"]}
+
+    def _wanted(self, msg: dict[str, Any]) -> dict[str, Any]:
+        if "rejected" in msg:  # the user side could not read it (a link, too big, ...)
+            raise Rejection(msg["rejected"])
+        if not self.config.settings.enabled:
+            raise Rejection("config: the admin has turned settings off here "
+                            "([settings] enabled = false); nothing of the file was applied")
+        try:
+            content = msg.get("content", "").encode("latin-1")
+        except UnicodeEncodeError:
+            raise ProtocolError("settings content is not bytes") from None
+        return settings_rules.parse(content, self.config.limits.max_file_bytes)
+
+    def configure(self, ctx: UserContext, domain: str,
+                  wanted: dict[str, Any]) -> tuple[str, str, dict[str, Any] | None]:
+        user = ctx.user.pw_name
+        limits, quota = self.config.settings, self.config.quota
+        listing = self.catalogue()
+        iso_path = None
+        if wanted.get("cdrom") and listing is not None and wanted["cdrom"] in listing.names:
+            iso_path = listing.path(wanted["cdrom"])  # the catalogue's own name, joined
+
+        def decide(owner: str | None) -> str | None:
+            return owner_problem(user, domain, owner, self.claimants.find(domain, besides=user))
+
+        # the user's other domains, read before: the check below runs on libvirt's thread
+        usage: dict[str, tuple[int, int]] = {}
+        counted = [(key, index, limit) for key, index, limit in
+                   (("memory_mib", 0, quota.memory_mib), ("vcpus", 1, quota.vcpus))
+                   if limit and key in wanted]
+        if counted:
+            try:
+                usage = self.hv.usage(user, lambda name, owner: owns(user, name, owner,
+                                                                     self.claimants))
+            except Unreachable as exc:
+                return "failed", f"libvirt: {exc}; the settings were not applied", None
+
+        def check(current: dict[str, Any]) -> None:
+            settings_rules.check_limits(
+                wanted, max_memory_mib=limits.max_memory_mib, max_vcpus=limits.max_vcpus,
+                isos=None if listing is None else listing.names, has_cdrom=current["has_cdrom"])
+            others = [use for name, use in usage.items() if name != domain]
+            for key, index, limit in counted:
+                settings_rules.check_quota(key, limit, sum(u[index] for u in others),
+                                           wanted[key])
+
+        try:
+            outcome, message, info = self.hv.configure(domain, wanted, iso_path, decide, check)
+        except Interrupted as exc:
+            return "interrupted", (f"libvirt: {exc} while the settings were applied; they may "
+                                   "or may not have taken effect: the next pass tries again"), None
+        except Unreachable as exc:
+            return "failed", f"libvirt: {exc}; the settings were not applied", None
+        except libvirt.libvirtError as exc:
+            return "failed", f"libvirt: {exc.get_error_message()}", None
+        return outcome, message, info.as_status() if info is not None else None
+
+    def isos_listing(self) -> tuple[str, str]:
+        """What ~/wirt/info/isos.txt holds this pass, and its digest."""
+        found = self.catalogue()
+        names = found.names if found is not None else ()
+        return catalogue.listing_text(names), catalogue.listing_digest(names)
+
+    def isos_digest(self) -> str:
+        return self.isos_listing()[1]
+
+    def catalogue(self) -> catalogue.Catalogue | None:
+        """The ISO catalogue, read (and checked) once per pass; None if off or unusable."""
+        if not self._catalogue_read:
+            self._catalogue_read = True
+            folder = self.config.settings.iso_dir
+            if folder:
+                try:
+                    self._catalogue = catalogue.read_catalogue(folder)
+                except WirtError as exc:
+                    self.report.note(f"ISO catalogue: {exc}")
+                    self.audit.write("catalogue-unusable", reason=str(exc))
+        return self._catalogue
+
     def on_notices(self, ctx: UserContext, msg: dict[str, Any]) -> dict[str, Any]:
         uid = ctx.user.pw_uid
         new = []
@@ -315,6 +438,8 @@ class Monitor:
             _layout(layout, self.options.layouts)
             statuses[layout] = {check_vm_name(vm): seen for vm, seen in vms.items()}
         self.records.set_idle(ctx.user.pw_uid, statuses)
+        if msg.get("isos") == self.isos_digest():
+            self.records.set_isos(ctx.user.pw_uid, msg["isos"])
         return {}
 
 
@@ -327,11 +452,20 @@ HANDLERS: dict[str, Handler] = {
     protocol.INTEND: Monitor.on_intend,
     protocol.UNCLAIMED: Monitor.on_unclaimed,
     protocol.RUN: Monitor.on_run,
+    protocol.SETTINGS: Monitor.on_settings,
     protocol.NOTICES: Monitor.on_notices,
     protocol.BYE: Monitor.on_bye,
 }
 if set(HANDLERS) != set(protocol.REQUESTS):  # not an assert: python -O keeps this
     raise ImportError("monitor: HANDLERS and protocol.REQUESTS disagree")
+
+
+def _shown_value(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, tuple):
+        return ",".join(value)
+    return str(value)
 
 
 def _layout(value: str, allowed: tuple[str, ...]) -> str:

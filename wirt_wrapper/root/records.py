@@ -16,6 +16,9 @@ no longer members:
   that the prober's look can tell that nothing needs a user side.  Each full
   turn replaces the user's entry with exactly what it wrote: VM folders that
   are gone are dropped.
+* ``settings.json``: per user, layout and VM, the digest of the settings file
+  root last handled (applied, or refused), so that each version of the file
+  is applied once; and the digest of the ISO listing the user last got.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ class Records:
         self.state_dir = state_dir
         self.reported: dict[str, list[str]] = self._load("reported.json")
         self.idle: dict[str, Idle] = self._load("idle.json")
+        self.settings: dict[str, dict[str, Any]] = self._load("settings.json")
         self._loaded = self._snapshot()
         self.seen: dict[str, set[str]] = {}  # per user served this pass: notices still there
 
@@ -64,8 +68,9 @@ class Records:
             return {}
         return load_state(os.path.join(self.state_dir, name))
 
-    def _snapshot(self) -> tuple[str, str]:
-        return (json.dumps(self.reported, sort_keys=True), json.dumps(self.idle, sort_keys=True))
+    def _snapshot(self) -> tuple[str, str, str]:
+        return (json.dumps(self.reported, sort_keys=True), json.dumps(self.idle, sort_keys=True),
+                json.dumps(self.settings, sort_keys=True))
 
     # -- notices -------------------------------------------------------------
     def reported_keys(self, uid: int) -> set[str]:
@@ -96,22 +101,45 @@ class Records:
                     count += 1
         self.idle[str(uid)] = kept
 
+    # -- settings files and the ISO listing --------------------------------------
+    def configs_of(self, uid: int) -> dict[str, dict[str, str]]:
+        """layout -> VM -> digest of the settings file root last handled."""
+        found = self.settings.get(str(uid), {}).get("configs", {})
+        return found if isinstance(found, dict) else {}
+
+    def set_config(self, uid: int, layout: str, vm: str, digest: str) -> None:
+        mine = self.settings.setdefault(str(uid), {})
+        configs = mine.setdefault("configs", {})
+        if vm not in configs.get(layout, {}) and \
+                sum(len(v) for v in configs.values()) >= MAX_IDLE_VMS:
+            return  # bounded: past this many VM folders a file is handled each pass again
+        configs.setdefault(layout, {})[vm] = digest
+
+    def isos_of(self, uid: int) -> str:
+        return str(self.settings.get(str(uid), {}).get("isos", ""))
+
+    def set_isos(self, uid: int, digest: str) -> None:
+        self.settings.setdefault(str(uid), {})["isos"] = digest
+
     # -- keeping ---------------------------------------------------------------
     def prune(self, members: set[int]) -> None:
         """Forget users who are not members any more."""
         keep = {str(uid) for uid in members}
         self.reported = {uid: keys for uid, keys in self.reported.items() if uid in keep}
         self.idle = {uid: vms for uid, vms in self.idle.items() if uid in keep}
+        self.settings = {uid: mine for uid, mine in self.settings.items() if uid in keep}
 
     def save(self) -> None:
         for uid, keys in self.seen.items():
             self.reported[uid] = sorted(keys)
         self.reported = {uid: keys for uid, keys in self.reported.items() if keys}
-        if self.state_dir is None or self._snapshot() == self._loaded:
+        now = self._snapshot()
+        if self.state_dir is None or now == self._loaded:
             return
-        reported, idle = self._snapshot()
-        if reported != self._loaded[0]:
-            save_state(os.path.join(self.state_dir, "reported.json"), self.reported)
-        if idle != self._loaded[1]:
-            save_state(os.path.join(self.state_dir, "idle.json"), self.idle)
-        self._loaded = (reported, idle)
+        files: tuple[tuple[str, dict[str, Any]], ...] = (
+            ("reported.json", self.reported), ("idle.json", self.idle),
+            ("settings.json", self.settings))
+        for index, (name, data) in enumerate(files):
+            if now[index] != self._loaded[index]:
+                save_state(os.path.join(self.state_dir, name), data)
+        self._loaded = now

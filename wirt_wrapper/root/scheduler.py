@@ -10,6 +10,7 @@ its own turn and nobody else's.
 
 from __future__ import annotations
 
+import os
 import pwd
 import select
 import sys
@@ -56,7 +57,8 @@ class Pass:
         self.config = config
         self.options = options
         self.summary = Summary()
-        self.hv = Hypervisor(config.uri, config.limits.libvirt_timeout)
+        iso_dir = os.path.realpath(config.settings.iso_dir) if config.settings.iso_dir else ""
+        self.hv = Hypervisor(config.uri, config.limits.libvirt_timeout, iso_dir)
         self.audit = AuditLog(config.audit_log, dry_run=options.dry_run)
         self.journal = Journal(config.state_dir, dry_run=options.dry_run)
         self.records = Records(None if options.dry_run else config.state_dir)
@@ -221,6 +223,8 @@ class Pass:
             log_max_bytes=self.config.limits.log_max_bytes,
             log_keep=self.config.limits.log_keep, recover=recover,
         )
+        job.isos_text, job.isos_digest = self.monitor.isos_listing()
+        job.isos_known = self.records.isos_of(user.pw_uid)
         child = self.spawner.spawn(self._identity(user), vars(job))
         child.channel.deadline = time.monotonic() + self.config.limits.seconds_per_user
         return self.monitor.turn(user, child, recovering=bool(recover))
@@ -267,13 +271,21 @@ class Pass:
                     not isinstance(key, str) or notice_key(layout, key) not in reported
                     for key in odd):
                 return True  # a stray entry the user has not been told about yet
-            if LAYOUTS[layout].info is None or self.hv.down:
-                continue  # nothing to refresh (or nothing to refresh it from)
+            if self.hv.down:
+                continue  # nothing to refresh (or apply) it from
             for vm, seen in vms.items():
-                try:
-                    status = self.monitor.status_for(user, check_vm_name(vm))
-                except (Unreachable, Rejection):
+                if not isinstance(seen, list) or len(seen) != 2:
                     return True
-                if cached.get(layout, {}).get(vm) != [info_digest(status), seen]:
-                    return True  # a new VM, a changed state, or a status.xml someone touched
+                expected: list[Any] = [None, None, seen[1]]  # no status.xml in this layout
+                if LAYOUTS[layout].info is not None:
+                    try:
+                        status = self.monitor.status_for(user, check_vm_name(vm))
+                    except (Unreachable, Rejection):
+                        return True
+                    expected = [info_digest(status), seen[0], seen[1]]
+                if cached.get(layout, {}).get(vm) != expected:
+                    return True  # a new VM or state, a status.xml someone touched, a new config
+            if layout == "wirt" and self.monitor.isos_digest() != self.records.isos_of(
+                    user.pw_uid):
+                return True  # the ISO catalogue changed: isos.txt is to be written
         return False

@@ -29,6 +29,7 @@ __all__ = [
     "lookup_action",
     "no_domain",
     "owner_problem",
+    "owns",
     "parse_command",
     "parse_params",
     "printable",
@@ -304,6 +305,15 @@ class Claimants:
                 if len(domain) >= cut + len(suffix) and VM_NAME.fullmatch(vm):
                     found.append((member, vm))
         return found
+
+
+def owns(user: str, domain: str, meta_owner: str | None, claimants: Claimants) -> bool:
+    """Whether *domain* is *user*'s: named so in its owner metadata, or (without any) named
+    by one of the user's VM folders and by no other member's (what quotas sum over)."""
+    if meta_owner is not None:
+        return meta_owner == user
+    found = claimants.find(domain)
+    return bool(found) and all(member == user for member, _ in found)
 
 
 def owner_problem(user: str, domain: str, meta_owner: str | None,

@@ -4,8 +4,10 @@ One definition, so the writer and the reader cannot drift::
 
     2026-11-25T16:00:40+0000 web start --paused: done (file start, kept as
     ~/wirt/logs/history/20261125-160040.171115-web-start) [19a2...-1]
+    2026-11-25T16:02:00+0000 web config memory_mib=1024: done: ... (file config,
+    left in place) [19a2...-config-web]
 
-(one line).  Every user-chosen part is already made printable by the writer.
+(one line each).  Every user-chosen part is already made printable by the writer.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ __all__ = ["now_text", "parse", "render", "state_line"]
 LINE = re.compile(
     r"(?P<time>\S+) (?P<vm>\S+) (?P<action>[^\s:]+)(?P<params>(?: [^:]*)?): "
     r"(?P<outcome>done|failed|rejected|interrupted)(?:: (?P<message>.*?))? "
-    r"\(file (?P<file>.*), kept as (?P<history>~/\S+)\) \[(?P<id>[^\]\s]+)\]"
+    r"\(file (?P<file>.*)(?:, kept as (?P<history>~/\S+)|, left in place)\) "
+    r"\[(?P<id>[^\]\s]+)\]"
 )
 
 
@@ -30,11 +33,13 @@ def now_text() -> str:
 
 
 def render(*, stamp: str, vm: str, action: str, params: str, outcome: str, message: str,
-           file: str, history: str, cid: str) -> str:
-    """One command's log line (with its newline); *history* as shown to the user."""
+           file: str, history: str | None, cid: str) -> str:
+    """One command's log line (with its newline); *history* as shown to the user, None for
+    the settings file, which stays where it is."""
+    where = f"kept as {history}" if history is not None else "left in place"
     return (f"{stamp} {vm} {action}{' ' + params if params else ''}: "
             f"{outcome}{': ' + message if message else ''} "
-            f"(file {printable(file)}, kept as {history}) [{cid}]\n")
+            f"(file {printable(file)}, {where}) [{cid}]\n")
 
 
 def parse(line: str) -> dict[str, str] | None:

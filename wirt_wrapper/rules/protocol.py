@@ -13,7 +13,9 @@ state, never from a request.
 One turn, in order::
 
     recovered?                      once, first, only when root handed over journal entries
-    (inventory (intend (unclaimed | run)?)*)*    per layout, each layout once, in root's order
+    (inventory (settings | intend (unclaimed | run)?)*)*
+                                    per layout, each layout once, in root's order;
+                                    'settings' at most once per VM folder
     notices?                        once
     bye                             last; root does not answer it
 
@@ -31,8 +33,9 @@ from wirt_wrapper.rules import strictjson
 from wirt_wrapper.rules.errors import ProtocolError
 
 __all__ = [
-    "BYE", "INTEND", "INVENTORY", "MAX_DEPTH", "MAX_MESSAGE", "NOTICES", "RECOVERED", "REQUESTS",
-    "RUN", "UNCLAIMED", "Turn", "UserJob", "check_request", "decode", "encode",
+    "BYE", "INTEND", "INVENTORY", "MAX_DEPTH", "MAX_MESSAGE", "MAX_SETTINGS", "NOTICES",
+    "RECOVERED", "REQUESTS", "RUN", "SETTINGS", "UNCLAIMED", "Turn", "UserJob", "check_request",
+    "decode", "encode",
 ]
 
 MAX_MESSAGE = 4 << 20  # bytes of one framed message, either way
@@ -40,8 +43,9 @@ MAX_DEPTH = 8  # nesting of arrays and objects; the deepest request needs 5
 MAX_ITEMS = 10_000  # entries of any one list or object in a request
 MAX_TEXT = 4096  # characters of any one string in a request
 
-RECOVERED, INVENTORY, INTEND, UNCLAIMED, RUN, NOTICES, BYE = (
-    "recovered", "inventory", "intend", "unclaimed", "run", "notices", "bye")
+RECOVERED, INVENTORY, INTEND, UNCLAIMED, RUN, SETTINGS, NOTICES, BYE = (
+    "recovered", "inventory", "intend", "unclaimed", "run", "settings", "notices", "bye")
+MAX_SETTINGS = 1 << 20  # characters of a settings file (limits.max_file_bytes is at most this)
 
 
 def decode(data: bytes) -> dict[str, Any]:
@@ -128,12 +132,21 @@ def record(required: dict[str, Check], optional: dict[str, Check] | None = None)
     return check
 
 
-def _pair(value: Any, where: str) -> None:
-    """A status the user side wrote: [digest of its info, lstat signature of status.xml]."""
-    if not isinstance(value, list) or len(value) != 2:
-        raise _fail(where, "[digest, lstat signature]")
-    text(64)(value[0], where + "[0]")
-    list_of(integer, 8)(value[1], where + "[1]")
+def nullable(check: Check) -> Check:
+    def checked(value: Any, where: str) -> None:
+        if value is not None:
+            check(value, where)
+    return checked
+
+
+def _seen(value: Any, where: str) -> None:
+    """What a turn left in a VM's folders: [digest of the info behind status.xml, its lstat
+    signature, the lstat signature of the settings file handled] (each null when none)."""
+    if not isinstance(value, list) or len(value) != 3:
+        raise _fail(where, "[info digest, status.xml signature, config signature]")
+    nullable(text(64))(value[0], where + "[0]")
+    nullable(list_of(integer, 8))(value[1], where + "[1]")
+    nullable(list_of(integer, 8))(value[2], where + "[2]")
 
 
 ID = text(64)
@@ -153,7 +166,11 @@ REQUESTS: dict[str, Check] = {
     RUN: record({"op": text(), "id": ID}, _LOGGED),
     NOTICES: record({"op": text(), "items": list_of(record(
         {"layout": NAME, "key": text(), "message": text()}))}, _LOGGED),
-    BYE: record({"op": text(), "statuses": map_of(NAME, map_of(NAME, _pair))}, _LOGGED),
+    SETTINGS: record(
+        {"op": text(), "layout": NAME, "vm": NAME, "digest": ID},
+        {"content": text(MAX_SETTINGS), "rejected": text(), **_LOGGED}),
+    BYE: record({"op": text(), "statuses": map_of(NAME, map_of(NAME, _seen))},
+                {"isos": ID, **_LOGGED}),
 }
 
 
@@ -180,8 +197,9 @@ class Turn:
     layout: str | None = None  # the layout whose inventory was given
     done: set[str] = field(default_factory=set)  # layouts inventoried, once-only requests
     commands: int = 0
+    configured: set[tuple[str, str | None]] = field(default_factory=set)  # settings given
 
-    def allow(self, op: str, layout: str | None = None) -> None:
+    def allow(self, op: str, layout: str | None = None, vm: str | None = None) -> None:
         """Raise unless *op* (for *layout*) may come now; then advance the turn."""
         first, self.started = not self.started, True
         if self.recovering and first and op != RECOVERED:
@@ -198,9 +216,14 @@ class Turn:
                 raise ProtocolError(f"inventory of layout {layout!r} out of order")
             self.layout = layout
             self.done.add(layout)
-        elif op == INTEND:
+        elif op in (INTEND, SETTINGS):
             if layout is None or layout != self.layout:
-                raise ProtocolError(f"'intend' for layout {layout!r} before its inventory")
+                raise ProtocolError(f"'{op}' for layout {layout!r} before its inventory")
+            if op == SETTINGS:
+                if (layout, vm) in self.configured:
+                    raise ProtocolError(f"'settings' twice for VM {vm!r}")
+                self.configured.add((layout, vm))
+                return
             self.commands += 1
             if self.commands > self.max_commands:
                 raise ProtocolError(f"more than {self.max_commands} commands in one turn")
@@ -224,3 +247,8 @@ class UserJob:
     recover: list[dict[str, Any]] = field(default_factory=list)
     log_max_bytes: int = 1 << 20
     log_keep: int = 3
+    # ~/wirt/info/isos.txt as root lists the ISO catalogue, its digest, and the digest of
+    # what root last had written there for this user (equal: nothing to write)
+    isos_text: str = ""
+    isos_digest: str = ""
+    isos_known: str = ""

@@ -4,9 +4,11 @@ Runs in :class:`privsep.Prober` with the user's *filesystem* identity
 (fsuid, fsgid and groups: the kernel checks every step as the user, as it
 does for knfsd and Samba).  It only walks folders with :mod:`userfs`, lists
 them and lstats ``status.xml``: it never opens a file, never reads content,
-never writes.  Root starts a full user side (dropped for good) only when
-something could need doing: a command file, anything unexpected, a new VM
-folder, or a status that is not the one the last full pass wrote (see
+never writes (the settings file ``config`` is judged by its listing's lstat
+too).  Root starts a full user side (dropped for good) only when something
+could need doing: a command file, anything unexpected, a new VM folder, a
+settings file that is not the one root last handled, or a status that is not
+the one the last full pass wrote (see
 ``wirt_wrapper.root.scheduler.Pass.needs_turn``).
 """
 
@@ -17,6 +19,7 @@ from typing import Any
 
 from wirt_wrapper.rules import spool as spool_rules
 from wirt_wrapper.rules.layouts import LAYOUTS, STATUS_FILE, Layout
+from wirt_wrapper.rules.settings import FILE as SETTINGS_FILE
 from wirt_wrapper.user import fs as userfs
 from wirt_wrapper.user.fs import Unsafe
 
@@ -37,7 +40,7 @@ def _look(home: int, layout: Layout, uid: int, limit: int) -> dict[str, Any]:
         return {"spool": "absent"}
     except (Unsafe, OSError):
         return BUSY
-    vms: dict[str, list[int] | None] = {}
+    vms: dict[str, list[list[int] | None]] = {}  # VM -> [status.xml's lstat, config's]
     # Entries the full side only reports (once) and otherwise ignores, under the
     # keys it reports them by: root starts it only if one of them is new.
     odd: list[str] = []
@@ -61,13 +64,16 @@ def _look(home: int, layout: Layout, uid: int, limit: int) -> dict[str, Any]:
                 os.close(folder)
             if truncated:
                 return BUSY
+            config = None
             for inner, ist in inside:
                 found = spool_rules.in_vm_folder(name, inner, ist.st_mode)
                 if found.kind == spool_rules.COMMAND:
                     return BUSY  # a command is waiting
                 if found.kind == spool_rules.ODD:
                     odd.append(found.key)  # a folder: never a command
-            vms[entry.vm] = None
+                if inner == SETTINGS_FILE:
+                    config = signature(ist)  # root compares it with the one it handled
+            vms[entry.vm] = [None, config]
     finally:
         os.close(spool)
     if layout.info is not None and vms:
@@ -82,8 +88,8 @@ def _look(home: int, layout: Layout, uid: int, limit: int) -> dict[str, Any]:
                 except (Unsafe, OSError):
                     return BUSY
                 try:
-                    vms[vm] = signature(os.stat(STATUS_FILE, dir_fd=folder,
-                                                follow_symlinks=False))
+                    vms[vm][0] = signature(os.stat(STATUS_FILE, dir_fd=folder,
+                                                   follow_symlinks=False))
                 except OSError:
                     return BUSY
                 finally:

@@ -25,6 +25,7 @@ from typing import Any
 
 from wirt_wrapper.boundary.channel import Channel
 from wirt_wrapper.rules import logline, protocol
+from wirt_wrapper.rules import settings as settings_rules
 from wirt_wrapper.rules import spool as spool_rules
 from wirt_wrapper.rules import status as status_xml
 from wirt_wrapper.rules.actions import Rejection, parse_command, printable
@@ -38,6 +39,8 @@ from wirt_wrapper.user.probe import signature
 __all__ = ["user_main"]
 
 STATUS_LIMIT = 64 * 1024
+ISOS_FILE = "isos.txt"  # in ~/wirt/info: the admin's ISO catalogue, for the user
+PENDING = "pending"  # a settings file still to be handled (libvirt unreachable)
 # What one turn tells root (rules.protocol bounds every request; these stay inside them).
 MAX_NOTICES = 2000
 MESSAGE_LIMIT = 2000
@@ -58,6 +61,8 @@ class UserSide:
         self.stopped = False  # root said: leave the rest pending
         self.dirs: dict[tuple[str, ...], int] = {}
         self.statuses: dict[str, dict[str, list[Any]]] = {}
+        self.last_config: dict[tuple[str, str], dict[str, str]] = {}
+        self.isos_written = ""  # the listing's digest once isos.txt holds it
 
     def folder(self, parts: tuple[str, ...], *, create: bool = True) -> int:
         """An output folder, walked safely once per pass and then kept open (pinned)."""
@@ -166,33 +171,37 @@ class UserSide:
         finally:
             os.close(handle)
 
-    def write_status(self, layout: Layout, vm: str, info: dict[str, Any] | None) -> None:
+    def write_status(self, layout: Layout, vm: str,
+                     info: dict[str, Any] | None) -> list[Any] | None:
+        """Write status.xml if it changed; [info digest, its lstat signature], or None."""
         if layout.info is None or info is None or self.job.dry_run:
-            return
+            return None
         try:
             vm_fd = userfs.open_dir(self.folder(layout.info), vm, self.uid, create=True)
             try:
-                self._write_status(vm_fd, layout, vm, info)
+                return self._write_status(vm_fd, layout, vm, info)
             finally:
                 os.close(vm_fd)
         except (Unsafe, OSError) as exc:
             where = layout.shown(*layout.info, vm, STATUS_FILE)
             self.notice(layout, f"status:{vm}", f"{where}: cannot write the status: "
                         f"{_why(exc)}; remove or rename what is in the way")
+        return None
 
-    def _write_status(self, vm_fd: int, layout: Layout, vm: str, info: dict[str, Any]) -> None:
+    def _write_status(self, vm_fd: int, layout: Layout, vm: str,
+                      info: dict[str, Any]) -> list[Any]:
         try:
             old, _ = userfs.read_file(vm_fd, STATUS_FILE, self.uid, STATUS_LIMIT)
         except (Unsafe, OSError):
             old = b""
         last = self.last.get((layout.name, vm)) or status_xml.last_command(old)
-        new = status_xml.render(vm, info, last)
+        config = self.last_config.get((layout.name, vm)) or status_xml.last_config(old)
+        new = status_xml.render(vm, info, last, config)
         if new != old:
             userfs.replace_file(vm_fd, STATUS_FILE, new)
-        # what lets the next pass's probe tell that nothing changed (userprobe)
+        # what lets the next pass's probe tell that nothing changed (user.probe)
         st = os.stat(STATUS_FILE, dir_fd=vm_fd, follow_symlinks=False)
-        self.statuses.setdefault(layout.name, {})[vm] = [status_xml.info_digest(info),
-                                                         signature(st)]
+        return [status_xml.info_digest(info), signature(st)]
 
     # -- recovery of commands a killed pass left in flight ----------------
     def recover(self) -> None:
@@ -235,13 +244,16 @@ class UserSide:
         action = entry.get("action") or printable(entry["file"])
         message = entry.get("message") or ""
         stamp = logline.now_text()
-        hist = layout.shown(*layout.history, entry["hist"])
+        # the settings file is not moved (and not journaled): no history name
+        hist = None if entry["hist"] is None else layout.shown(*layout.history, entry["hist"])
         line = logline.render(stamp=stamp, vm=entry["vm"], action=action, params=params,
                               outcome=entry["outcome"], message=message, file=entry["file"],
                               history=hist, cid=entry["id"])
         if layout.info is None and entry.get("status"):
             line += logline.state_line(entry["status"])  # no status.xml in this layout: say it here
         self.log(layout, entry, line)
+        if hist is None:
+            return
         self.logged.append(entry["id"])
         self.last[(layout.name, entry["vm"])] = {
             "action": action, "params": params, "outcome": entry["outcome"],
@@ -307,6 +319,9 @@ class UserSide:
         if reply.get("down"):
             return  # libvirt unreachable: leave everything as it is
         infos: dict[str, Any] = reply["status"]
+        handled: dict[str, str] = reply.get("configs", {})
+        if layout.info is not None:
+            self.write_isos(layout)
         for vm, folder in vms:
             info = infos.get(vm)
             try:
@@ -315,21 +330,96 @@ class UserSide:
                 self.notice(layout, f"vm:{folder}", f"{where}/{folder} {exc}; skipped")
                 continue
             try:
-                info = self._commands(layout, vm, folder, vm_fd, info)
+                info, config = self._vm_folder(layout, vm, folder, vm_fd, info, handled.get(vm))
             finally:
                 os.close(vm_fd)
-            self.write_status(layout, vm, info)
+            status = self.write_status(layout, vm, info)
+            if config is not PENDING and not self.job.dry_run \
+                    and (status is not None or layout.info is None):
+                # what the next pass's look compares (user.probe): None where there is none
+                self.statuses.setdefault(layout.name, {})[vm] = [*(status or (None, None)),
+                                                                 config]
             if self.stopped:
                 return
 
-    def _commands(self, layout: Layout, vm: str, folder: str, vm_fd: int,
-                  info: dict[str, Any] | None) -> dict[str, Any] | None:
+    def _vm_folder(self, layout: Layout, vm: str, folder: str, vm_fd: int,
+                   info: dict[str, Any] | None,
+                   handled: str | None) -> tuple[dict[str, Any] | None, Any]:
+        """The settings file, then the commands; (info after them, the config's signature:
+        None when there is no config, PENDING when it is still to be handled)."""
         try:
             entries, _ = userfs.list_dir(vm_fd, self.job.max_files * 10)
         except Unsafe as exc:
             self.notice(layout, f"vm:{folder}", f"{layout.shown(*layout.spool, folder)} {exc}; "
                         "its commands wait")
-            return info
+            return info, PENDING
+        config = next((st for name, st in entries if name == settings_rules.FILE), None)
+        seen, result = self.settings(layout, vm, folder, vm_fd, config, handled)
+        if result is not None and result.get("status"):
+            info = result["status"]
+        return self._commands(layout, vm, folder, vm_fd, entries, info), seen
+
+    def settings(self, layout: Layout, vm: str, folder: str, vm_fd: int,
+                 st: os.stat_result | None,
+                 handled: str | None) -> tuple[Any, dict[str, Any] | None]:
+        """Hand a new or changed settings file to root (it parses it again and applies it);
+        (its signature or None or PENDING, root's answer if it was asked)."""
+        if st is None:
+            return None, None
+        path = layout.shown(*layout.spool, folder, settings_rules.FILE)
+        seen = signature(st)
+        request: dict[str, Any] = {"layout": layout.name, "vm": vm}
+        try:
+            data, fst = userfs.read_file(vm_fd, settings_rules.FILE, self.uid,
+                                         self.job.max_bytes)
+        except FileNotFoundError:
+            return None, None
+        except (Unsafe, OSError) as exc:  # told once per version of the entry
+            request["digest"] = settings_rules.digest(repr(seen).encode())
+            request["rejected"] = f"{path} {_why(exc)}; the settings were not applied"
+        else:
+            seen = signature(fst)
+            request["digest"] = settings_rules.digest(data)
+            try:  # judged here first; root parses the same bytes again
+                settings_rules.parse(data, self.job.max_bytes)
+                request["content"] = data.decode("ascii")
+            except Rejection as exc:
+                request["rejected"] = f"{path}: {exc}"
+        if request["digest"] == handled:
+            return seen, None  # this very file was handled already
+        if "rejected" in request:
+            request["rejected"] = request["rejected"][:MESSAGE_LIMIT]
+        reply = self.ask(protocol.SETTINGS, **request)
+        if reply.get("pending"):
+            return PENDING, None
+        if not reply.get("unchanged"):
+            self.record(layout, {"layout": layout.name, "vm": vm, "file": settings_rules.FILE,
+                                 "hist": None, "stamp": layout.stamp(time.time_ns()), **reply})
+            self.last_config[(layout.name, vm)] = {
+                "outcome": reply["outcome"], "message": reply.get("message") or "",
+                "time": logline.now_text()}
+        return seen, reply
+
+    def write_isos(self, layout: Layout) -> None:
+        """~/wirt/info/isos.txt: the admin's ISO catalogue, when root's listing is new to this
+        user (root tells the digest it last had written here)."""
+        if self.job.dry_run or self.job.isos_digest == self.job.isos_known:
+            self.isos_written = self.job.isos_digest
+            return
+        if layout.info is None:
+            return
+        try:
+            fd = self.folder(layout.info[:-1])
+            userfs.replace_file(fd, ISOS_FILE, self.job.isos_text.encode("ascii"), 0o644)
+            self.isos_written = self.job.isos_digest
+        except (Unsafe, OSError) as exc:
+            where = layout.shown(*layout.info[:-1], ISOS_FILE)
+            self.notice(layout, "isos", f"{where}: cannot write the ISO list: {_why(exc)}; "
+                        "remove or rename what is in the way")
+
+    def _commands(self, layout: Layout, vm: str, folder: str, vm_fd: int,
+                  entries: list[tuple[str, os.stat_result]],
+                  info: dict[str, Any] | None) -> dict[str, Any] | None:
         files = []
         for name, st in entries:
             entry = spool_rules.in_vm_folder(folder, name, st.st_mode)
@@ -450,7 +540,11 @@ class UserSide:
                 self.general(LAYOUTS[name], lines)
         elif self.notices:
             self.ask(protocol.NOTICES, items=self.notices)
-        self.chan.send({"op": protocol.BYE, "logged": self.logged, "statuses": self.statuses})
+        bye: dict[str, Any] = {"op": protocol.BYE, "logged": self.logged,
+                               "statuses": self.statuses}
+        if self.isos_written:
+            bye["isos"] = self.isos_written
+        self.chan.send(bye)
 
 
 def _why(exc: BaseException) -> str:
