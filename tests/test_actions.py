@@ -178,10 +178,17 @@ class TestRejected:
         assert "accepted: --mode acpi|agent" in message
 
     @pytest.mark.parametrize("content", [b"--paused\n--force-boot", b"\n--paused",
-                                         b"--paused\n\n", b"--paused\r--force-boot",
-                                         b"--paused\r", b"\r\n\r\n", b"--paused\n\r\n"])
+                                         b"--paused\r--force-boot", b"\r\n--paused",
+                                         b"--paused\n\n--force-boot"])
     def test_more_than_one_line(self, content: bytes) -> None:
         assert "more than one line" in rejected("start", content)
+
+    @pytest.mark.parametrize("content", [b"--paused\n\n", b"--paused\r\n\r\n",
+                                         b"--paused\n\r\n", b"--paused \n\t\n\n",
+                                         b"\r\n\r\n"])
+    def test_trailing_blank_lines_are_fine(self, content: bytes) -> None:
+        """SPEC 3 (issue 15.9): an editor's extra empty lines at the end change nothing."""
+        assert parse("start", content) == ([] if content.startswith(b"\r") else ["--paused"])
 
     @pytest.mark.parametrize("content,byte,position", [
         ("--pausé".encode(), 0xC3, 6),

@@ -218,10 +218,8 @@ def _check_text(content: bytes, max_bytes: int) -> str:
     if b"\0" in content:
         raise Rejection(f"a NUL byte at position {content.index(0)}; "
                         "write the parameters as plain text")
-    if content.endswith(b"\r\n"):
-        content = content[:-2]
-    elif content.endswith(b"\n"):
-        content = content[:-1]
+    # a trailing newline (LF or CRLF) and trailing blank lines are fine (SPEC 3)
+    content = content.rstrip(b" \t\r\n")
     if b"\n" in content or b"\r" in content:
         raise Rejection("more than one line (a command file holds at most one line); "
                         "write one file per command, its parameters on one line")
