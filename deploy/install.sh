@@ -11,7 +11,8 @@
 #   /opt/wirt/venv on Debian's /usr/bin/python3; the pass at
 #   /usr/local/sbin/virsh_wrapper and wirt-audit; the legacy drop-in at the old script's path
 #   /usr/local/bin/virsh_wrapper/backend/virsh_wrapper.sh; the users'
-#   /usr/local/bin/wirt-migrate-legacy; /etc/sudoers.d/wirt (checked with
+#   /usr/local/bin/wirt-migrate-legacy; the members' /usr/local/bin/wirt and its
+#   bash completion; /etc/sudoers.d/wirt (checked with
 #   visudo -cf before it is put in place); /etc/cron.d/wirt;
 #   /etc/logrotate.d/wirt; the PAM service /etc/pam.d/wirt and a default
 #   /etc/wirt/wirt.toml when missing (never overwritten); /var/log/wirt and
@@ -35,6 +36,8 @@ SHIM_TOP=/usr/local/bin/virsh_wrapper
 SHIM_DIR=$SHIM_TOP/backend
 SHIM=$SHIM_DIR/virsh_wrapper.sh
 MIGRATE=/usr/local/bin/wirt-migrate-legacy
+WIRT=/usr/local/bin/wirt  # the members' command, on their PATH
+COMPLETION=/usr/share/bash-completion/completions/wirt
 SUDOERS=/etc/sudoers.d/wirt
 CRON=/etc/cron.d/wirt
 LOGROTATE=/etc/logrotate.d/wirt
@@ -160,6 +163,13 @@ install_executables() {
   install_file "$REPO/deploy/virsh_wrapper" "$EXE" 0755
   install_file "$REPO/deploy/wirt-audit" "$AUDIT" 0755
   install_file "$REPO/legacy/wirt-migrate-legacy" "$MIGRATE" 0755
+  install_file "$REPO/deploy/wirt" "$WIRT" 0755
+  install -d -m 0755 "$(dirname "$COMPLETION")"
+  install_file "$REPO/completions/wirt.bash" "$COMPLETION" 0644
+  if ! dpkg-query -W -f='${Status}' bash-completion 2>/dev/null | grep -q 'install ok installed'; then
+    say "note: the bash-completion package is not installed: members get no tab completion" \
+        "for wirt until it is (apt-get install bash-completion)"
+  fi
   if [ -e "$SHIM_TOP" ] && [ ! -d "$SHIM_TOP" ]; then
     die "$SHIM_TOP exists and is not a folder; the legacy drop-in goes in $SHIM_DIR"
   fi
@@ -270,7 +280,7 @@ uninstall_all() {
     exec 9<"$LOCK"  # read-only: never create it (the pass wants it root-only, 0600)
     flock -w 120 9 || say "a pass still holds $LOCK after 2 minutes; going on"
   fi
-  rm -f "$EXE" "$AUDIT" "$MIGRATE" "$SHIM"
+  rm -f "$EXE" "$AUDIT" "$MIGRATE" "$SHIM" "$WIRT" "$COMPLETION"
   rm -rf "$PREFIX"
   rmdir "$SHIM_DIR" "$SHIM_TOP" 2>/dev/null || true
   say "removed wirt's code, executables, sudoers, cron and logrotate files"

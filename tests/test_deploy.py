@@ -34,7 +34,8 @@ INSTALL = ["bash", str(REPO / "deploy/install.sh")]
 OLD_TOP = "/usr/local/bin/virsh_wrapper"  # where the old script lived, in backend/
 PATHS = ["/opt/wirt", "/usr/local/sbin/virsh_wrapper", "/usr/local/sbin/wirt-audit",
          "/usr/local/bin/virsh_wrapper",
-         "/usr/local/bin/wirt-migrate-legacy", "/etc/sudoers.d/wirt", "/etc/cron.d/wirt",
+         "/usr/local/bin/wirt-migrate-legacy", "/usr/local/bin/wirt",
+         "/usr/share/bash-completion/completions/wirt", "/etc/sudoers.d/wirt", "/etc/cron.d/wirt",
          "/etc/logrotate.d/wirt", "/etc/wirt/wirt.toml"]
 
 
@@ -209,6 +210,10 @@ def test_install_cron_as_wrapper_then_uninstall(names: tuple[str, str], tmp_path
     sh("useradd", "-m", "-U", "-G", group, f"{wrapper[:-1]}alice")
     entry = pwd.getpwnam(f"{wrapper[:-1]}alice")
     alice = User(entry.pw_name, entry.pw_uid, entry.pw_gid, Path(entry.pw_dir))
+    # issue 15.1: the members find wirt on the PATH a login shell gives them
+    found = sh("runuser", "-l", alice.name, "-c", "command -v wirt && wirt --help")
+    assert found.stdout.startswith("/usr/local/bin/wirt\n"), found.stdout + found.stderr
+    assert "complete" in Path("/usr/share/bash-completion/completions/wirt").read_text()
     kernel, initrd = realvm.build_guest()
     dom = Guest(f"{alice.name}-web", realvm.domain_xml(f"{alice.name}-web", kernel, initrd,
                                                        tmp_path / "console.log"))
