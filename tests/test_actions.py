@@ -173,6 +173,11 @@ class TestRejected:
         assert f"'{token}'" in message, message
         assert rule in message, message
 
+    @pytest.mark.parametrize("name", ["start.txt", "Start", "strat"])
+    def test_a_near_miss_is_named(self, name: str) -> None:
+        """issue 15.9: the rejection says which action was probably meant."""
+        assert "did you mean 'start'?" in rejected(name, "")
+
     def test_usage_is_listed(self) -> None:
         message = rejected("shutdown", "--domain bob-web")
         assert "accepted: --mode acpi|agent" in message

@@ -401,6 +401,18 @@ def test_clear_errors(site: Host) -> None:
     assert "shutdown (stop)" in proc.stderr and "autostart" in proc.stderr
     proc = wirt(alice, "shutdown", "web", "--force")
     assert proc.returncode == 64 and "--force" in proc.stderr
+    assert "wirt: wirt" not in proc.stderr and "(see wirt shutdown --help)" in proc.stderr, proc
+    # issue 15.9: suggestions, --version, help, options that would do nothing
+    proc = wirt(alice, "strat", "web")
+    assert proc.returncode == 64 and "did you mean 'start'?" in proc.stderr
+    proc = wirt(alice, "--version")
+    assert proc.returncode == 0 and proc.stdout.startswith("wirt ")
+    proc = wirt(alice, "help", "start")
+    assert proc.returncode == 0 and proc.stdout.startswith("usage: wirt start")
+    assert "--paused" in proc.stdout
+    proc = wirt(alice, "start", "web", "--timeout", "5")
+    assert proc.returncode == 64 and "--timeout only counts with --wait" in proc.stderr
+    assert os.listdir(spool(alice, "web")) == []  # refused before anything was written
     proc = wirt(alice, "shutdown", "web", "--mode", "hard")
     assert proc.returncode == 64 and "'acpi', 'agent'" in proc.stderr
     assert os.listdir(spool(alice, "web")) == []

@@ -24,6 +24,7 @@ import sys
 import tomllib
 from typing import Any, NoReturn
 
+from wirt_wrapper import __version__
 from wirt_wrapper.cli.spool import ISOS_FILE, ISOS_PARTS, Home, Outcome, VmRef
 from wirt_wrapper.rules import settings as settings_rules
 from wirt_wrapper.rules import strictjson
@@ -68,7 +69,15 @@ class Parser(argparse.ArgumentParser):
         bad = re.search(r"argument command: invalid choice: '([^']*)'", message)
         if bad:
             raise UsageError(unknown_command(bad.group(1)))
-        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+        # main() prints "wirt: " before the message: the subcommand's name, not the prog again
+        where = self.prog.removeprefix("wirt").strip()
+        raise UsageError(f"{where + ': ' if where else ''}{message} "
+                         f"(see {self.prog} --help)")
+
+
+def command_names() -> list[str]:
+    names = [n for a in ACTIONS if a.name != "status" for n in (a.name, *a.aliases)]
+    return [*names, "refresh", *READ_COMMANDS, "help", "admin"]
 
 
 def unknown_command(word: str) -> str:
@@ -76,8 +85,10 @@ def unknown_command(word: str) -> str:
         f"{a.name} ({'/'.join(a.aliases)})" if a.aliases else a.name
         for a in ACTIONS if a.name != "status"
     )
-    return (f"'{word}' is not a wirt command. Actions: {actions}, refresh. "
-            f"Other commands: {', '.join(READ_COMMANDS)}; as root: admin")
+    close = difflib.get_close_matches(word, command_names(), n=1, cutoff=0.6)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    return (f"'{word}' is not a wirt command; {hint}Actions: {actions}, refresh. "
+            f"Other commands: {', '.join(READ_COMMANDS)}, help; as root: admin")
 
 
 def _dest(option: str) -> str:
@@ -134,10 +145,13 @@ def build_parser() -> Parser:
         "5 already pending, 64 usage, 66 unknown VM or no spool, 77 not allowed.",
     )
     _common(parser, top=True)
+    parser.add_argument("--version", action="version", version=f"wirt {__version__}")
     common = Parser(add_help=False)
     _common(common, top=False)
     sub = parser.add_subparsers(dest="command", metavar="command", parser_class=Parser)
     sub.required = True
+    p = sub.add_parser("help", help="help on wirt or on one command (wirt help start)")
+    p.add_argument("topic", nargs="?", metavar="COMMAND")
 
     sub.add_parser("list", parents=[common], help="your VMs, their state and last command")
     p = sub.add_parser("status", parents=[common], help="one VM in detail (console address too)")
@@ -853,12 +867,39 @@ def run_admin(forwarded: list[str]) -> int:
     os.execve(sys.executable, argv, clean)  # noqa: S606 - a fixed program, no shell
 
 
+def show_help(parser: Parser, topic: str | None) -> int:
+    """``wirt help [COMMAND]``: the same text as ``wirt [COMMAND] --help``."""
+    if topic is None:
+        parser.print_help()
+        return EXIT_OK
+    try:
+        parser.parse_args([topic, "--help"])
+    except SystemExit:  # argparse's --help prints, then exits 0
+        pass
+    return EXIT_OK
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Options that would do nothing here are refused, not ignored."""
+    if getattr(args, "timeout", None) is not None and not getattr(args, "wait", False):
+        raise UsageError("--timeout only counts with --wait (it says how long to wait); "
+                         "add --wait, or leave --timeout out")
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         forwarded = admin_argv(sys.argv[1:] if argv is None else argv)
         if forwarded is not None:
             return run_admin(forwarded)
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # named after the subcommand, whose help lists what it takes
+            command = args.action if args.command == "action" else args.command
+            raise UsageError(f"{command}: unrecognized arguments: {' '.join(extra)} "
+                             f"(see wirt {command} --help)")
+        if args.command == "help":
+            return show_help(parser, args.topic)
+        check_options(args)
         return run_user(args, Out(args.json))
     except CliError as exc:
         print(f"wirt: {shown(str(exc))}", file=sys.stderr)

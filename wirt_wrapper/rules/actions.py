@@ -9,6 +9,7 @@ options are fixed words and option values come from fixed lists.
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -155,8 +156,10 @@ def lookup_action(file_name: str) -> Action:
     action = _BY_NAME.get(file_name)
     if action is None:
         known = ", ".join(sorted(_BY_NAME))
+        close = difflib.get_close_matches(file_name, list(_BY_NAME), n=1, cutoff=0.6)
+        hint = f"did you mean '{close[0]}'? " if close else ""
         raise Rejection(f"'{_show(file_name)}' is not an action (known: {known}); "
-                        "name the file after one of them")
+                        f"{hint}name the file after one of them")
     return action
 
 
