@@ -71,7 +71,7 @@ _wirt() {
     case $cmd in
         "")
             COMPREPLY=($(compgen -W "list status start shutdown stop destroy kill reboot reset
-                suspend resume autostart refresh log history create set settings isos admin
+                suspend resume autostart refresh log history create cancel set settings isos admin
                 $opts" -- "$cur"))
             return ;;
         start) opts+=" --paused --force-boot --wait --timeout" ;;

@@ -990,3 +990,40 @@ def test_admin_assign_then_the_users_command(system_domain: tuple[Host, User, Us
     # members cannot use the admin verbs
     proc = wirt(alice, "admin", "assign", domain, alice.name)
     assert proc.returncode == 77 and "run it as root" in proc.stderr
+
+
+def test_cancel_takes_a_waiting_command_back(site: Host) -> None:
+    """issue 15.7: the user's own pending file goes to history, as the user, never run."""
+    alice = site.users[0]
+    wirt(alice, "create", "web")
+    assert wirt(alice, "start", "web").returncode == 0
+    proc = wirt(alice, "start", "web")
+    assert proc.returncode == 5 and "wirt cancel web start" in proc.stderr
+    proc = wirt(alice, "cancel", "web", "start")
+    assert proc.returncode == 0, proc.stderr
+    assert "web: start: cancelled, not run; kept as ~/wirt/logs/history/" in proc.stdout
+    assert os.listdir(spool(alice, "web")) == []
+    (kept,) = os.listdir(alice.home / "wirt/logs/history")
+    st = (alice.home / "wirt/logs/history" / kept).stat()
+    assert kept.endswith("-web-start") and st.st_uid == alice.uid
+    assert "start: cancelled: taken back with wirt cancel (file start, kept as" in \
+        alice.vm_log("web")
+    site.run()
+    assert site.commands() == []  # the pass found nothing to run
+    history = wirt(alice, "history", "web")
+    assert "cancelled" in history.stdout, history.stdout
+    # an alias's file, taken back by the action's name; nothing waiting: 66
+    alice.write("wirt/service/vm/web/stop", "--mode acpi")
+    assert wirt(alice, "cancel", "web", "shutdown").returncode == 0
+    proc = wirt(alice, "cancel", "web", "shutdown")
+    assert proc.returncode == 66 and "nothing to take back" in proc.stderr
+    # another member's file planted in a group-writable folder is not alice's to move
+    bob = site.users[1]
+    for folder in (alice.home, alice.home / "wirt", alice.home / "wirt/service",
+                   alice.home / "wirt/service/vm"):
+        folder.chmod(0o711)
+    spool(alice, "web").chmod(0o777)
+    bob.run(f'printf "" > "{spool(alice, "web") / "reset"}"')
+    proc = wirt(alice, "cancel", "web", "reset")
+    assert proc.returncode == 77, proc.stderr
+    assert (spool(alice, "web") / "reset").exists()

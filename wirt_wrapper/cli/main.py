@@ -47,6 +47,7 @@ from wirt_wrapper.rules.errors import (
     CliError,
     ConfigError,
     NotAllowed,
+    NotFound,
     UsageError,
 )
 from wirt_wrapper.rules.output import Out, shown
@@ -57,7 +58,8 @@ USER_CONFIG = (".config", "wirt")
 USER_CONFIG_FILE = "config.toml"
 OLD_CONFIG_FILE = ".wirt.json"
 DEFAULT_TIMEOUT = 300.0
-READ_COMMANDS = ("list", "status", "log", "history", "create", "set", "settings", "isos")
+READ_COMMANDS = ("list", "status", "log", "history", "create", "cancel", "set", "settings",
+                 "isos")
 ISOS_SHOWN = f"~/{'/'.join(ISOS_PARTS)}/{ISOS_FILE}"
 
 
@@ -169,6 +171,10 @@ def build_parser() -> Parser:
     p.add_argument("vm_arg", nargs="?", metavar="VM", help="only this VM (default: all)")
     p.add_argument("-n", "--lines", type=int, default=20,
                    help="how many of the newest (0: all; default 20)")
+    p = sub.add_parser("cancel", parents=[common],
+                       help="take back a command still waiting for a pass (into history)")
+    p.add_argument("vm_arg", metavar="VM", help="VM folder name")
+    p.add_argument("cancel_action", metavar="ACTION", help="the waiting command (start, stop, ...)")
     p = sub.add_parser("create", parents=[common], help="make a VM's folder (private, 0700)")
     _vm_arg(p)
     p = sub.add_parser(
@@ -418,6 +424,24 @@ def cmd_status(home: Home, args: argparse.Namespace, out: Out) -> int:
         return [f"{k + ':':<{width}} {v}" for k, v in lines]
 
     out.emit(item, text)
+    return EXIT_OK
+
+
+def cmd_cancel(home: Home, args: argparse.Namespace, out: Out) -> int:
+    """Every waiting file of that action (its name or an alias) goes to history, not run."""
+    try:
+        action = lookup_action(args.cancel_action)
+    except Rejection as exc:
+        raise UsageError(str(exc)) from None
+    ref = home.find(args.vm_arg, args.layout)
+    names = [n for n in (action.name, *action.aliases) if n in home.pending(ref)]
+    if not names:
+        raise NotFound(f"no '{action.name}' command is waiting for VM '{ref.vm}': nothing to "
+                       f"take back (wirt status {ref.vm} lists what waits)")
+    kept = [home.cancel(ref, name) for name in names]
+    out.emit({"vm": ref.vm, "cancelled": names, "history": kept}, lambda: [
+        f"{ref.vm}: {name}: cancelled, not run; kept as {where}"
+        for name, where in zip(names, kept, strict=True)])
     return EXIT_OK
 
 
@@ -825,6 +849,8 @@ def run_user(args: argparse.Namespace, out: Out) -> int:
             return cmd_status(home, args, out)
         if args.command == "create":
             return cmd_create(home, args, out, config)
+        if args.command == "cancel":
+            return cmd_cancel(home, args, out)
         if args.command == "log":
             return cmd_log(home, args, out)
         if args.command == "history":

@@ -291,8 +291,65 @@ class Home:
             )
         return Pending(
             f"a '{name}' command for VM '{ref.vm}' is already waiting for the next pass "
-            f"({where}); nothing was written. Follow it with: wirt log {ref.vm} -f"
+            f"({where}); nothing was written. Follow it with: wirt log {ref.vm} -f, "
+            f"or take it back with: wirt cancel {ref.vm} {name}"
         )
+
+    # -- taking a command back -------------------------------------------------
+    def cancel(self, ref: VmRef, name: str) -> str:
+        """Move the pending command file *name* to history, as the user; a log line says so.
+
+        Never a file that is not the user's own regular file; never over an existing
+        history entry.  Returns the history entry as shown to the user.
+        """
+        layout = ref.layout
+        with self.folder(ref.parts) as vm_fd:
+            try:
+                st = os.stat(name, dir_fd=vm_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                raise NotFound(f"no '{name}' command is waiting for VM '{ref.vm}' "
+                               f"({ref.shown(name)}): nothing to take back") from None
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != self.uid:
+                raise self._in_the_way(vm_fd, ref, name)
+            stamp = layout.stamp(time.time_ns())
+            with self.folder(layout.history, create=True) as hist_fd:
+                for _ in range(5):  # a pass may take a name at the same moment: another one
+                    hist = userfs.free_name(hist_fd, layout.history_base(stamp, ref.vm, name,
+                                                                         self.user))
+                    try:
+                        userfs.move_noreplace(vm_fd, name, hist_fd, hist)
+                        break
+                    except FileExistsError:
+                        continue
+                    except FileNotFoundError:
+                        raise NotFound(f"{ref.shown(name)} is gone: a pass took it meanwhile "
+                                       f"(see wirt log {ref.vm})") from None
+                else:
+                    raise Pending("history names kept changing under wirt; try again")
+        shown = layout.shown(*layout.history, hist)
+        line = logline.render(stamp=logline.now_text(), vm=ref.vm, action=name, params="",
+                              outcome=logline.CANCELLED, message="taken back with wirt cancel",
+                              file=name, history=shown, cid=f"cancel-{time.time_ns():x}")
+        self._append_log(ref, name, stamp, line)
+        return shown
+
+    def _append_log(self, ref: VmRef, name: str, stamp: str, line: str) -> None:
+        layout = ref.layout
+        try:
+            with self.folder(layout.logs, create=True) as fd:
+                if layout.per_command_log:  # legacy: one new file per command
+                    stem, ext = os.path.splitext(layout.log_name(stamp, ref.vm, name,
+                                                                 self.user))
+                    _, handle = userfs.create_new(fd, stem, suffix=ext)
+                    try:
+                        os.write(handle, line.encode("ascii", "backslashreplace"))
+                    finally:
+                        os.close(handle)
+                else:
+                    userfs.append_line(fd, self._log_name(ref), line, self.uid)
+        except (Unsafe, OSError, NotAllowed) as exc:
+            self.warnings.append(f"the command was taken back, but its log line could not be "
+                                 f"written: {exc}")
 
     def _log_mark(self, ref: VmRef) -> tuple[int, int]:
         try:
@@ -651,5 +708,5 @@ class Home:
 
 
 def _outcome_word(line: str) -> str | None:
-    match = re.search(r": (done|failed|rejected|interrupted)\b", line)
+    match = re.search(r": (done|failed|rejected|interrupted|cancelled)\b", line)
     return match.group(1) if match else None

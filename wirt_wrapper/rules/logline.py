@@ -18,11 +18,13 @@ from typing import Any
 
 from wirt_wrapper.rules.actions import printable
 
-__all__ = ["now_text", "parse", "render", "state_line"]
+__all__ = ["CANCELLED", "now_text", "parse", "render", "state_line"]
+
+CANCELLED = "cancelled"  # a command its user took back with `wirt cancel` (not run)
 
 LINE = re.compile(
     r"(?P<time>\S+) (?P<vm>\S+) (?P<action>[^\s:]+)(?P<params>(?: [^:]*)?): "
-    r"(?P<outcome>done|failed|rejected|interrupted)(?:: (?P<message>.*?))? "
+    r"(?P<outcome>done|failed|rejected|interrupted|cancelled)(?:: (?P<message>.*?))? "
     r"\(file (?P<file>.*)(?:, kept as (?P<history>~/\S+)|, left in place)\) "
     r"\[(?P<id>[^\]\s]+)\]"
 )
