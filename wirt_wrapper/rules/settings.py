@@ -43,8 +43,16 @@ def _integer(key: str, value: Any, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise _reject(key, f"must be a whole number, not {_json(value)}")
     if value < low:
-        raise _reject(key, f"must be at least {low}, not {value}")
+        raise _reject(key, f"must be at least {low}, not {_number(value)}")
     return value
+
+
+def _number(value: int) -> str:
+    """A whole number as the user is told it: a file may hold one of 4,000 digits, which
+    would push the rule out of the (length-capped) message."""
+    text = str(value)
+    digits = len(text.lstrip("-"))
+    return text if digits <= 20 else f"{text[:12]}... (a number of {digits} digits)"
 
 
 def _json(value: Any) -> str:
@@ -99,11 +107,11 @@ def check_limits(wanted: dict[str, Any], *, max_memory_mib: int, max_vcpus: int,
     """The admin's per-VM limits and the ISO catalogue (None: CD changes are off)."""
     memory = wanted.get("memory_mib")
     if memory is not None and memory > max_memory_mib:
-        raise _reject("memory_mib", f"{memory} is more than the limit of {max_memory_mib} "
+        raise _reject("memory_mib", f"{_number(memory)} is more than the limit of {max_memory_mib} "
                       "MiB per VM (settings.max_memory_mib)")
     vcpus = wanted.get("vcpus")
     if vcpus is not None and vcpus > max_vcpus:
-        raise _reject("vcpus", f"{vcpus} is more than the limit of {max_vcpus} per VM "
+        raise _reject("vcpus", f"{_number(vcpus)} is more than the limit of {max_vcpus} per VM "
                       "(settings.max_vcpus)")
     if "cdrom" in wanted:
         if not has_cdrom:
