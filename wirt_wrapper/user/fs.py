@@ -187,13 +187,15 @@ def open_regular(parent: int, name: str, uid: int) -> tuple[int, os.stat_result]
     return fd, st
 
 
-def read_file(parent: int, name: str, uid: int, max_bytes: int) -> tuple[bytes, os.stat_result]:
-    """Read a user's file safely; raises Unsafe with the reason, or OSError."""
+def read_file(parent: int, name: str, uid: int, max_bytes: int,
+              hint: str = "a command file holds one short line of parameters"
+              ) -> tuple[bytes, os.stat_result]:
+    """Read a user's file safely; raises Unsafe with the reason, or OSError.  *hint* ends
+    the message when the file is too big (what such a file should hold)."""
     fd, st = open_regular(parent, name, uid)
     try:
         if st.st_size > max_bytes:
-            raise Unsafe(f"has {st.st_size} bytes, more than the limit of {max_bytes}; "
-                         "a command file holds one short line of parameters")
+            raise Unsafe(f"has {st.st_size} bytes, more than the limit of {max_bytes}; {hint}")
         data = os.read(fd, max_bytes + 1)
         if len(data) > max_bytes:
             raise Unsafe(f"has more than the limit of {max_bytes} bytes")

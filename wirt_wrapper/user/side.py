@@ -41,6 +41,7 @@ __all__ = ["user_main"]
 STATUS_LIMIT = 64 * 1024
 ISOS_FILE = "isos.txt"  # in ~/wirt/info: the admin's ISO catalogue, for the user
 PENDING = "pending"  # a settings file still to be handled (libvirt unreachable)
+SETTINGS_HINT = 'a settings file holds one small JSON object such as {"vcpus": 2}'
 # What one turn tells root (rules.protocol bounds every request; these stay inside them).
 MAX_NOTICES = 2000
 MESSAGE_LIMIT = 2000
@@ -371,7 +372,7 @@ class UserSide:
         request: dict[str, Any] = {"layout": layout.name, "vm": vm}
         try:
             data, fst = userfs.read_file(vm_fd, settings_rules.FILE, self.uid,
-                                         self.job.max_bytes)
+                                         self.job.max_bytes, SETTINGS_HINT)
         except FileNotFoundError:
             return None, None
         except (Unsafe, OSError) as exc:  # told once per version of the entry
