@@ -32,6 +32,7 @@ from lxml import etree
 
 from wirt_wrapper.root.definition import read_settings
 from wirt_wrapper.rules import logline
+from wirt_wrapper.rules import settings as settings_rules
 
 pytestmark = pytest.mark.realvm
 
@@ -252,10 +253,26 @@ def test_running_domain_gets_the_cd_live_and_restart_needed(lab: Lab,
     shown = settings_shown(alice, "run")
     assert (shown["restart"], shown["memory"], shown["cdrom"]) == ("yes", "128", "a.iso")
     assert "take effect when the VM is shut down and started again" in shown["last"][1]
-    # the next pass (a command: a full user side) still says restart needed
+    # the next passes: the file is not applied again, restart still needed, and once
+    # settled the prober finds alice idle on a running domain too (no user side)
+    lab.host.run()
+    status_path = alice.home / "wirt/info/vm/run/status.xml"
+    tamper_keeping_signature(status_path)
+    forged = status_path.read_bytes()
+    timed("idle pass on the running domain", lambda: lab.host.run())
+    assert status_path.read_bytes() == forged, "the idle pass started a user side for alice"
     run.command("status")
     wirt_pass()
     assert settings_shown(alice, "run")["restart"] == "yes"
+    assert len(configs(lab.host)) == 1
+
+    # shut down and started again: the new settings run, no restart needed any more
+    run.dom.destroy()
+    run.dom.create()
+    assert held(run, lab, 0)["memory_mib"] == 128
+    wirt_pass()
+    shown = settings_shown(alice, "run")
+    assert (shown["restart"], shown["memory"]) == ("no", "128")
     assert len(configs(lab.host)) == 1
 
 
@@ -301,7 +318,15 @@ def test_legacy_layout(lab: Lab, wirt_pass: WirtPass) -> None:
     assert len(found) == 1, logs
     assert "set vCPUs 2 (was 1), CD a.iso (was empty)" in found[0][1]
     assert config.exists() and os.listdir(config.parent) == ["config"]
-    # unchanged: not applied again, also through the prober's idle look
+    # unchanged: not applied again, also through the prober's idle look (root keeps the
+    # file's digest, and the prober compares the file's lstat signature)
+    state = lab.host.root / "state"
+    applied = json.loads((state / "settings.json").read_text())[str(alice.uid)]
+    assert applied["configs"] == {"legacy": {"web": settings_rules.digest(config.read_bytes())}}
+    st = config.lstat()
+    idle = json.loads((state / "idle.json").read_text())[str(alice.uid)]
+    assert idle == {"legacy": {"web": [None, None, [st.st_ino, st.st_mtime_ns, st.st_size,
+                                                    st.st_mode, st.st_nlink]]}}
     lab.host.run()
     wirt_pass()
     assert len(configs(lab.host)) == 1
@@ -361,3 +386,25 @@ def test_wirt_set_wait_with_passes_running(lab: Lab) -> None:
     assert "web: config: done: set vCPUs 2 (was 1)" in proc.stdout
     assert held(web, lab)["vcpus"] == 2
     assert [r["outcome"] for r in configs(lab.host)] == ["done"]
+
+
+def test_wirt_set_wait_reports_a_quota_refusal(lab: Lab) -> None:
+    """Only root knows the user's other domains: --wait reports its refusal (exit 2)."""
+    lab.configure(quota_memory_mib=300)
+    alice = lab.host.add_user("alice")
+    one, two = lab.define(alice, "one"), lab.define(alice, "two")
+    alice.run("mkdir -p wirt/service/vm/one wirt/service/vm/two")
+    lab.host.run()
+    before = persistent(two)
+    with published(lab.host) as site, passes(lab.host):
+        done = alice.run('exec "$@"', WIRT, "--config", site, "set", "one", "memory_mib=128",
+                         "--wait", "--timeout", "90", check=False)
+        started = time.monotonic()
+        refused = alice.run('exec "$@"', WIRT, "--config", site, "set", "two",
+                            "memory_mib=256", "--wait", "--timeout", "90", check=False)
+        seconds = time.monotonic() - started
+    print(f"wirt set --wait (refused by the quota): {seconds:.2f} s")
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    assert refused.returncode == 2, (refused.stdout, refused.stderr)
+    assert "256 would take you over your quota of 300" in refused.stdout + refused.stderr
+    assert held(one, lab)["memory_mib"] == 128 and persistent(two) == before
