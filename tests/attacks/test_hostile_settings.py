@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -245,3 +247,77 @@ def test_control_a_good_config_is_applied(settings: Settings) -> None:
     assert [r["outcome"] for r in settings.configs()] == ["done"]
     assert snap(config) == before_file
     scene.check_no_escape()
+
+
+# -- root parses again: a subverted user side sends what the real one would refuse -----
+DRIVER = r'''
+import json, struct, sys
+import wirt_wrapper.user.side as side
+from wirt_wrapper.root.main import main
+
+ATTACKER, CONTENT = sys.argv[1], sys.argv[2]
+real = side.user_main
+
+def frame(chan, data):
+    chan.sock.sendall(struct.pack("!I", len(data)) + data)
+
+def ask(chan, message):
+    frame(chan, json.dumps(message).encode())
+    size = struct.unpack("!I", chan.sock.recv(4, 0x100))[0]  # MSG_WAITALL
+    return json.loads(chan.sock.recv(size, 0x100))
+
+def evil(fields, chan):
+    if fields["user"] != ATTACKER:
+        return real(fields, chan)
+    ask(chan, {"op": "inventory", "layout": "wirt", "vms": ["web"]})
+    ask(chan, {"op": "settings", "layout": "wirt", "vm": "web", "digest": "e" * 32,
+               "content": CONTENT})
+    frame(chan, b'{"op":"bye","statuses":{}}')
+
+side.user_main = evil
+sys.exit(main(sys.argv[3:]))
+'''
+
+FORGED = {
+    "traversal": ('{"cdrom": "../../etc/shadow"}', "cdrom: must be the name of an ISO"),
+    "catalogue-link": ('{"cdrom": "x.iso"}', "cdrom: 'x.iso' is not in the catalogue"),
+    "brackets": ("[" * 4096, "nested deeper than 2 levels"),
+    "too-big": ("{}" + " " * 4095, "more than the 4096 allowed"),
+    "duplicate": ('{"vcpus": 1, "vcpus": 2}', "key 'vcpus' is given twice"),
+    "float": ('{"memory_mib": 1e3}', "1e3 is not a whole number"),
+    "latin-1": ('{"cdrom": "d\u00e9bian.iso"}', "byte 0xe9 at position 12"),
+    "over-limit": ('{"vcpus": 64}', "64 is more than the limit of 4 per VM"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FORGED))
+def test_root_parses_the_file_again(settings: Settings, case: str) -> None:
+    """The user side's verdict is not trusted: a stand-in sends the content unjudged."""
+    scene = settings.scene
+    content, rule = FORGED[case]
+    before = settings.xml(settings.alice_web)
+    proc = subprocess.run([sys.executable, "-I", "-c", DRIVER, scene.alice.name, content,
+                           "--config", str(scene.host.config), "--user", scene.alice.name],
+                          capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"},
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert settings.xml(settings.alice_web) == before
+    (record,) = settings.configs()
+    assert record["outcome"] == "rejected" and rule in record["reason"], record
+    assert not [r for r in scene.audit() if r["event"] == "user-incomplete"]
+
+
+def test_root_refuses_content_that_is_not_bytes(settings: Settings) -> None:
+    """Characters past U+00FF cannot be the file's bytes: a protocol error ends the turn."""
+    scene = settings.scene
+    before = settings.xml(settings.alice_web)
+    proc = subprocess.run([sys.executable, "-I", "-c", DRIVER, scene.alice.name,
+                           '{"cdrom": "\u0100.iso"}', "--config", str(scene.host.config),
+                           "--user", scene.alice.name],
+                          capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"},
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert settings.xml(settings.alice_web) == before
+    assert settings.configs() == []
+    (incomplete,) = [r for r in scene.audit() if r["event"] == "user-incomplete"]
+    assert "not bytes" in str(incomplete["reason"]), incomplete
