@@ -195,7 +195,10 @@ def main() -> None:
     parser.add_argument("--against", metavar="VENV",
                         help="another install (a virtualenv with virsh_wrapper in bin/, e.g. "
                         "of an earlier commit): its idle and busy passes run interleaved "
-                        "with this one's on the same fixture, and the ratios are printed")
+                        "with this one's on the same fixture, and the ratios are printed. "
+                        "Only for installs that write the same state_dir files and "
+                        "status.xml: otherwise each rewrites what the other wrote and no "
+                        "pass is idle (compare separate runs then)")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="wirt-bench-"))
