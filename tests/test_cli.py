@@ -155,6 +155,14 @@ def test_create_write_wait_and_read_back(site: Host) -> None:
         assert (alice.home / item["history"][2:]).is_file()
     log = wirt(alice, "log", "web").stdout
     assert log.count(": done") == 2 and log == alice.vm_log("web")
+    # issue 15.10: scripts get fields, not raw strings; a table fits the terminal
+    fields = json.loads(wirt(alice, "log", "web", "--json").stdout)
+    assert [(f["action"], f["params"], f["outcome"]) for f in fields] == [
+        ("autostart", ["--disable"], "done"), ("autostart", [], "done")]
+    assert all(f["history"] == h["history"] and f["file"] == "autostart" and f["id"]
+               for f, h in zip(fields, history, strict=True))
+    narrow = wirt(alice, "history", "web", env={"COLUMNS": "60"}).stdout.splitlines()
+    assert narrow[0].startswith("TIME") and all(len(line) <= 60 for line in narrow), narrow
 
 
 def test_wait_json_and_the_refresh_action(site: Host) -> None:

@@ -20,14 +20,15 @@ import json
 import os
 import pwd
 import re
+import shutil
 import sys
 import tomllib
 from typing import Any, NoReturn
 
 from wirt_wrapper import __version__
 from wirt_wrapper.cli.spool import ISOS_FILE, ISOS_PARTS, Home, Outcome, VmRef
+from wirt_wrapper.rules import logline, strictjson
 from wirt_wrapper.rules import settings as settings_rules
-from wirt_wrapper.rules import strictjson
 from wirt_wrapper.rules.actions import (
     ACTIONS,
     Action,
@@ -533,10 +534,12 @@ def cmd_log(home: Home, args: argparse.Namespace, out: Out) -> int:
     ref = home.find(chosen_vm(args, home), args.layout)
     lines = home.log_lines(ref, max(args.lines, 0))
     if not args.follow:
-        out.emit(lines, lambda: lines)
+        out.emit([log_fields(line) for line in lines], lambda: lines)
         return EXIT_OK
-    # Following: one line at a time (with --json: one JSON string per line).
-    show = json.dumps if out.as_json else shown
+    # Following: one line at a time (with --json: one JSON object per line).
+    def show(line: str) -> str:
+        return json.dumps(log_fields(line), sort_keys=True) if out.as_json else shown(line)
+
     for line in lines:
         print(show(line))
     sys.stdout.flush()
@@ -545,6 +548,22 @@ def cmd_log(home: Home, args: argparse.Namespace, out: Out) -> int:
             print(show(line))
         sys.stdout.flush()
     return EXIT_OK
+
+
+def log_fields(line: str) -> dict[str, Any]:
+    """A log line for scripts: a command's fields (rules.logline), else its text."""
+    found = logline.parse(line)
+    if found is None:
+        return {"text": line.rstrip("\n")}
+    return {"time": found["time"], "vm": found["vm"], "action": found["action"],
+            "params": found["params"].split(), "outcome": found["outcome"],
+            "message": found["message"], "file": found["file"],
+            "history": found["history"] or None, "id": found["id"]}
+
+
+def fit(lines: list[str], width: int) -> list[str]:
+    """Table lines cut to the terminal's width (the last column, the longest, gives way)."""
+    return [line if len(line) <= width else line[:max(width - 3, 0)] + "..." for line in lines]
 
 
 def cmd_history(home: Home, args: argparse.Namespace, out: Out) -> int:
@@ -565,8 +584,13 @@ def cmd_history(home: Home, args: argparse.Namespace, out: Out) -> int:
                  " ".join(filter(None, [r.get("action", ""), r.get("params", "")])),
                  r.get("outcome", "") or "?", r.get("message", ""), r.get("history", "")]
                 for r in records]
-        return table(rows, ["TIME", "VM", "COMMAND", "OUTCOME", "MESSAGE", "KEPT AS"]) \
-            if rows else ["no handled commands yet"]
+        if not rows:
+            return ["no handled commands yet"]
+        # the message last: the column a narrow terminal cuts
+        rows = [[r[0], r[1], r[2], r[3], r[5], r[4]] for r in rows]
+        lines = table(rows, ["TIME", "VM", "COMMAND", "OUTCOME", "KEPT AS", "MESSAGE"])
+        return fit(lines, shutil.get_terminal_size().columns) if sys.stdout.isatty() \
+            or "COLUMNS" in os.environ else lines
 
     out.emit(records, text)
     return EXIT_OK
