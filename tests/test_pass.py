@@ -170,3 +170,24 @@ def test_stray_entries_are_reported_once_and_new_ones_too(host: Host) -> None:
     text = notices.read_text()
     assert text.count("todo.txt: ignored") == 1 and text.count("web/more: ignored") == 1
     assert text.count("notes.txt: ignored") == 1
+
+
+def test_strays_above_the_spool_are_told_once(host: Host) -> None:
+    """issue 15.6: a VM folder one level too high (~/wirt/service/web/start, vm/ left out)
+    was told nowhere; now once, in wirt.log, and the pass after that stays idle."""
+    alice = host.add_user("alice")
+    host.write_config({f"{alice.name}-web": None})
+    alice.write("wirt/service/web/start")
+    alice.write("wirt/notes.txt", "mine")
+    host.run()
+    notices = alice.home / "wirt/logs/wirt.log"
+    text = notices.read_text()
+    assert ("~/wirt/service/web: ignored: is not one of wirt's folders here (vm); VM folders "
+            "go in ~/wirt/service/vm/") in text
+    assert text.count("~/wirt/notes.txt: ignored") == 1
+    before = notices.read_bytes()
+    host.run()
+    host.run()
+    assert notices.read_bytes() == before  # told once
+    assert (alice.home / "wirt/service/web/start").exists()  # and nothing moved
+    assert host.commands() == []

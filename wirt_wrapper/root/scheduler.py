@@ -262,15 +262,17 @@ class Pass:
         cached = self.records.idle_of(user.pw_uid)
         reported = self.records.reported_keys(user.pw_uid)
         for layout, look in report.items():
-            if not isinstance(look, dict) or look.get("spool") == "absent":
+            if not isinstance(look, dict):
                 continue
             vms, odd = look.get("vms"), look.get("odd", [])
-            if look.get("spool") != "ok" or not isinstance(vms, dict):
-                return True  # a command, or something the full side must look at
             if not isinstance(odd, list) or any(
                     not isinstance(key, str) or notice_key(layout, key) not in reported
                     for key in odd):
                 return True  # a stray entry the user has not been told about yet
+            if look.get("spool") == "absent":
+                continue
+            if look.get("spool") != "ok" or not isinstance(vms, dict):
+                return True  # a command, or something the full side must look at
             if self.hv.down:
                 continue  # nothing to refresh (or apply) it from
             for vm, seen in vms.items():

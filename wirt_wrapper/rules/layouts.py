@@ -58,6 +58,8 @@ class Layout:
     logs: tuple[str, ...]  # per-VM logs (wirt) or per-command logs (legacy)
     general_log: tuple[str, ...]  # messages not tied to one VM: folder, file name
     info: tuple[str, ...] | None  # status.xml folders; None: this layout has none
+    # the folders above the spool and the names each may hold (anything else is told once)
+    parents: tuple[tuple[tuple[str, ...], frozenset[str]], ...] = ()
     # False: append to one log per VM; True: one new log file per command
     per_command_log: ClassVar[bool] = False
     # spool entries an older tool made as root: set aside (renamed to NAME + SET_ASIDE)
@@ -106,6 +108,8 @@ WIRT = Layout(
     logs=("wirt", "logs", "vm"),
     general_log=("wirt", "logs", "wirt.log"),
     info=("wirt", "info", "vm"),
+    parents=((("wirt",), frozenset({"service", "info", "logs"})),
+             (("wirt", "service"), frozenset({"vm"}))),
 )
 
 

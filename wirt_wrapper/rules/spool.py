@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from wirt_wrapper.rules.actions import Rejection, check_vm_name
 from wirt_wrapper.rules.layouts import Layout
 
-__all__ = ["COMMAND", "ODD", "OUTCOMES", "RESERVED", "SKIP", "VM", "Entry", "in_spool",
-           "in_vm_folder", "kind_of"]
+__all__ = ["COMMAND", "ODD", "OUTCOMES", "RESERVED", "SKIP", "VM", "Entry", "in_parent",
+           "in_spool", "in_vm_folder", "kind_of"]
 
 # File names that live in a VM folder but are never commands.
 RESERVED = frozenset({"config"})
@@ -71,6 +71,17 @@ def in_spool(layout: Layout, name: str, mode: int) -> Entry:
         return Entry(VM, vm=check_vm_name(vm))
     except Rejection as exc:
         return Entry(ODD, problem=str(exc), key=key)
+
+
+def in_parent(layout: Layout, parts: tuple[str, ...], expected: frozenset[str],
+              name: str, mode: int) -> Entry:
+    """An entry of a folder above the spool (``~/wirt``, ``~/wirt/service``): wirt's own
+    names are skipped, anything else is a stray (a VM folder one level too high, say)."""
+    if _hidden(name) or name in expected:
+        return Entry(SKIP)
+    return Entry(ODD, problem=f"is not one of wirt's folders here ({', '.join(sorted(expected))}"
+                 f"); VM folders go in {layout.shown(*layout.spool)}/",
+                 key=f"entry:{'/'.join(parts)}/{name}")
 
 
 def in_vm_folder(folder: str, name: str, mode: int) -> Entry:

@@ -34,16 +34,27 @@ def signature(st: os.stat_result) -> list[int]:
 
 
 def _look(home: int, layout: Layout, uid: int, limit: int) -> dict[str, Any]:
-    try:
-        spool = userfs.walk(home, layout.spool, uid)
-    except FileNotFoundError:
-        return {"spool": "absent"}
-    except (Unsafe, OSError):
-        return BUSY
-    vms: dict[str, list[list[int] | None]] = {}  # VM -> [status.xml's lstat, config's]
     # Entries the full side only reports (once) and otherwise ignores, under the
     # keys it reports them by: root starts it only if one of them is new.
     odd: list[str] = []
+    for parts, expected in layout.parents:
+        try:
+            with userfs.opened(home, parts, uid) as fd:
+                entries, truncated = userfs.list_dir(fd, limit)
+        except (Unsafe, OSError):
+            continue  # the spool's own walk decides
+        if truncated:
+            return BUSY
+        odd += [e.key for name, st in entries
+                if (e := spool_rules.in_parent(layout, parts, expected, name,
+                                               st.st_mode)).kind == spool_rules.ODD]
+    try:
+        spool = userfs.walk(home, layout.spool, uid)
+    except FileNotFoundError:
+        return {"spool": "absent", "odd": odd}
+    except (Unsafe, OSError):
+        return BUSY
+    vms: dict[str, list[list[int] | None]] = {}  # VM -> [status.xml's lstat, config's]
     try:
         entries, truncated = userfs.list_dir(spool, limit)
         if truncated:

@@ -262,6 +262,7 @@ class UserSide:
         }
 
     def process(self, layout: Layout) -> None:
+        self.parents(layout)
         try:
             spool = userfs.walk(self.home, layout.spool, self.uid)
         except FileNotFoundError:
@@ -273,6 +274,20 @@ class UserSide:
             self._process(layout, spool)
         finally:
             os.close(spool)
+
+    def parents(self, layout: Layout) -> None:
+        """Strays in the folders above the spool (a VM folder one level too high), told once."""
+        for parts, expected in layout.parents:
+            try:
+                with userfs.opened(self.home, parts, self.uid) as fd:
+                    entries, _ = userfs.list_dir(fd, self.job.max_files * 10)
+            except (Unsafe, OSError):
+                continue  # missing or odd: the spool's own walk says what is wrong
+            for name, st in sorted(entries):
+                entry = spool_rules.in_parent(layout, parts, expected, name, st.st_mode)
+                if entry.kind == spool_rules.ODD:
+                    self.notice(layout, entry.key,
+                                f"{layout.shown(*parts, name)}: ignored: {entry.problem}")
 
     def set_aside(self, layout: Layout, spool: int,
                   entries: list[tuple[str, os.stat_result]]) -> None:
