@@ -33,26 +33,43 @@ def signature(st: os.stat_result) -> list[int]:
     return [st.st_ino, st.st_mtime_ns, st.st_size, st.st_mode, st.st_nlink]
 
 
+class _Busy(Exception):
+    """Too much to judge in a look: a full user side looks closely."""
+
+
+def _walk_spool(home: int, layout: Layout, uid: int, limit: int, odd: list[str]) -> int:
+    """The spool, walked one safe step at a time; the folders above it are listed on the way
+    (their strays' keys go to *odd*).  Raises like :func:`userfs.walk`."""
+    parents = dict(layout.parents)
+    fd = os.dup(home)
+    try:
+        for index, part in enumerate(layout.spool):
+            child = userfs.open_dir(fd, part, uid)
+            os.close(fd)
+            fd = child
+            here = layout.spool[:index + 1]
+            if here in parents:
+                entries, truncated = userfs.list_dir(fd, limit)
+                if truncated:
+                    raise _Busy()
+                odd += [e.key for name, st in entries
+                        if (e := spool_rules.in_parent(layout, here, parents[here], name,
+                                                       st.st_mode)).kind == spool_rules.ODD]
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def _look(home: int, layout: Layout, uid: int, limit: int) -> dict[str, Any]:
     # Entries the full side only reports (once) and otherwise ignores, under the
     # keys it reports them by: root starts it only if one of them is new.
     odd: list[str] = []
-    for parts, expected in layout.parents:
-        try:
-            with userfs.opened(home, parts, uid) as fd:
-                entries, truncated = userfs.list_dir(fd, limit)
-        except (Unsafe, OSError):
-            continue  # the spool's own walk decides
-        if truncated:
-            return BUSY
-        odd += [e.key for name, st in entries
-                if (e := spool_rules.in_parent(layout, parts, expected, name,
-                                               st.st_mode)).kind == spool_rules.ODD]
     try:
-        spool = userfs.walk(home, layout.spool, uid)
+        spool = _walk_spool(home, layout, uid, limit, odd)
     except FileNotFoundError:
         return {"spool": "absent", "odd": odd}
-    except (Unsafe, OSError):
+    except (Unsafe, OSError, _Busy):
         return BUSY
     vms: dict[str, list[list[int] | None]] = {}  # VM -> [status.xml's lstat, config's]
     try:
