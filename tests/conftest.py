@@ -14,7 +14,9 @@ import secrets
 import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -191,3 +193,66 @@ def alice_bob(host: Host) -> tuple[User, User]:
 
 
 Factory = Callable[..., User]
+
+
+@contextmanager
+def passes(host: Host, interval: float = 0.05) -> Iterator[list[str]]:
+    """Passes of the real executable, one after the other, until the block ends (as cron
+    would run them, only sooner); none of them may exit non-zero."""
+    stop = threading.Event()
+    outputs: list[str] = []
+
+    def loop() -> None:
+        while not stop.is_set():
+            proc = host.run("--verbose", check=False)
+            outputs.append(proc.stdout + proc.stderr)
+            if proc.returncode:
+                outputs.append(f"EXIT {proc.returncode}")
+            stop.wait(interval)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield outputs
+    finally:
+        stop.set()
+        thread.join(120)
+    assert not any(o.startswith("EXIT") for o in outputs), outputs
+
+
+@contextmanager
+def readable_config(host: Host) -> Iterator[str]:
+    """A copy of the site config that members can read (root-owned, 0644, in a 0755 folder).
+
+    The host's own config lives below pytest's 0700 temp folder, out of the users' reach.
+    """
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix=f"{host.prefix}-etc-", dir="/tmp"))
+    folder.chmod(0o755)
+    target = folder / "wirt.toml"
+    shutil.copy(host.config, target)
+    target.chmod(0o644)
+    try:
+        yield str(target)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def tamper_keeping_signature(path: Path, old: bytes = b"<vm>", new: bytes = b"<VM>") -> bytes:
+    """Change status.xml's content but not what the prober compares (inode, mtime, size,
+    mode, links): only a full user side, which reads the file, can notice."""
+    st = os.lstat(path)
+    data = path.read_bytes()
+    forged = data.replace(old, new, 1)
+    assert forged != data and len(forged) == len(data)
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, forged)
+    finally:
+        os.close(fd)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+    after = os.lstat(path)
+    assert (after.st_ino, after.st_mtime_ns, after.st_size) == (st.st_ino, st.st_mtime_ns,
+                                                                 st.st_size)
+    return forged

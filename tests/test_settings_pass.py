@@ -15,17 +15,15 @@ import os
 import shutil
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import libvirt
 import pytest
-from conftest import BIN, Host, User
+from conftest import BIN, Host, User, passes, readable_config, tamper_keeping_signature
 from guest import realvm
 from guest.fixtures import Guest, Guests, WirtPass
 from lxml import etree
@@ -136,21 +134,6 @@ def timed(label: str, run: Any) -> Any:
     result = run()
     print(f"{label}: {time.monotonic() - started:.2f} s")
     return result
-
-
-def tamper_keeping_signature(path: Path) -> None:
-    """status.xml changed but with the lstat signature the prober compares kept: only a
-    full user side (which reads and rewrites it) can notice (as in attacks/test_growth)."""
-    st = os.lstat(path)
-    data = path.read_bytes()
-    forged = data.replace(b"<vm>", b"<VM>", 1).replace(b"</vm>", b"</VM>", 1)
-    assert forged != data and len(forged) == len(data)
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        os.write(fd, forged)
-    finally:
-        os.close(fd)
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
 
 
 # -- the tests -------------------------------------------------------------------------
@@ -333,50 +316,12 @@ def test_legacy_layout(lab: Lab, wirt_pass: WirtPass) -> None:
     assert len([n for n in os.listdir(alice.home / "virsh/log") if "config" in n]) == 1
 
 
-@contextmanager
-def published(host: Host) -> Iterator[str]:
-    """A copy of the site config that members can read (as in test_cli.py)."""
-    folder = Path(tempfile.mkdtemp(prefix=f"{host.prefix}-etc-", dir="/tmp"))
-    folder.chmod(0o755)
-    target = folder / "wirt.toml"
-    shutil.copy(host.config, target)
-    target.chmod(0o644)
-    try:
-        yield str(target)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-@contextmanager
-def passes(host: Host, interval: float = 0.2) -> Iterator[list[str]]:
-    """Passes of the real executable, one after the other, until the block ends."""
-    stop = threading.Event()
-    outputs: list[str] = []
-
-    def loop() -> None:
-        while not stop.is_set():
-            proc = host.run("--verbose", check=False)
-            outputs.append(proc.stdout + proc.stderr)
-            if proc.returncode:
-                outputs.append(f"EXIT {proc.returncode}")
-            stop.wait(interval)
-
-    thread = threading.Thread(target=loop, daemon=True)
-    thread.start()
-    try:
-        yield outputs
-    finally:
-        stop.set()
-        thread.join(120)
-    assert not any(o.startswith("EXIT") for o in outputs), outputs
-
-
 def test_wirt_set_wait_with_passes_running(lab: Lab) -> None:
     alice = lab.host.add_user("alice")
     web = lab.define(alice, "web")
     alice.run("mkdir -p wirt/service/vm/web")
     lab.host.run()
-    with published(lab.host) as site, passes(lab.host) as outputs:
+    with readable_config(lab.host) as site, passes(lab.host, interval=0.2) as outputs:
         started = time.monotonic()
         proc = alice.run('exec "$@"', WIRT, "--config", site, "set", "web", "vcpus=2",
                          "--wait", "--timeout", "90", check=False)
@@ -396,7 +341,7 @@ def test_wirt_set_wait_reports_a_quota_refusal(lab: Lab) -> None:
     alice.run("mkdir -p wirt/service/vm/one wirt/service/vm/two")
     lab.host.run()
     before = persistent(two)
-    with published(lab.host) as site, passes(lab.host):
+    with readable_config(lab.host) as site, passes(lab.host, interval=0.2):
         done = alice.run('exec "$@"', WIRT, "--config", site, "set", "one", "memory_mib=128",
                          "--wait", "--timeout", "90", check=False)
         started = time.monotonic()

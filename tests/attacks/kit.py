@@ -253,3 +253,52 @@ class Scene:
             if path is not None and path.exists():
                 path.unlink()
 
+
+
+# A stand-in for one member's user side (a subverted one, SECURITY row 19), run inside
+# the real pass: a driver replaces user_main for ATTACKER only, before anything forks, so
+# the attacker's child (dropped to the user for good) speaks on the real channel whatever
+# EVIL (the test's body: `def evil(chan, arg)`) says; every other member is served as ever.
+_STAND_IN = r'''
+import json, struct, sys
+try:
+    import wirt_wrapper.user.side as side
+    from wirt_wrapper.root.main import main
+except ImportError:  # the layout before issue 9
+    import wirt_wrapper.userside as side
+    from wirt_wrapper.main import main
+
+ATTACKER, ARG = sys.argv[1], sys.argv[2]
+real = side.user_main
+
+def frame(chan, data):
+    chan.sock.sendall(struct.pack("!I", len(data)) + data)
+
+def ask(chan, message):
+    frame(chan, json.dumps(message).encode())
+    size = struct.unpack("!I", chan.sock.recv(4, 0x100))[0]  # MSG_WAITALL
+    return json.loads(chan.sock.recv(size, 0x100))
+
+EVIL
+
+def user_main(fields, chan):
+    if fields["user"] != ATTACKER:
+        return real(fields, chan)
+    evil(chan, ARG)
+    frame(chan, b'{"op":"bye","statuses":{}}')
+
+side.user_main = user_main
+sys.exit(main(sys.argv[3:]))
+'''
+
+
+def stand_in_pass(config: Path, attacker: str, evil: str, arg: str,
+                  *args: str) -> subprocess.CompletedProcess[str]:
+    """One real pass (as root, clean environment) with *attacker*'s user side replaced."""
+    import sys
+
+    driver = _STAND_IN.replace("EVIL", evil)
+    return subprocess.run([sys.executable, "-I", "-c", driver, attacker, arg,
+                           "--config", str(config), *args],
+                          capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"},
+                          timeout=120)

@@ -15,11 +15,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Host, User, sh
+from conftest import Host, User, sh, tamper_keeping_signature
 
 pytestmark = pytest.mark.attack
 
@@ -97,25 +96,6 @@ def records_since(host: Host, offset: int) -> list[dict[str, Any]]:
     with host.audit.open("rb") as handle:
         handle.seek(offset)
         return [json.loads(line) for line in handle.read().splitlines()]
-
-
-def tamper_keeping_signature(path: Path, old: bytes = b"<vm>web", new: bytes = b"<vm>WEB") -> bytes:
-    """Change status.xml's content but not what the prober compares (inode, mtime, size,
-    mode, links): only a full user side, which reads the file, can notice."""
-    st = os.lstat(path)
-    data = path.read_bytes()
-    forged = data.replace(old, new, 1)
-    assert forged != data and len(forged) == len(data)
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        os.write(fd, forged)
-    finally:
-        os.close(fd)
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
-    after = os.lstat(path)
-    assert (after.st_ino, after.st_mtime_ns, after.st_size) == (st.st_ino, st.st_mtime_ns,
-                                                                 st.st_size)
-    return forged
 
 
 def look_bytes(count: int, length: int, charset: str) -> int:

@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ import pytest
 from guest import realvm
 
 from .conftest import RealDomains
-from .kit import SHADOW, Scene, snap, snap_tree
+from .kit import SHADOW, Scene, snap, snap_tree, stand_in_pass
 
 pytestmark = pytest.mark.attack
 
@@ -250,33 +249,18 @@ def test_control_a_good_config_is_applied(settings: Settings) -> None:
 
 
 # -- root parses again: a subverted user side sends what the real one would refuse -----
-DRIVER = r'''
-import json, struct, sys
-import wirt_wrapper.user.side as side
-from wirt_wrapper.root.main import main
-
-ATTACKER, CONTENT = sys.argv[1], sys.argv[2]
-real = side.user_main
-
-def frame(chan, data):
-    chan.sock.sendall(struct.pack("!I", len(data)) + data)
-
-def ask(chan, message):
-    frame(chan, json.dumps(message).encode())
-    size = struct.unpack("!I", chan.sock.recv(4, 0x100))[0]  # MSG_WAITALL
-    return json.loads(chan.sock.recv(size, 0x100))
-
-def evil(fields, chan):
-    if fields["user"] != ATTACKER:
-        return real(fields, chan)
+EVIL = r'''
+def evil(chan, content):
     ask(chan, {"op": "inventory", "layout": "wirt", "vms": ["web"]})
     ask(chan, {"op": "settings", "layout": "wirt", "vm": "web", "digest": "e" * 32,
-               "content": CONTENT})
-    frame(chan, b'{"op":"bye","statuses":{}}')
-
-side.user_main = evil
-sys.exit(main(sys.argv[3:]))
+               "content": content})
 '''
+
+
+def forged_pass(scene: Scene, content: str) -> subprocess.CompletedProcess[str]:
+    return stand_in_pass(scene.host.config, scene.alice.name, EVIL, content,
+                         "--user", scene.alice.name)
+
 
 FORGED = {
     "traversal": ('{"cdrom": "../../etc/shadow"}', "cdrom: must be the name of an ISO"),
@@ -296,10 +280,7 @@ def test_root_parses_the_file_again(settings: Settings, case: str) -> None:
     scene = settings.scene
     content, rule = FORGED[case]
     before = settings.xml(settings.alice_web)
-    proc = subprocess.run([sys.executable, "-I", "-c", DRIVER, scene.alice.name, content,
-                           "--config", str(scene.host.config), "--user", scene.alice.name],
-                          capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"},
-                          timeout=120)
+    proc = forged_pass(scene, content)
     assert proc.returncode == 0, proc.stderr
     assert settings.xml(settings.alice_web) == before
     (record,) = settings.configs()
@@ -311,11 +292,7 @@ def test_root_refuses_content_that_is_not_bytes(settings: Settings) -> None:
     """Characters past U+00FF cannot be the file's bytes: a protocol error ends the turn."""
     scene = settings.scene
     before = settings.xml(settings.alice_web)
-    proc = subprocess.run([sys.executable, "-I", "-c", DRIVER, scene.alice.name,
-                           '{"cdrom": "\u0100.iso"}', "--config", str(scene.host.config),
-                           "--user", scene.alice.name],
-                          capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"},
-                          timeout=120)
+    proc = forged_pass(scene, '{"cdrom": "\u0100.iso"}')
     assert proc.returncode == 0, proc.stderr
     assert settings.xml(settings.alice_web) == before
     assert settings.configs() == []

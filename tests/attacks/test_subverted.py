@@ -14,65 +14,37 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import pytest
 from conftest import Host
 
 from .conftest import RealDomains
+from .kit import stand_in_pass
 
 pytestmark = pytest.mark.attack
 
-# Runs as root: the real pass, with the attacker's user side replaced.
-DRIVER = r'''
-import json, struct, sys
-try:
-    import wirt_wrapper.user.side as side
-    from wirt_wrapper.root.main import main
-except ImportError:  # the layout before issue 9
-    import wirt_wrapper.userside as side
-    from wirt_wrapper.main import main
-
-ATTACKER, HOW = sys.argv[1], sys.argv[2]
-real = side.user_main
-
-def frame(chan, data):
-    chan.sock.sendall(struct.pack("!I", len(data)) + data)
-
-def ask(chan, message):
-    frame(chan, json.dumps(message).encode())
-    size = struct.unpack("!I", chan.sock.recv(4, 0x100))[0]  # MSG_WAITALL
-    return json.loads(chan.sock.recv(size, 0x100))
-
-def evil(fields, chan):
-    if fields["user"] != ATTACKER:
-        return real(fields, chan)
-    if HOW == "deep":
+# The attacker's user side: what each test sends on the real channel.
+EVIL = r'''
+def evil(chan, how):
+    if how == "deep":
         frame(chan, b"[" * 4096)
         chan.sock.recv(1)
-    elif HOW == "no-dry-flag":  # in a --dry-run pass, ask as if it were a real one
+    elif how == "no-dry-flag":  # in a --dry-run pass, ask as if it were a real one
         ask(chan, {"op": "inventory", "layout": "wirt", "vms": ["web"]})
         reply = ask(chan, {"op": "intend", "layout": "wirt", "vm": "web", "file": "autostart",
                            "ino": 1, "action": "autostart", "tokens": [],
                            "hist": "20261201-000000.000000-web-autostart"})
         ask(chan, {"op": "run", "id": reply.get("id", "guess-1")})
-    elif HOW == "notices-again":
+    elif how == "notices-again":
         items = [{"layout": "wirt", "key": f"entry:n{i}", "message": f"n{i} ignored"}
                  for i in range(1000)]
         for _ in range(5):
             ask(chan, {"op": "notices", "items": items})
-    frame(chan, b'{"op":"bye","statuses":{}}')
-
-side.user_main = evil
-sys.exit(main(sys.argv[3:]))
 '''
 
 
 def attack(host: Host, how: str, attacker: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-I", "-c", DRIVER, attacker, how,
-                           "--config", str(host.config), *args],
-                          capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"},
-                          timeout=120)
+    return stand_in_pass(host.config, attacker, EVIL, how, *args)
 
 
 def setup(host: Host, real_domains: RealDomains) -> tuple[str, str]:
