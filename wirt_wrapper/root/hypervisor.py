@@ -14,7 +14,6 @@ import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, TypeVar
 
 import libvirt
@@ -204,9 +203,8 @@ class Hypervisor:
         self._autostart: set[str] = set()
         self._persistent: set[str] = set()
         self._info: dict[str, DomainInfo] = {}
-        # per domain: its live XML, and a running one's persistent definition
-        self._xml: dict[str, tuple[str, str | None]] = {}
-        self._xml_job: concurrent.futures.Future[dict[str, tuple[str, str | None]]] | None = None
+        self._xml: dict[str, str] = {}  # per domain: its live XML (the bulk read)
+        self._xml_job: concurrent.futures.Future[dict[str, str]] | None = None
 
     def _call(self, fn: Callable[[], T]) -> T:
         if self.down:
@@ -273,17 +271,12 @@ class Hypervisor:
         The pass forks user sides meanwhile; the first inventory waits for it.
         """
         doms = list(self._doms.items())
-        # a running domain's persistent definition too: what its settings become at the
-        # next start (status.xml's restart-needed)
-        running = {name for name, (state, _) in self._states.items()
-                   if state not in OFF_STATES and name in self._persistent}
 
-        def read_all() -> dict[str, tuple[str, str | None]]:
+        def read_all() -> dict[str, str]:
             found = {}
             for name, dom in doms:
                 try:
-                    found[name] = (dom.XMLDesc(0), dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
-                                   if name in running else None)
+                    found[name] = dom.XMLDesc(0)
                 except libvirt.libvirtError:
                     if not self._alive():
                         raise
@@ -308,19 +301,43 @@ class Hypervisor:
             except libvirt.libvirtError as exc:
                 self.down = f"lost the connection to libvirt ({exc.get_error_message()})"
                 raise Unreachable(self.down) from None
-        for name in names:
-            if name in self._info or name not in self._doms:
-                continue
-            xmls = self._xml.get(name)
-            if xmls is None:
+        wanted = [n for n in dict.fromkeys(names) if n not in self._info and n in self._doms]
+        if not wanted:
+            return
+        # In one trip: the live XML of any the bulk read missed, and the persistent
+        # definition of the running ones (what their settings become at the next start:
+        # status.xml's restart-needed) -- only for the domains asked about, never the host's.
+        running = [n for n in wanted if n in self._persistent
+                   and self._states.get(n, (0, 0))[0] not in OFF_STATES]
+        missing = [n for n in wanted if n not in self._xml]
+        doms = self._doms
+
+        def read_more() -> tuple[dict[str, str], dict[str, str]]:
+            live, held = {}, {}
+            for name in missing:
                 try:
-                    xmls = (self._call(partial(self._doms[name].XMLDesc, 0)), None)
+                    live[name] = doms[name].XMLDesc(0)
                 except libvirt.libvirtError:
-                    continue
+                    if not self._alive():
+                        raise
+            for name in running:
+                try:
+                    held[name] = doms[name].XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+                except libvirt.libvirtError:
+                    if not self._alive():
+                        raise
+            return live, held
+
+        live, held = self._call(read_more) if missing or running else ({}, {})
+        self._xml.update(live)
+        for name in wanted:
+            xml = self._xml.get(name)
+            if xml is None:
+                continue  # vanished meanwhile
             state, reason = self._states.get(name, (0, 0))
             self._info[name] = self._make_info(
                 name, state, reason, name in self._autostart, name in self._persistent,
-                xmls[0], self.iso_dir, xmls[1])
+                xml, self.iso_dir, held.get(name))
 
     def info(self, name: str) -> DomainInfo | None:
         """What the snapshot says of *name* (idle path); None if there is no such domain."""
@@ -347,24 +364,8 @@ class Hypervisor:
         info after).  Raises Unreachable if libvirt is gone before the action's
         call was sent, Interrupted if it went away (or stopped answering) after.
         """
-        missing = no_domain(name)
-        sent = threading.Event()  # set on the libvirt thread just before the call
-        self.prefetch([name])
-        prev = self._info.get(name)  # the latest known: snapshot, or an earlier command
-
-        def job() -> tuple[str, str, DomainInfo | None]:
-            dom = self._doms.get(name)
-            try:
-                if dom is None:
-                    dom = self.conn.lookupByName(name)
-                owner = _owner(dom)
-            except libvirt.libvirtError as exc:
-                if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
-                    raise
-                return "failed", missing, None
-            problem = decide(owner)
-            if problem:
-                return "rejected", problem, None
+        def work(dom: Any, owner: str | None, prev: DomainInfo | None,
+                 sent: threading.Event) -> tuple[str, str, DomainInfo | None]:
             outcome, message = "done", ""
             try:
                 if action.call is not None:
@@ -382,6 +383,36 @@ class Hypervisor:
                 if not self._alive():  # the outcome stands; later commands wait
                     self.down = f"lost the connection to libvirt ({exc.get_error_message()})"
             return outcome, message, info
+
+        return self._trip(name, decide, work)
+
+    def _trip(self, name: str, decide: Callable[[str | None], str | None],
+              work: Callable[[Any, str | None, DomainInfo | None, threading.Event],
+                             tuple[str, str, DomainInfo | None]]
+              ) -> tuple[str, str, DomainInfo | None]:
+        """One trip to the libvirt thread for one domain: look it up, check its owner
+        metadata (read fresh) with *decide*, then *work*(dom, owner, info before, sent),
+        which sets *sent* just before it changes anything.  Unreachable before that,
+        Interrupted after; the info read back becomes the latest known."""
+        missing = no_domain(name)
+        sent = threading.Event()
+        self.prefetch([name])
+        prev = self._info.get(name)  # the latest known: snapshot, or an earlier command
+
+        def job() -> tuple[str, str, DomainInfo | None]:
+            dom = self._doms.get(name)
+            try:
+                if dom is None:
+                    dom = self.conn.lookupByName(name)
+                owner = _owner(dom)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                    raise
+                return "failed", missing, None
+            problem = decide(owner)
+            if problem:
+                return "rejected", problem, None
+            return work(dom, owner, prev, sent)
 
         try:
             outcome, message, info = self._call(job)
@@ -414,25 +445,10 @@ class Hypervisor:
         (outcome, message, info after, with ``settings`` and a known
         ``restart_needed``).  Raises Unreachable / Interrupted as :meth:`act`.
         """
-        missing = no_domain(name)
-        sent = threading.Event()
-        self.prefetch([name])
-        prev = self._info.get(name)
         iso_dir = self.iso_dir
 
-        def job() -> tuple[str, str, DomainInfo | None]:
-            dom = self._doms.get(name)
-            try:
-                if dom is None:
-                    dom = self.conn.lookupByName(name)
-                owner = _owner(dom)
-            except libvirt.libvirtError as exc:
-                if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
-                    raise
-                return "failed", missing, None
-            problem = decide(owner)
-            if problem:
-                return "rejected", problem, None
+        def work(dom: Any, owner: str | None, prev: DomainInfo | None,
+                 sent: threading.Event) -> tuple[str, str, DomainInfo | None]:
             if not dom.isPersistent():
                 return "failed", (f"{name} is a transient domain (it has no persistent "
                                   "definition), so its settings cannot be changed; ask the "
@@ -485,15 +501,7 @@ class Hypervisor:
                     self.down = f"lost the connection to libvirt ({exc.get_error_message()})"
             return outcome, _configure_message(changes, notes, info), info
 
-        try:
-            outcome, message, info = self._call(job)
-        except Unreachable as exc:
-            if sent.is_set():
-                raise Interrupted(str(exc)) from None
-            raise
-        if info is not None:
-            self._info[name] = info
-        return outcome, message, info
+        return self._trip(name, decide, work)
 
     def usage(self, user: str,
               decide_owner: Callable[[str, str | None], bool]) -> dict[str, tuple[int, int]]:

@@ -23,7 +23,7 @@ import libvirt
 
 from wirt_wrapper.root import catalogue
 from wirt_wrapper.root.audit import AuditLog, Journal
-from wirt_wrapper.root.hypervisor import Hypervisor, Interrupted, Unreachable
+from wirt_wrapper.root.hypervisor import DomainInfo, Hypervisor, Interrupted, Unreachable
 from wirt_wrapper.root.notify import Report
 from wirt_wrapper.root.records import Records, notice_key
 from wirt_wrapper.rules import protocol
@@ -107,6 +107,7 @@ class Monitor:
         self.counter = 0
         self._catalogue: catalogue.Catalogue | None = None
         self._catalogue_read = False
+        self._isos: tuple[str, str] | None = None
 
     def say(self, text: str) -> None:
         if self.options.verbose or self.options.dry_run:
@@ -226,18 +227,29 @@ class Monitor:
         params = parse_params(action, entry["tokens"])
         user = ctx.user.pw_name
 
+        return self._outcome(
+            lambda: self.hv.act(domain, action, params, self._decider(user, domain)),
+            interrupted=("while this command ran; it may or may not have taken effect and "
+                         "was not repeated: check the VM's state and send it again if needed"),
+            not_run="the command was not run: send it again")
+
+    def _decider(self, user: str, domain: str) -> Callable[[str | None], str | None]:
+        """Why *user* may not drive *domain*, given its owner metadata read fresh."""
         def decide(owner: str | None) -> str | None:
             return owner_problem(user, domain, owner, self.claimants.find(domain, besides=user))
+        return decide
 
+    @staticmethod
+    def _outcome(trip: Callable[[], tuple[str, str, DomainInfo | None]], *, interrupted: str,
+                 not_run: str) -> tuple[str, str, dict[str, Any] | None]:
+        """A trip to libvirt as an outcome: libvirt gone mid-call is ``interrupted`` (the
+        request may have reached the VM), before it, or libvirt saying no, ``failed``."""
         try:
-            outcome, message, info = self.hv.act(domain, action, params, decide)
-        except Interrupted as exc:  # the request may have reached the VM: not "failed"
-            return "interrupted", (
-                f"libvirt: {exc} while this command ran; it may or may not have taken "
-                "effect and was not repeated: check the VM's state and send it again if "
-                "needed"), None
+            outcome, message, info = trip()
+        except Interrupted as exc:
+            return "interrupted", f"libvirt: {exc} {interrupted}", None
         except Unreachable as exc:
-            return "failed", f"libvirt: {exc}; the command was not run: send it again", None
+            return "failed", f"libvirt: {exc}; {not_run}", None
         except libvirt.libvirtError as exc:
             return "failed", f"libvirt: {exc.get_error_message()}", None
         return outcome, message, info.as_status() if info is not None else None
@@ -351,9 +363,6 @@ class Monitor:
         if wanted.get("cdrom") and listing is not None and wanted["cdrom"] in listing.names:
             iso_path = listing.path(wanted["cdrom"])  # the catalogue's own name, joined
 
-        def decide(owner: str | None) -> str | None:
-            return owner_problem(user, domain, owner, self.claimants.find(domain, besides=user))
-
         # the user's other domains, read before: the check below runs on libvirt's thread
         usage: dict[str, tuple[int, int]] = {}
         counted = [(key, index, limit) for key, index, limit in
@@ -375,22 +384,21 @@ class Monitor:
                 settings_rules.check_quota(key, limit, sum(u[index] for u in others),
                                            wanted[key])
 
-        try:
-            outcome, message, info = self.hv.configure(domain, wanted, iso_path, decide, check)
-        except Interrupted as exc:
-            return "interrupted", (f"libvirt: {exc} while the settings were applied; they may "
-                                   "or may not have taken effect: the next pass tries again"), None
-        except Unreachable as exc:
-            return "failed", f"libvirt: {exc}; the settings were not applied", None
-        except libvirt.libvirtError as exc:
-            return "failed", f"libvirt: {exc.get_error_message()}", None
-        return outcome, message, info.as_status() if info is not None else None
+        return self._outcome(
+            lambda: self.hv.configure(domain, wanted, iso_path, self._decider(user, domain),
+                                      check),
+            interrupted=("while the settings were applied; they may or may not have taken "
+                         "effect: the next pass tries again"),
+            not_run="the settings were not applied")
 
     def isos_listing(self) -> tuple[str, str]:
-        """What ~/wirt/info/isos.txt holds this pass, and its digest."""
-        found = self.catalogue()
-        names = found.names if found is not None else ()
-        return catalogue.listing_text(names), catalogue.listing_digest(names)
+        """What ~/wirt/info/isos.txt holds this pass, and its digest (made once a pass: the
+        idle path asks for every member)."""
+        if self._isos is None:
+            found = self.catalogue()
+            names = found.names if found is not None else ()
+            self._isos = catalogue.listing_text(names), catalogue.listing_digest(names)
+        return self._isos
 
     def isos_digest(self) -> str:
         return self.isos_listing()[1]
