@@ -21,7 +21,6 @@ from wirt_wrapper.root.catalogue import (
     CatalogueError,
     NotInCatalogue,
     iso_path,
-    list_isos,
     listing_digest,
     listing_text,
     read_catalogue,
@@ -57,7 +56,7 @@ def iso(folder: Path, name: str, mode: int = 0o644) -> Path:
 
 def refused(iso_dir: Path | str, match: str) -> CatalogueError:
     with pytest.raises(CatalogueError, match=match) as info:
-        list_isos(str(iso_dir))
+        read_catalogue(str(iso_dir))
     assert str(info.value).startswith("settings.iso_dir ")
     assert isinstance(info.value, ConfigError) and info.value.exit_code == EXIT_CONFIG
     return info.value
@@ -67,10 +66,11 @@ class TestListing:
     def test_regular_files_sorted(self, isos: Path) -> None:
         for name in ("debian-12.iso", "Alpine_3.19+x.iso", "a.iso", "9.iso"):
             iso(isos, name)
-        assert list_isos(str(isos)) == ("9.iso", "Alpine_3.19+x.iso", "a.iso", "debian-12.iso")
+        assert read_catalogue(str(isos)).names == ("9.iso", "Alpine_3.19+x.iso", "a.iso",
+                                                   "debian-12.iso")
 
     def test_empty(self, isos: Path) -> None:
-        assert list_isos(str(isos)) == ()
+        assert read_catalogue(str(isos)).names == ()
 
     def test_read_catalogue_keeps_the_real_folder(self, isos: Path, tmp_path: Path) -> None:
         iso(isos, "a.iso")
@@ -85,7 +85,7 @@ class TestListing:
         for name, uid in (("attached.iso", qemu_uid()), ("other.iso", NOBODY)):
             os.chown(iso(isos, name, 0o644), uid, 0)
         os.chown(iso(isos, "group.iso", 0o664), qemu_uid(), 0)
-        assert list_isos(str(isos)) == ("attached.iso", "group.iso", "other.iso")
+        assert read_catalogue(str(isos)).names == ("attached.iso", "group.iso", "other.iso")
 
     @pytest.mark.parametrize("name", [
         "x.ISO", "x.iso.bak", ".x.iso", "-x.iso", "_x.iso", "x iso.iso", "x.img", ".iso",
@@ -94,13 +94,13 @@ class TestListing:
     def test_bad_names_are_left_out(self, isos: Path, name: str) -> None:
         iso(isos, name)
         iso(isos, "good.iso")
-        assert list_isos(str(isos)) == ("good.iso",)
+        assert read_catalogue(str(isos)).names == ("good.iso",)
 
     def test_longest_name_is_listed(self, isos: Path) -> None:
         name = "a" * 127 + ".iso"
         assert ISO_NAME.fullmatch(name)
         iso(isos, name)
-        assert list_isos(str(isos)) == (name,)
+        assert read_catalogue(str(isos)).names == (name,)
 
     def test_symlinks_are_left_out(self, isos: Path, tmp_path: Path) -> None:
         real = iso(isos, "real.iso")
@@ -108,7 +108,7 @@ class TestListing:
         (isos / "shadow.iso").symlink_to("/etc/shadow")  # SECURITY row 17
         (isos / "dangling.iso").symlink_to(tmp_path / "nothing")
         (isos / "up.iso").symlink_to("../isos/real.iso")
-        assert list_isos(str(isos)) == ("real.iso",)
+        assert read_catalogue(str(isos)).names == ("real.iso",)
 
     def test_folders_fifos_devices_sockets_are_left_out(self, isos: Path) -> None:
         import socket
@@ -121,26 +121,26 @@ class TestListing:
         try:
             sock.bind(str(isos / "sock.iso"))
             iso(isos, "disc.iso")
-            assert list_isos(str(isos)) == ("disc.iso",)
+            assert read_catalogue(str(isos)).names == ("disc.iso",)
         finally:
             sock.close()
 
     def test_hard_link_is_a_regular_file(self, isos: Path) -> None:
         # only root can add entries to the folder: a hard link there is the admin's choice
         os.link(iso(isos, "a.iso"), isos / "b.iso")
-        assert list_isos(str(isos)) == ("a.iso", "b.iso")
+        assert read_catalogue(str(isos)).names == ("a.iso", "b.iso")
 
     @pytest.mark.parametrize("mode", [0o666, 0o646, 0o777])
     def test_files_anyone_may_write_are_left_out(self, isos: Path, mode: int) -> None:
         iso(isos, "open.iso", mode)  # any local user could change what other VMs boot
         iso(isos, "shut.iso", 0o600)
-        assert list_isos(str(isos)) == ("shut.iso",)
+        assert read_catalogue(str(isos)).names == ("shut.iso",)
 
     def test_too_many_entries(self, isos: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(catalogue, "MAX_ENTRIES", 5)
         for n in range(5):
             iso(isos, f"{n}.iso")
-        assert len(list_isos(str(isos))) == 5
+        assert len(read_catalogue(str(isos)).names) == 5
         (isos / "note.txt").write_text("")  # entries of any kind count
         refused(isos, "holds more than 5 entries")
 
@@ -204,7 +204,7 @@ class TestFolder:
         folder = tmp_path / "isos"
         folder.mkdir(mode=0o755)
         iso(folder, "a.iso")
-        assert list_isos(str(folder)) == ("a.iso",)
+        assert read_catalogue(str(folder)).names == ("a.iso",)
 
     def test_link_to_a_user_folder(self, isos: Path, tmp_path: Path) -> None:
         home = tmp_path / "home"
@@ -232,13 +232,13 @@ class TestIsoPath:
         assert isinstance(info.value, WirtError)
 
     def test_traversal_even_if_a_listing_held_it(self, isos: Path) -> None:
-        # a listing is list_isos' output; a name that is not an ISO name is never joined
+        # a listing is read_catalogue's names; a name that is not an ISO name is never joined
         with pytest.raises(NotInCatalogue):
             iso_path(str(isos), "../x.iso", ("../x.iso",))
 
     def test_real_folder_with_traversal_name(self, tmp_path: Path, isos: Path) -> None:
         iso(tmp_path, "x.iso")  # really exists one folder up
-        listing = list_isos(str(isos))
+        listing = read_catalogue(str(isos)).names
         with pytest.raises(NotInCatalogue):
             iso_path(str(isos), "../x.iso", listing)
 
@@ -271,7 +271,7 @@ class TestListingText:
     def test_parsed_back(self, isos: Path) -> None:
         for name in ("x.iso", "y.iso"):
             iso(isos, name)
-        text = listing_text(list_isos(str(isos)))
+        text = listing_text(read_catalogue(str(isos)).names)
         assert tuple(x for x in text.splitlines() if not x.startswith("#")) == ("x.iso", "y.iso")
 
     @pytest.mark.parametrize("name", ["a.iso\n# x", "../x.iso", ""])

@@ -518,14 +518,8 @@ class Home:
 
     def last_config(self, ref: VmRef) -> dict[str, str] | None:
         """The last outcome of the settings file in status.xml (None: none, or no status)."""
-        info = ref.layout.info
-        if info is None:
-            return None
-        try:
-            data = self.read_small((*info, ref.vm), STATUS_FILE, STATUS_LIMIT)
-        except FileNotFoundError:
-            return None
-        return status_xml.last_config(data)
+        found = (self.status(ref) or {}).get("last_config")
+        return found if isinstance(found, dict) else None
 
     def wait_config(self, ref: VmRef, before: dict[str, str] | None, timeout: float,
                     tick: Callable[[str, float], None] | None = None,

@@ -29,7 +29,7 @@ from wirt_wrapper.rules.errors import ConfigError, WirtError
 from wirt_wrapper.rules.settings import ISO_NAME
 
 __all__ = ["KEY", "MAX_ENTRIES", "Catalogue", "CatalogueError", "NotInCatalogue", "iso_path",
-           "list_isos", "listing_digest", "listing_text", "read_catalogue"]
+           "listing_digest", "listing_text", "read_catalogue"]
 
 KEY = "settings.iso_dir"
 MAX_ENTRIES = 10_000  # entries of any kind in the folder: the listing's work is bounded
@@ -105,11 +105,6 @@ def _scan(fd: int, iso_dir: str) -> tuple[str, ...]:
     except OSError as exc:
         raise _refuse(iso_dir, f"cannot list it: {exc.strerror}") from None
     return tuple(sorted(names))
-
-
-def list_isos(iso_dir: str) -> tuple[str, ...]:
-    """The names in the catalogue folder *iso_dir*, sorted (raises :class:`CatalogueError`)."""
-    return read_catalogue(iso_dir).names
 
 
 def iso_path(iso_dir_real: str, name: str, listing: Collection[str]) -> str:

@@ -287,7 +287,7 @@ class Pass:
                     expected = [info_digest(status), seen[0], seen[1]]
                 if cached.get(layout, {}).get(vm) != expected:
                     return True  # a new VM or state, a status.xml someone touched, a new config
-            if layout == "wirt" and self.monitor.isos_digest() != self.records.isos_of(
-                    user.pw_uid):
+            if LAYOUTS[layout].info is not None and \
+                    self.monitor.isos_digest() != self.records.isos_of(user.pw_uid):
                 return True  # the ISO catalogue changed: isos.txt is to be written
         return False
