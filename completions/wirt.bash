@@ -68,12 +68,21 @@ _wirt() {
         --timeout|-n|--lines) return ;;
     esac
     opts="--vm --json --config --layout --help"
+    local commands="list status start shutdown stop destroy kill reboot reset suspend resume
+        autostart refresh log history create cancel set settings isos help admin"
     case $cmd in
         "")
-            COMPREPLY=($(compgen -W "list status start shutdown stop destroy kill reboot reset
-                suspend resume autostart refresh log history create cancel set settings isos admin
-                $opts" -- "$cur"))
+            COMPREPLY=($(compgen -W "$commands $opts --version" -- "$cur"))
             return ;;
+        help)
+            COMPREPLY=($(compgen -W "$commands" -- "$cur"))
+            return ;;
+        cancel)  # wirt cancel VM ACTION: the VM first, then the waiting command's action
+            if [[ $cur != -* && $prev != cancel ]]; then
+                COMPREPLY=($(compgen -W "start shutdown stop destroy kill reboot reset suspend
+                    resume autostart status" -- "$cur"))
+                return
+            fi ;;
         start) opts+=" --paused --force-boot --wait --timeout" ;;
         shutdown|stop|reboot) opts+=" --mode --wait --timeout" ;;
         destroy|kill) opts+=" --graceful --wait --timeout" ;;

@@ -14,7 +14,6 @@ import signal
 import stat
 import subprocess
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BIN, REPO, Host, User, remove_user, sh
+from conftest import BIN, REPO, Host, User, passes, readable_config, remove_user, sh
 
 from wirt_wrapper.rules import settings as settings_rules
 from wirt_wrapper.rules import status as status_xml
@@ -45,28 +44,15 @@ def wirt(user: User, *args: str, env: dict[str, str] | None = None
     return user.run('exec "$@"', *prefix, WIRT, *config, *args, check=False)
 
 
-def publish(host: Host) -> str:
-    """A copy of the site config that members can read (root-owned, 0644, in a 0755 folder).
-
-    The host's own config lives below pytest's 0700 temp folder, out of the users' reach.
-    """
-    folder = Path(tempfile.mkdtemp(prefix=f"{host.prefix}-etc-", dir="/tmp"))
-    folder.chmod(0o755)
-    target = folder / "wirt.toml"
-    shutil.copy(host.config, target)
-    target.chmod(0o644)
-    return str(target)
-
-
 @contextmanager
 def published(host: Host) -> Iterator[str]:
-    path = publish(host)
-    SITE_CONFIG.append(path)
-    try:
-        yield path
-    finally:
-        SITE_CONFIG.remove(path)
-        shutil.rmtree(os.path.dirname(path), ignore_errors=True)
+    """The site config, readable by members, used by every ``wirt`` call meanwhile."""
+    with readable_config(host) as path:
+        SITE_CONFIG.append(path)
+        try:
+            yield path
+        finally:
+            SITE_CONFIG.remove(path)
 
 
 @pytest.fixture
@@ -77,30 +63,6 @@ def site(host: Host) -> Iterator[Host]:
                        f"{bob.name}-mail": None})
     with published(host):
         yield host
-
-
-@contextmanager
-def passes(host: Host, interval: float = 0.05) -> Iterator[list[str]]:
-    """Passes of the real executable, one after the other, until the block ends."""
-    stop = threading.Event()
-    outputs: list[str] = []
-
-    def loop() -> None:
-        while not stop.is_set():
-            proc = host.run("--verbose", check=False)
-            outputs.append(proc.stdout + proc.stderr)
-            if proc.returncode:
-                outputs.append(f"EXIT {proc.returncode}")
-            stop.wait(interval)
-
-    thread = threading.Thread(target=loop, daemon=True)
-    thread.start()
-    try:
-        yield outputs
-    finally:
-        stop.set()
-        thread.join(60)
-    assert not any(o.startswith("EXIT") for o in outputs), outputs
 
 
 def spool(user: User, vm: str) -> Path:
@@ -809,6 +771,17 @@ def test_bash_completion(site: Host) -> None:
     assert complete("wirt", "set", "web", "cdrom=") == ["cdrom=debian-12.iso", "cdrom=none",
                                                         "cdrom=tools.iso"]
     assert complete("wirt", "admin", "q") == ["quota"]
+    # the completion offers exactly the CLI's commands (and their aliases)
+    import argparse
+
+    from wirt_wrapper.cli.main import build_parser
+    (sub,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    assert set(complete("wirt", "")) - {o for o in complete("wirt", "") if o.startswith("-")} \
+        == set(sub.choices)
+    assert "--version" in complete("wirt", "--")
+    assert complete("wirt", "help", "canc") == ["cancel"]
+    assert complete("wirt", "cancel", "") == ["db", "web"]
+    assert complete("wirt", "cancel", "web", "sta") == ["start", "status"]
     # every flag of the action table is offered for its action and aliases
     for action in ACTIONS:
         names = [n for n in (action.name, *action.aliases) if n != "status"]
