@@ -38,6 +38,8 @@ SHIM=$SHIM_DIR/virsh_wrapper.sh
 MIGRATE=/usr/local/bin/wirt-migrate-legacy
 WIRT=/usr/local/bin/wirt  # the members' command, on their PATH
 COMPLETION=/usr/share/bash-completion/completions/wirt
+MANDIR=/usr/local/share/man  # wirt(1), wirt.toml(5), virsh_wrapper(8), wirt-audit(8)
+MANPAGES=(wirt.1 wirt.toml.5 virsh_wrapper.8 wirt-audit.8)
 SUDOERS=/etc/sudoers.d/wirt
 CRON=/etc/cron.d/wirt
 LOGROTATE=/etc/logrotate.d/wirt
@@ -166,9 +168,17 @@ install_executables() {
   install_file "$REPO/deploy/wirt" "$WIRT" 0755
   install -d -m 0755 "$(dirname "$COMPLETION")"
   install_file "$REPO/completions/wirt.bash" "$COMPLETION" 0644
+  local page
+  for page in "${MANPAGES[@]}"; do
+    install -d -m 0755 "$MANDIR/man${page##*.}"
+    install_file "$REPO/deploy/man/$page" "$MANDIR/man${page##*.}/$page" 0644
+  done
   if ! dpkg-query -W -f='${Status}' bash-completion 2>/dev/null | grep -q 'install ok installed'; then
     say "note: the bash-completion package is not installed: members get no tab completion" \
         "for wirt until it is (apt-get install bash-completion)"
+  fi
+  if ! command -v man >/dev/null; then
+    say "note: no man command (the man-db package): the manual pages are in $MANDIR"
   fi
   if [ -e "$SHIM_TOP" ] && [ ! -d "$SHIM_TOP" ]; then
     die "$SHIM_TOP exists and is not a folder; the legacy drop-in goes in $SHIM_DIR"
@@ -273,7 +283,7 @@ install_all() {
 
 # --- uninstall -------------------------------------------------------------
 uninstall_all() {
-  local path name
+  local path name page
   # first what lets a pass start, then (once a running pass is done) what it runs
   rm -f "$SUDOERS" "$CRON" "$LOGROTATE"
   if [ -f "$LOCK" ]; then
@@ -281,6 +291,7 @@ uninstall_all() {
     flock -w 120 9 || say "a pass still holds $LOCK after 2 minutes; going on"
   fi
   rm -f "$EXE" "$AUDIT" "$MIGRATE" "$SHIM" "$WIRT" "$COMPLETION"
+  for page in "${MANPAGES[@]}"; do rm -f "$MANDIR/man${page##*.}/$page"; done
   rm -rf "$PREFIX"
   rmdir "$SHIM_DIR" "$SHIM_TOP" 2>/dev/null || true
   say "removed wirt's code, executables, sudoers, cron and logrotate files"

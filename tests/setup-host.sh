@@ -18,6 +18,7 @@ PACKAGES=(
   libfaketime  # the history-name spoofing attack freezes the pass's clock
   strace  # the CLI tests slow or hold a process at one system call
   zstd  # tests/guest/build.sh, should the kernel ship .ko.zst modules
+  man-db groff-base  # the manual pages are checked with groff and found with man -w
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

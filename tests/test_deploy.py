@@ -36,7 +36,9 @@ PATHS = ["/opt/wirt", "/usr/local/sbin/virsh_wrapper", "/usr/local/sbin/wirt-aud
          "/usr/local/bin/virsh_wrapper",
          "/usr/local/bin/wirt-migrate-legacy", "/usr/local/bin/wirt",
          "/usr/share/bash-completion/completions/wirt", "/etc/sudoers.d/wirt", "/etc/cron.d/wirt",
-         "/etc/logrotate.d/wirt", "/etc/wirt/wirt.toml"]
+         "/etc/logrotate.d/wirt", "/etc/wirt/wirt.toml",
+         "/usr/local/share/man/man1/wirt.1", "/usr/local/share/man/man5/wirt.toml.5",
+         "/usr/local/share/man/man8/virsh_wrapper.8", "/usr/local/share/man/man8/wirt-audit.8"]
 
 
 def cron_command(path: Path, user: str) -> str:
@@ -214,6 +216,9 @@ def test_install_cron_as_wrapper_then_uninstall(names: tuple[str, str], tmp_path
     found = sh("runuser", "-l", alice.name, "-c", "command -v wirt && wirt --help")
     assert found.stdout.startswith("/usr/local/bin/wirt\n"), found.stdout + found.stderr
     assert "complete" in Path("/usr/share/bash-completion/completions/wirt").read_text()
+    page = sh("runuser", "-l", alice.name, "-c", "man -w wirt.toml virsh_wrapper", check=False)
+    assert page.stdout.split() == ["/usr/local/share/man/man5/wirt.toml.5",
+                                   "/usr/local/share/man/man8/virsh_wrapper.8"], page
     kernel, initrd = realvm.build_guest()
     dom = Guest(f"{alice.name}-web", realvm.domain_xml(f"{alice.name}-web", kernel, initrd,
                                                        tmp_path / "console.log"))

@@ -145,7 +145,8 @@ def build_parser() -> Parser:
         description="Drive your own VMs: wirt writes command files into your spool "
         "(~/wirt/service/vm/<vm>/) and reads the results a pass writes back.",
         epilog="Exit status: 0 done/ok, 1 failed, 2 rejected, 3 interrupted, 4 timed out, "
-        "5 already pending, 64 usage, 66 unknown VM or no spool, 77 not allowed.",
+        "5 already pending, 64 usage, 66 unknown VM or no spool, 69 libvirt unreachable, "
+        "70 internal error, 77 not allowed.",
     )
     _common(parser, top=True)
     parser.add_argument("--version", action="version", version=f"wirt {__version__}")

@@ -25,7 +25,7 @@ from typing import IO, Any
 
 from wirt_wrapper.rules.actions import Rejection, lookup_action
 
-__all__ = ["main", "query", "rotated_files"]
+__all__ = ["build_parser", "main", "query", "rotated_files"]
 
 # logrotate's names: .1 .2.gz (numbers) or -20261125 -2026112514.gz (dateext)
 ROTATED = re.compile(r"(\.\d+|-\d{8,10})(\.gz)?")
@@ -158,7 +158,7 @@ def print_table(records: list[dict[str, Any]], out: IO[str], columns: tuple[str,
         out.write("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() + "\n")
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wirt-audit",
         description="Show records of wirt's audit log (and its rotated, compressed "
@@ -183,7 +183,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--until", type=parse_time, metavar="TIME", help="before TIME")
     parser.add_argument("--json", action="store_true",
                         help="JSON lines, exactly as logged, instead of a table")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

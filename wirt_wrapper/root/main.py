@@ -16,10 +16,10 @@ import traceback
 from wirt_wrapper.root import startup
 from wirt_wrapper.rules.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, WirtError
 
-__all__ = ["main", "parse_args", "run"]
+__all__ = ["build_parser", "main", "parse_args", "run"]
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="virsh_wrapper",
         description="Run one wirt pass: carry out the command files of every member of the "
@@ -33,7 +33,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dry-run", action="store_true",
                         help="read and judge everything, print what would happen, change nothing")
     parser.add_argument("--verbose", action="store_true", help="print each command's outcome")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
