@@ -14,12 +14,15 @@ import os
 import random
 import shutil
 import subprocess
+import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from conftest import BIN, REPO, Host
+
+from wirt_wrapper.rules.errors import CLI_EXITS, NotAllowed, UsageError
 
 WIRT_AUDIT = str(BIN / "wirt-audit")
 BASE = datetime(2026, 3, 1, tzinfo=UTC)
@@ -115,14 +118,63 @@ def test_query_on_100000_lines(tmp_path: Path) -> None:
 def test_root_only(host: Host) -> None:
     alice = host.add_user("alice")
     proc = alice.run(f"{WIRT_AUDIT} --log /var/log/wirt/audit.log", check=False)
-    assert proc.returncode == 3
+    assert proc.returncode == NotAllowed.exit_code == 77
     assert "run me as root" in proc.stderr
 
 
 def test_bad_time_names_the_format(tmp_path: Path) -> None:
     proc = audit("--log", str(tmp_path / "audit.log"), "--since", "yesterday")
-    assert proc.returncode == 2
+    assert proc.returncode == UsageError.exit_code == 64
     assert "'yesterday' is not a time: use 2026-11-25" in proc.stderr
+    assert "(see wirt-audit --help)" in proc.stderr
+
+
+# -- issue 15.10: wirt's exit table, through the real executable --------------------------
+def test_exit_codes_follow_wirts_table(host: Host, tmp_path: Path) -> None:
+    codes = dict(CLI_EXITS)
+    log = tmp_path / "audit.log"
+    log.write_text(line({"time": "2026-03-01T00:00:00+0000", "event": "command", "user": "u",
+                         "vm": "web", "action": "start", "outcome": "done"}))
+    log.chmod(0o600)
+    assert audit("--log", str(log)).returncode == 0
+    # a bad option: usage
+    proc = audit("--log", str(log), "--frobnicate")
+    assert (proc.returncode, codes[proc.returncode]) == (64, "usage"), proc.stderr
+    assert "unrecognized arguments: --frobnicate" in proc.stderr
+    proc = audit("--log", str(log), "--outcome", "fine")
+    assert proc.returncode == 64 and "invalid choice: 'fine'" in proc.stderr
+    # no audit log at all (no pass has run), in a folder that exists or not: not found
+    for missing in (tmp_path / "none.log", tmp_path / "nofolder" / "audit.log"):
+        proc = audit("--log", str(missing))
+        assert (proc.returncode, codes[proc.returncode]) == (66, "not found"), proc.stderr
+        assert f"audit log {missing}" in proc.stderr and "no such file" in proc.stderr
+    # a config that points at a missing log says the same
+    host.write_config()
+    proc = audit("--config", str(host.config))
+    assert proc.returncode == 66 and str(host.audit) in proc.stderr
+    # a malformed config: its own code, naming the key
+    bad = host.root / "etc" / "bad.toml"
+    bad.write_text('audit_log = 5\n')
+    proc = audit("--config", str(bad))
+    assert (proc.returncode, codes[proc.returncode]) == (78, "config unsafe or malformed")
+    assert "audit_log" in proc.stderr
+    # the log unreadable by the caller (root's, 0600), read as a member: not allowed
+    alice = host.add_user("alice")
+    shown = Path(tempfile.mkdtemp(prefix="wirt-audit-", dir="/var/tmp"))  # others may look in
+    try:
+        shown.chmod(0o755)
+        theirs = shown / "audit.log"
+        shutil.copy(log, theirs)  # root's, 0600
+        proc = alice.run(f"test -e {theirs} && ! test -r {theirs} && "
+                         f"{WIRT_AUDIT} --log {theirs}", check=False)
+        assert (proc.returncode, codes[proc.returncode]) == (77, "not allowed"), proc.stderr
+        assert "run me as root" in proc.stderr
+    finally:
+        shutil.rmtree(shown)
+    # the codes are the ones --help lists
+    help_text = " ".join(audit("--help").stdout.split())
+    assert "Exit status (wirt's table): 0 success, 64 usage, 66 not found, 70 internal " \
+        "error, 77 not allowed, 78 config unsafe or malformed." in help_text
 
 
 def test_reads_what_logrotate_rotated(host: Host, tmp_path: Path) -> None:

@@ -24,9 +24,11 @@ from typing import Any
 import pytest
 from conftest import BIN, REPO, Host, User, passes, readable_config, remove_user, sh
 
+from wirt_wrapper.cli.main import build_parser
 from wirt_wrapper.rules import settings as settings_rules
 from wirt_wrapper.rules import status as status_xml
 from wirt_wrapper.rules.actions import ACTIONS
+from wirt_wrapper.rules.errors import CLI_EXITS
 
 WIRT = str(BIN / "wirt")
 
@@ -774,7 +776,6 @@ def test_bash_completion(site: Host) -> None:
     # the completion offers exactly the CLI's commands (and their aliases)
     import argparse
 
-    from wirt_wrapper.cli.main import build_parser
     (sub,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
     assert set(complete("wirt", "")) - {o for o in complete("wirt", "") if o.startswith("-")} \
         == set(sub.choices)
@@ -805,6 +806,26 @@ def test_admin_assign_reads_back_on_the_test_driver(site: Host) -> None:
     proc = subprocess.run([WIRT, "admin", "assign", "nosuchdomain", alice.name, "--config",
                            str(site.config)], capture_output=True, text=True)
     assert proc.returncode == 66 and "no domain 'nosuchdomain'" in proc.stderr
+    # issue 15.10: a malformed site config has its own code in the one table (was 70)
+    bad = site.root / "etc" / "bad.toml"
+    bad.write_text("group = 5\n")
+    proc = subprocess.run([WIRT, "admin", "quota", "--config", str(bad)],
+                          capture_output=True, text=True)
+    assert (proc.returncode, dict(CLI_EXITS)[proc.returncode]) == \
+        (78, "config unsafe or malformed"), proc.stderr
+    assert "group" in proc.stderr
+
+
+def test_readme_exit_table_is_the_one_table() -> None:
+    """README's exit table has exactly the codes of rules/errors.py, each with its word."""
+    readme = (REPO / "README.md").read_text()
+    table = readme[readme.index("| exit | meaning |"):].split("\n\n")[0].splitlines()[2:]
+    rows = [row.strip("|").split("|", 1) for row in table]
+    assert [int(code) for code, _ in rows] == [code for code, _ in CLI_EXITS]
+    for (_, meaning), (code, kind) in zip(rows, CLI_EXITS, strict=True):
+        assert kind.split()[0] in meaning.replace("`", ""), (code, kind, meaning)
+    epilog = " ".join(build_parser().format_help().split())
+    assert "Exit status: " + ", ".join(f"{c} {k}" for c, k in CLI_EXITS) in epilog
 
 
 def test_admin_quota_on_the_test_driver(site: Host) -> None:

@@ -8,7 +8,7 @@ the home more than the pass does, and the site config (``/etc/wirt/wirt.toml``,
 when readable) only for its messages: the pass decides.
 
 Run by root it offers only the admin verbs (:mod:`admin`).  Exit status: the
-table in :mod:`clierrors`.
+table ``CLI_EXITS`` in :mod:`wirt_wrapper.rules.errors`.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from wirt_wrapper.rules.actions import (
 )
 from wirt_wrapper.rules.config import DEFAULT_PATH, Config, Limits, load_config
 from wirt_wrapper.rules.errors import (
+    CLI_EXITS,
     EXIT_BY_OUTCOME,
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -144,9 +145,8 @@ def build_parser() -> Parser:
         prog="wirt",
         description="Drive your own VMs: wirt writes command files into your spool "
         "(~/wirt/service/vm/<vm>/) and reads the results a pass writes back.",
-        epilog="Exit status: 0 done/ok, 1 failed, 2 rejected, 3 interrupted, 4 timed out, "
-        "5 already pending, 64 usage, 66 unknown VM or no spool, 69 libvirt unreachable, "
-        "70 internal error, 77 not allowed.",
+        epilog="Exit status: " + ", ".join(f"{code} {kind}" for code, kind in CLI_EXITS)
+        + " (1 to 4: the outcome of --wait; README.md has the table).",
     )
     _common(parser, top=True)
     parser.add_argument("--version", action="version", version=f"wirt {__version__}")

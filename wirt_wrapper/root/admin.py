@@ -26,12 +26,18 @@ from xml.sax.saxutils import escape
 from wirt_wrapper.root import startup
 from wirt_wrapper.rules.config import Config, load_config
 from wirt_wrapper.rules.errors import (
+    CLI_EXITS,
+    EXIT_BY_OUTCOME,
     EXIT_INTERRUPTED,
     EXIT_OK,
+    EXIT_PENDING,
+    EXIT_TIMEOUT,
     CliError,
+    ConfigError,
     NotAllowed,
     NotFound,
     NotRootError,
+    SiteConfigError,
     Unavailable,
     UsageError,
     WirtError,
@@ -57,8 +63,12 @@ def build_parser() -> Parser:
                         help="site config (default /etc/wirt/wirt.toml)")
     common.add_argument("--layout", choices=("wirt", "legacy"), default=argparse.SUPPRESS,
                         help="run: which spool layout to serve")
+    codes = ", ".join(f"{code} {kind}" for code, kind in CLI_EXITS
+                      if code not in (*EXIT_BY_OUTCOME.values(), EXIT_TIMEOUT, EXIT_PENDING)
+                      or code == EXIT_OK)
     admin = Parser(prog="wirt admin", parents=[common],
-                   description="Admin verbs; run them as root.")
+                   description="Admin verbs; run them as root.",
+                   epilog=f"Exit status (wirt's table): {codes}.")
     admin.set_defaults(json=False, config=None, layout=None)
     verbs = admin.add_subparsers(dest="admin_command", metavar="verb", parser_class=Parser)
     verbs.required = True
@@ -93,13 +103,15 @@ def main(argv: list[str] | None = None) -> int:
         except NotRootError:
             raise NotAllowed("'wirt admin' is for the admin: run it as root "
                              "(sudo wirt admin ...)") from None
+        except ConfigError as exc:  # the installed code or interpreter
+            raise SiteConfigError(str(exc)) from None
         except WirtError as exc:
             raise CliError(str(exc)) from None
         args = build_parser().parse_args(argv)
         try:
             config = load_config(args.config)
-        except WirtError as exc:
-            raise CliError(str(exc)) from None
+        except ConfigError as exc:
+            raise SiteConfigError(str(exc)) from None
         out = Out(args.json)
         if args.admin_command == "run":
             return run_pass(args)

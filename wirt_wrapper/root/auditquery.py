@@ -8,6 +8,10 @@ Reads ``audit.log`` and its rotated siblings (``audit.log.1``,
 ``audit.log.2.gz``, ``audit.log-20261125.gz`` ...), oldest first by
 modification time, and prints the records that match every filter given:
 as an aligned table, or with ``--json`` as JSON lines exactly as logged.
+
+Exit status: ``wirt``'s table (:data:`~wirt_wrapper.rules.errors.CLI_EXITS`):
+0 ok, 64 a bad command line, 66 no audit log, 77 not root, 78 an unsafe or
+malformed config or install, 70 anything else.
 """
 
 from __future__ import annotations
@@ -21,9 +25,21 @@ import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 from wirt_wrapper.rules.actions import Rejection, lookup_action
+from wirt_wrapper.rules.errors import (
+    CLI_EXITS,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    CliError,
+    ConfigError,
+    NotAllowed,
+    NotFound,
+    NotRootError,
+    SiteConfigError,
+    UsageError,
+)
 
 __all__ = ["build_parser", "main", "query", "rotated_files"]
 
@@ -158,12 +174,27 @@ def print_table(records: list[dict[str, Any]], out: IO[str], columns: tuple[str,
         out.write("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() + "\n")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line is a UsageError (wirt's exit 64)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see wirt-audit --help)")
+
+
+def exit_table() -> str:
+    """The exit codes wirt-audit can give, from wirt's one table."""
+    mine = {EXIT_OK, *(e.exit_code for e in (UsageError, NotFound, CliError, NotAllowed,
+                                            SiteConfigError))}
+    return ", ".join(f"{code} {kind}" for code, kind in CLI_EXITS if code in mine)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="wirt-audit",
         description="Show records of wirt's audit log (and its rotated, compressed "
         "generations) that match every filter. Root only.",
-        epilog="A filter given twice matches either value: --outcome failed --outcome rejected.",
+        epilog="A filter given twice matches either value: --outcome failed --outcome rejected. "
+        f"Exit status (wirt's table): {exit_table()}.",
     )
     parser.add_argument("--config", metavar="FILE",
                         help="config naming the audit log (default /etc/wirt/wirt.toml)")
@@ -190,42 +221,73 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return build_parser().parse_args(argv)
 
 
+def unreadable(path: str, exc: OSError) -> CliError:
+    """An audit log that cannot be read, as the error of wirt's table for its kind."""
+    where = exc.filename or path
+    if isinstance(exc, FileNotFoundError | NotADirectoryError):
+        folder = f", nor its folder {where}" if where != path else ""
+        return NotFound(f"audit log {path}: no such file{folder} (has a pass run yet? "
+                        "audit_log in the config says where it is)")
+    if isinstance(exc, PermissionError):
+        return NotAllowed(f"audit log {where}: permission denied (it is root's: run me as root)")
+    return CliError(f"audit log {where}: {exc.strerror or exc}")
+
+
+def log_files(path: str) -> list[str]:
+    """The audit log's files, oldest first; NotFound when there is none at all."""
+    try:
+        files = rotated_files(path)
+    except OSError as exc:
+        raise unreadable(path, exc) from None
+    if not files:
+        raise NotFound(f"audit log {path}: no such file, nor a rotated generation of it "
+                       "(has a pass run yet? audit_log in the config says where it is)")
+    return files
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Parse, check (root, code, config), then print the matches; every failure is a
+    CliError of wirt's table, mapped here only."""
     from wirt_wrapper.root import startup
     from wirt_wrapper.rules.config import load_config
-    from wirt_wrapper.rules.errors import EXIT_INTERNAL, EXIT_OK, WirtError
 
     startup.scrub_environment()
-    args = parse_args(argv)
+    path = ""
     try:
-        startup.prepare("wirt-audit", None, argv,
-                        hint="the audit log is root's: run me as root")
-        path = args.log or load_config(args.config).audit_log
-        files = rotated_files(path)
-    except WirtError as exc:
+        args = parse_args(argv)
+        try:
+            startup.prepare("wirt-audit", None, argv,
+                            hint="the audit log is root's: run me as root")
+            path = args.log or load_config(args.config).audit_log
+        except NotRootError as exc:
+            raise NotAllowed(str(exc)) from None
+        except ConfigError as exc:
+            raise SiteConfigError(str(exc)) from None
+        files = log_files(path)
+        actions = [_names(name)[0] for name in args.action]
+        event = None if args.event == "all" else args.event
+        filters = {"user": args.user, "vm": args.vm, "action": actions, "outcome": args.outcome}
+        matches = query(files, event=event, filters=filters, since=args.since, until=args.until)
+        try:
+            if args.json:
+                out = sys.stdout.buffer
+                for raw, _ in matches:
+                    out.write(raw if raw.endswith(b"\n") else raw + b"\n")
+            else:
+                columns = COLUMNS if event is None else tuple(c for c in COLUMNS if c != "event")
+                print_table([record for _, record in matches], sys.stdout, columns)
+            sys.stdout.flush()
+        except BrokenPipeError:  # | head
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (EOFError, gzip.BadGzipFile) as exc:
+            raise CliError(f"audit log {path}: a generation is damaged: {exc}") from None
+        except OSError as exc:
+            raise unreadable(path, exc) from None
+    except CliError as exc:
         print(f"wirt-audit: {exc}", file=sys.stderr)
         return exc.exit_code
-    except OSError as exc:
-        print(f"wirt-audit: {exc.filename}: {exc.strerror}", file=sys.stderr)
-        return EXIT_INTERNAL
-    actions = [_names(name)[0] for name in args.action]
-    event = None if args.event == "all" else args.event
-    filters = {"user": args.user, "vm": args.vm, "action": actions, "outcome": args.outcome}
-    matches = query(files, event=event, filters=filters, since=args.since, until=args.until)
-    try:
-        if args.json:
-            out = sys.stdout.buffer
-            for raw, _ in matches:
-                out.write(raw if raw.endswith(b"\n") else raw + b"\n")
-        else:
-            columns = COLUMNS if event is None else tuple(c for c in COLUMNS if c != "event")
-            print_table([record for _, record in matches], sys.stdout, columns)
-        sys.stdout.flush()
-    except BrokenPipeError:  # | head
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
-        print(f"wirt-audit: {exc}", file=sys.stderr)
-        return EXIT_INTERNAL
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
     return EXIT_OK
 
 

@@ -8,7 +8,7 @@ else exits, and no code is written as a literal elsewhere.
 A user's bad command file is *not* an error of the tool: it ends as a
 ``rejected`` outcome and the pass exits 0.
 
-Exit status of ``virsh_wrapper`` (and ``wirt-audit``, ``wirt-migrate-legacy``):
+Exit status of ``virsh_wrapper`` (and ``wirt-migrate-legacy``):
 
 ====  ==========================================================================
 0     the pass ran (user commands may have failed or been rejected)
@@ -22,28 +22,17 @@ Exit status of ``virsh_wrapper`` (and ``wirt-audit``, ``wirt-migrate-legacy``):
 Exit status of ``wirt-migrate-legacy``: 0 everything moved (or nothing to
 move), 1 something stays where it is (listed), 2 run as root.
 
-Exit status of ``wirt`` (the user CLI):
-
-====  ==========================================================================
-0     success; with ``--wait``: the command's outcome was ``done``
-1     ``--wait``: the outcome was ``failed`` (libvirt said no)
-2     ``--wait``: the outcome was ``rejected`` (the command broke a rule)
-3     ``--wait``: the outcome was ``interrupted`` (a pass died mid-command)
-4     ``--wait``: timed out (the command stays pending, or has no outcome yet)
-5     a command of that name is already pending for that VM; nothing written
-64    usage: bad command line, unknown action, flag not accepted, bad VM name
-66    not found: unknown VM, spool missing
-69    libvirt unreachable (admin verbs)
-70    internal error
-77    not allowed: not in the group, unsafe path (link, foreign owner), admin
-      verbs without root
-====  ==========================================================================
+Exit status of ``wirt`` (the user CLI), ``wirt admin`` and ``wirt-audit``:
+:data:`CLI_EXITS`, the table their ``--help`` and the README print.  The
+same kind of failure gets the same code in all three (``wirt-audit`` never
+waits, so 1 to 5 are not its codes).
 """
 
 from __future__ import annotations
 
 __all__ = [
     "EXIT_AS_ROOT",
+    "CLI_EXITS",
     "EXIT_BY_OUTCOME",
     "EXIT_CONFIG",
     "EXIT_DROP_FAILED",
@@ -63,6 +52,7 @@ __all__ = [
     "NotRootError",
     "Pending",
     "ProtocolError",
+    "SiteConfigError",
     "Unavailable",
     "UnsafeInstall",
     "UsageError",
@@ -83,6 +73,23 @@ EXIT_KEPT = 1  # wirt-migrate-legacy: some entries stay where they are
 EXIT_AS_ROOT = 2  # wirt-migrate-legacy: run by root instead of the user
 # a user side or helper whose privilege drop or identity switch failed (BSD EX_SOFTWARE)
 EXIT_DROP_FAILED = 70
+
+# wirt, wirt admin and wirt-audit: one code per kind of failure (BSD sysexits from 64 on);
+# their --help lists these words, the README's table says more about each
+CLI_EXITS: tuple[tuple[int, str], ...] = (
+    (0, "success"),
+    (1, "failed"),
+    (2, "rejected"),
+    (3, "interrupted"),
+    (4, "no outcome in time"),
+    (5, "already pending"),
+    (64, "usage"),
+    (66, "not found"),
+    (69, "libvirt unreachable"),
+    (70, "internal error"),
+    (77, "not allowed"),
+    (78, "config unsafe or malformed"),
+)
 
 
 class WirtError(Exception):
@@ -145,6 +152,12 @@ class NotAllowed(CliError):
     """wirt will not do this for you (group, unsafe path, privilege)."""
 
     exit_code = 77
+
+
+class SiteConfigError(CliError):
+    """The site config, or the installed code, is unsafe or malformed."""
+
+    exit_code = 78
 
 
 class Pending(CliError):
