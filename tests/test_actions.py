@@ -11,6 +11,7 @@ from pathlib import Path
 
 import libvirt
 import pytest
+from conftest import REPO
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -56,6 +57,32 @@ class TestTable:
             "autostart": ((), (("--disable", ()),)),
             "status": ((), ()),
         }
+
+    def test_every_option_says_what_it_does(self) -> None:
+        for action in ACTIONS:
+            for option in action.options:
+                assert len(option.help) > 20, (action.name, option.name)
+
+    def test_readme_table_is_this_table(self) -> None:
+        """README's action table: each row's name, aliases, every option with its help
+        text, and the summary, exactly as in ACTIONS (issue 15 item 9)."""
+        readme = (REPO / "README.md").read_text()
+        start = readme.index("| file name | aliases | parameters")
+        lines = readme[start:readme.index("\n\n", start)].splitlines()[2:]
+        found = []
+        for line in lines:
+            name, aliases, params, what = (c.strip() for c in line.strip("|").split(" | "))
+            options = []
+            for text in ([] if params == "none" else params.split("<br>")):
+                form, _, help_text = text.partition(": ")
+                words = [w.split() for w in form.strip("`").split("` or `")]
+                options.append((words[0][0], tuple(w[1] for w in words if len(w) > 1),
+                                help_text))
+            found.append((name.strip("`"), tuple(a.strip("`") for a in aliases.split(", ")
+                                                 if a), tuple(options), what))
+        assert found == [(a.name, a.aliases, tuple((o.name, o.values, o.help)
+                                                   for o in a.options), a.summary)
+                         for a in ACTIONS]
 
     @pytest.mark.parametrize("alias,name", [("stop", "shutdown"), ("kill", "destroy")])
     def test_alias(self, alias: str, name: str) -> None:

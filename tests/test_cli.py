@@ -382,6 +382,13 @@ def test_clear_errors(site: Host) -> None:
     proc = wirt(alice, "help", "start")
     assert proc.returncode == 0 and proc.stdout.startswith("usage: wirt start")
     assert "--paused" in proc.stdout
+    assert "start with the vCPUs paused; wirt resume continues" in " ".join(proc.stdout.split())
+    # a usage error found after parsing points at the subcommand's help too
+    proc = wirt(alice, "refresh", "web", "--wait", "--timeout", "5", "--vm", "db")
+    assert proc.returncode == 64 and "two VMs given" in proc.stderr
+    assert proc.stderr.rstrip().endswith("(see wirt refresh --help)"), proc.stderr
+    proc = wirt(alice, "refresh", "web", "--bogus")
+    assert "(see wirt refresh --help)" in proc.stderr  # not status's, which is another command
     proc = wirt(alice, "start", "web", "--timeout", "5")
     assert proc.returncode == 64 and "--timeout only counts with --wait" in proc.stderr
     assert os.listdir(spool(alice, "web")) == []  # refused before anything was written
@@ -790,6 +797,12 @@ def test_bash_completion(site: Host) -> None:
             offered = complete("wirt", name, "--")
             for option in action.options:
                 assert option.name in offered, (name, option.name)
+    # and each command's long options are exactly the parser's (issue 15 item 9)
+    for name, parser in sub.choices.items():
+        if name in ("help", "admin"):
+            continue
+        longs = {o for a in parser._actions for o in a.option_strings if o.startswith("--")}
+        assert set(complete("wirt", name, "--")) == longs, name
 
 
 # -- admin verbs ---------------------------------------------------------------------------
@@ -814,6 +827,21 @@ def test_admin_assign_reads_back_on_the_test_driver(site: Host) -> None:
     assert (proc.returncode, dict(CLI_EXITS)[proc.returncode]) == \
         (78, "config unsafe or malformed"), proc.stderr
     assert "group" in proc.stderr
+
+
+def test_each_flags_help_is_the_action_tables() -> None:
+    """`wirt ACTION --help` says what each flag does, in the action table's words."""
+    import argparse
+
+    (sub,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    for action in ACTIONS:
+        for name in (action.name, *action.aliases) if action.name != "status" else ("refresh",):
+            helps = {o: a.help for a in sub.choices[name]._actions for o in a.option_strings}
+            for option in action.options:
+                assert helps[option.name] == option.help, (name, option.name)
+    for name, parser in sub.choices.items():  # and every other flag says something too
+        for act in parser._actions:
+            assert act.help and len(act.help) > 10, (name, act.option_strings)
 
 
 def test_readme_exit_table_is_the_one_table() -> None:

@@ -109,7 +109,8 @@ def _common(parser: argparse.ArgumentParser, *, top: bool) -> None:
                         default=False if top else argparse.SUPPRESS,
                         help="print JSON for scripts")
     parser.add_argument("--config", default=default, metavar="FILE",
-                        help="site config (default /etc/wirt/wirt.toml)")
+                        help="the admin's site config, to check your group and the limits "
+                        "against before anything is written (default /etc/wirt/wirt.toml)")
     parser.add_argument("--layout", choices=("wirt", "legacy"), default=default,
                         help="which spool layout (default: the VM's; wirt for create)")
 
@@ -125,19 +126,18 @@ def _action_parser(sub: Any, name: str, action: Action, aliases: list[str],
                             description=f"{name}: {action.summary}. Writes the command into "
                             "your spool; a pass runs it.")
     _vm_arg(parser)
-    for option in action.options:
-        what = f"the parameter {option.name} of the command file"
+    for option in action.options:  # the action table's own words for each
         if option.values:
             parser.add_argument(option.name, dest=_dest(option.name), choices=option.values,
-                                help=what)
+                                help=option.help)
         else:
             parser.add_argument(option.name, dest=_dest(option.name), action="store_true",
-                                help=what)
+                                help=option.help)
     parser.add_argument("-w", "--wait", action="store_true",
                         help="wait for the outcome; the exit status tells it")
     parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                         help=f"give up waiting after this long (default {DEFAULT_TIMEOUT:g})")
-    parser.set_defaults(command="action", action=action.name)
+    parser.set_defaults(command="action", action=action.name, subcommand=name)
 
 
 def build_parser() -> Parser:
@@ -155,7 +155,8 @@ def build_parser() -> Parser:
     sub = parser.add_subparsers(dest="command", metavar="command", parser_class=Parser)
     sub.required = True
     p = sub.add_parser("help", help="help on wirt or on one command (wirt help start)")
-    p.add_argument("topic", nargs="?", metavar="COMMAND")
+    p.add_argument("topic", nargs="?", metavar="COMMAND",
+                   help="the command to explain (left out: wirt itself)")
 
     sub.add_parser("list", parents=[common], help="your VMs, their state and last command")
     p = sub.add_parser("status", parents=[common], help="one VM in detail (console address too)")
@@ -944,14 +945,19 @@ def main(argv: list[str] | None = None) -> int:
             return run_admin(forwarded)
         parser = build_parser()
         args, extra = parser.parse_known_args(argv)
+        command = getattr(args, "subcommand", args.command)  # refresh, not status
         if extra:  # named after the subcommand, whose help lists what it takes
-            command = args.action if args.command == "action" else args.command
             raise UsageError(f"{command}: unrecognized arguments: {' '.join(extra)} "
                              f"(see wirt {command} --help)")
         if args.command == "help":
             return show_help(parser, args.topic)
-        check_options(args)
-        return run_user(args, Out(args.json))
+        try:
+            check_options(args)
+            return run_user(args, Out(args.json))
+        except UsageError as exc:  # every usage error points at the help that would help
+            if "--help" in str(exc):
+                raise
+            raise UsageError(f"{exc} (see wirt {command} --help)") from None
     except CliError as exc:
         print(f"wirt: {shown(str(exc))}", file=sys.stderr)
         return exc.exit_code

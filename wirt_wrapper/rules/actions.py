@@ -46,10 +46,19 @@ class Rejection(Exception):
 
 @dataclass(frozen=True)
 class Option:
-    """``--name`` alone (a flag), or ``--name VALUE`` with VALUE from a fixed list."""
+    """``--name`` alone (a flag), or ``--name VALUE`` with VALUE from a fixed list.
+
+    *help* says what it does: the one text that ``wirt``'s help, the README's
+    action table and its tests use.
+    """
 
     name: str
     values: tuple[str, ...] = ()
+    help: str = ""
+
+    def form(self) -> str:
+        """How it is written: ``--paused``, ``--mode acpi|agent``."""
+        return f"{self.name} {'|'.join(self.values)}" if self.values else self.name
 
 
 Params = Mapping[str, str]
@@ -86,7 +95,7 @@ def _given(*pairs: tuple[str, str]) -> Callable[[Params], tuple[str, ...]]:
     return lambda params: tuple(flag for option, flag in pairs if option in params)
 
 
-def _mode(acpi: str, agent: str) -> Callable[[Params], tuple[str, ...]]:
+def _mode_flag(acpi: str, agent: str) -> Callable[[Params], tuple[str, ...]]:
     """The flag for ``--mode acpi|agent``; none: libvirt chooses."""
     return lambda params: {"acpi": (acpi,), "agent": (agent,)}.get(params.get("--mode", ""), ())
 
@@ -110,38 +119,46 @@ class Action:
     def usage(self) -> str:
         if not self.options:
             return "takes no parameters"
-        forms = [f"{o.name} {'|'.join(o.values)}" if o.values else o.name for o in self.options]
-        return "accepted: " + ", ".join(forms)
+        return "accepted: " + ", ".join(o.form() for o in self.options)
 
 
-_MODE = Option("--mode", ("acpi", "agent"))
+_MODE = Option("--mode", ("acpi", "agent"),
+               "how to ask the guest: acpi presses its ACPI power button, agent asks the "
+               "QEMU guest agent in it; left out, libvirt chooses")
 
 
 _STATE = frozenset({"state"})
 
 # fmt: off
 ACTIONS: tuple[Action, ...] = (
-    Action("start", (), (Option("--paused"), Option("--force-boot")),
+    Action("start", (),
+           (Option("--paused", help="start with the vCPUs paused; wirt resume continues"),
+            Option("--force-boot", help="boot afresh even if libvirt holds a saved state "
+                   "of the VM (managed save), which is then discarded")),
            Call("createWithFlags", _given(("--paused", "VIR_DOMAIN_START_PAUSED"),
                                           ("--force-boot", "VIR_DOMAIN_START_FORCE_BOOT"))),
-           "boot the defined domain"),
+           "boot the VM"),
     Action("shutdown", ("stop",), (_MODE,),
-           Call("shutdownFlags", _mode("VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN",
-                                       "VIR_DOMAIN_SHUTDOWN_GUEST_AGENT")),
-           "graceful shutdown"),
-    Action("destroy", ("kill",), (Option("--graceful"),),
+           Call("shutdownFlags", _mode_flag("VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN",
+                                            "VIR_DOMAIN_SHUTDOWN_GUEST_AGENT")),
+           "ask the guest to power off"),
+    Action("destroy", ("kill",),
+           (Option("--graceful", help="end QEMU with SIGTERM only, so it can flush its disk "
+                   "writes; never SIGKILL (fails if QEMU does not end)"),),
            Call("destroyFlags", _given(("--graceful", "VIR_DOMAIN_DESTROY_GRACEFUL"))),
            "hard power-off"),
     Action("reboot", (), (_MODE,),
-           Call("reboot", _mode("VIR_DOMAIN_REBOOT_ACPI_POWER_BTN",
-                                "VIR_DOMAIN_REBOOT_GUEST_AGENT")),
-           "graceful reboot", _STATE),
+           Call("reboot", _mode_flag("VIR_DOMAIN_REBOOT_ACPI_POWER_BTN",
+                                     "VIR_DOMAIN_REBOOT_GUEST_AGENT")),
+           "ask the guest to reboot", _STATE),
     Action("reset", (), (), Call("reset", value=lambda p: 0), "hard reset", _STATE),
     Action("suspend", (), (), Call("suspend"), "pause the vCPUs", _STATE),
-    Action("resume", (), (), Call("resume"), "continue after suspend", _STATE),
-    Action("autostart", (), (Option("--disable"),),
+    Action("resume", (), (), Call("resume"), "continue the paused vCPUs", _STATE),
+    Action("autostart", (),
+           (Option("--disable", help="do not start the VM when the host boots (clears "
+                   "autostart)"),),
            Call("setAutostart", value=lambda p: 0 if "--disable" in p else 1),
-           "set (or with --disable clear) start on host boot", frozenset(),
+           "start the VM when the host boots", frozenset(),
            lambda p: {"autostart": "--disable" not in p}),
     Action("status", (), (), None, "refresh status.xml now",
            frozenset({"state", "autostart", "devices"})),
