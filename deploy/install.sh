@@ -21,8 +21,12 @@
 # --uninstall removes the code, the executables, sudoers, cron and logrotate
 # files; it keeps the config, the audit log, the state and the accounts, as
 # apt's "remove" would.  --purge also removes what install created (listed
-# in /var/lib/wirt/installed): config, PAM file, logs, state, the wrapper
-# user, and the group if no one is in it any more.
+# in /var/lib/wirt/installed): config and PAM file unless changed since,
+# logs, state, the wrapper user, and the group if no one is in it any more;
+# then it lists, with paths, what it kept: files it did not write or that
+# were changed, state the config places elsewhere (the lock in /run/wirt),
+# accounts that were there before, and the members' spools (homes are never
+# touched).
 set -euo pipefail
 umask 022
 export LC_ALL=C
@@ -88,6 +92,19 @@ remembered() {  # remembered KIND: the values recorded for KIND
   [ -f "$MANIFEST" ] || return 0
   sed -n "s/^$1 //p" "$MANIFEST"
 }
+digest() { sha256sum "$1" | cut -d' ' -f1; }
+remember_content() {  # remember_content PATH: what install wrote there, to see later edits
+  local rest
+  rest=$(grep -vF "sum $1 " "$MANIFEST" 2>/dev/null || true)
+  printf '%s\n' "$rest" | sed '/^$/d' > "$MANIFEST.new"
+  echo "sum $1 $(digest "$1")" >> "$MANIFEST.new"
+  mv -f "$MANIFEST.new" "$MANIFEST"
+}
+as_written() {  # as_written PATH: true if PATH still holds what install wrote
+  local want
+  want=$(remembered sum | sed -n "s|^$1 ||p")
+  [ -n "$want" ] && [ "$(digest "$1")" = "$want" ]
+}
 
 # install_file SRC DEST MODE: put SRC in place atomically (temp name + rename).
 install_file() {
@@ -120,6 +137,8 @@ install_packages() {
 }
 
 install_accounts() {
+  remember uses-group "$GROUP"
+  remember uses-user "$WRAPPER"
   if ! getent group "$GROUP" >/dev/null; then
     groupadd "$GROUP"
     remember group "$GROUP"
@@ -237,6 +256,7 @@ install_config() {
   if [ ! -e "$PAM" ]; then
     install_file "$REPO/pam.d/wirt" "$PAM" 0644
     remember file "$PAM"
+    remember_content "$PAM"
   elif ! cmp -s "$REPO/pam.d/wirt" "$PAM"; then
     say "kept your $PAM (it differs from pam.d/wirt)"
   fi
@@ -248,6 +268,7 @@ install_config() {
     install_file "$tmp" "$CONFIG" 0644
     rm -f "$tmp"
     remember file "$CONFIG"
+    remember_content "$CONFIG"
     say "wrote $CONFIG"
   else
     say "kept your $CONFIG"
@@ -255,7 +276,10 @@ install_config() {
     # could create it first and stop every pass (SECURITY.md row 14); the pass now
     # refuses it, so move the line this installer itself once wrote
     if grep -qx 'lock_file = "/run/lock/wirt.lock"' "$CONFIG"; then
+      local untouched=0
+      as_written "$CONFIG" && untouched=1
       sed -i 's|^lock_file = "/run/lock/wirt.lock"$|lock_file = "/run/wirt/wirt.lock"|' "$CONFIG"
+      [ "$untouched" = 0 ] || remember_content "$CONFIG"  # still install's own file
       say "moved lock_file in $CONFIG from /run/lock (writable by anyone) to /run/wirt"
     fi
   fi
@@ -296,16 +320,78 @@ uninstall_all() {
   rmdir "$SHIM_DIR" "$SHIM_TOP" 2>/dev/null || true
   say "removed wirt's code, executables, sudoers, cron and logrotate files"
   [ "$PURGE" = 1 ] || { say "kept $CONFIG, $LOGDIR, $STATE and the accounts (--purge removes them)"; return 0; }
+  purge_all
+}
 
-  for path in $(remembered file); do rm -f "$path"; done
+KEPT=()
+kept() { KEPT+=("$1: $2"); }  # kept PATH-OR-NAME WHY: told at the end of --purge
+
+# config_paths: "KEY PATH" for the root files wirt.toml places (defaults filled in)
+config_paths() {
+  [ -f "$CONFIG" ] || return 0
+  /usr/bin/python3 -I - "$CONFIG" <<'PY' 2>/dev/null || true
+import sys, tomllib
+try:
+    with open(sys.argv[1], "rb") as f:
+        data = tomllib.load(f)
+except (OSError, ValueError):
+    sys.exit(0)
+for key, default in (("audit_log", "/var/log/wirt/audit.log"),
+                     ("state_dir", "/var/lib/wirt"), ("lock_file", "/run/wirt/wirt.lock")):
+    value = data.get(key, default)
+    if isinstance(value, str) and value.startswith("/") and value.isprintable():
+        print(key, value)
+PY
+}
+
+# purged PATH: whether PATH is inside a folder --purge removes with all it holds
+purged() {
+  local dir
+  for dir in $(remembered dir); do
+    case $dir in "$LOGDIR"|"$STATE") ;; *) continue ;; esac
+    case $1 in "$dir"|"$dir"/*) return 0 ;; esac
+  done
+  return 1
+}
+
+purge_all() {
+  local path name key
+  # what the config places, read before the config may go
+  while read -r key path; do
+    [ -n "$path" ] && [ -e "$path" ] || continue
+    purged "$path" && continue
+    kept "$path" "$key in $CONFIG; made by passes, not by install"
+  done < <(config_paths)
+
+  for path in $(remembered file); do
+    [ -e "$path" ] || continue
+    if as_written "$path"; then
+      rm -f "$path"
+    elif [ -n "$(remembered sum | sed -n "s|^$path ||p")" ]; then
+      kept "$path" "changed since install wrote it (yours now)"
+    else
+      kept "$path" "install wrote it, but kept no record of its content"
+    fi
+  done
+  for path in "$CONFIG" "$PAM"; do
+    [ -e "$path" ] || continue
+    remembered file | grep -qxF "$path" || kept "$path" "it was there before install"
+  done
+  if [ -e "$SHIM.legacy" ]; then
+    kept "$SHIM.legacy" "the old virsh_wrapper.sh, set aside by install"
+  fi
   for name in $(remembered user); do
     if getent passwd "$name" >/dev/null; then
       if userdel -r "$name" 2>/dev/null || userdel "$name"; then
         say "removed user $name"
       else
-        say "could not remove user $name (still logged in or running something?)"
+        kept "user $name" "could not remove it (still logged in or running something?)"
       fi
     fi
+  done
+  for name in $(remembered uses-user); do
+    getent passwd "$name" >/dev/null || continue
+    remembered user | grep -qxF "$name" || kept "user $name" "it was there before install"
   done
   for name in $(remembered group); do
     getent group "$name" >/dev/null || continue
@@ -313,20 +399,36 @@ uninstall_all() {
     gid=$(getent group "$name" | cut -d: -f3)
     members=$(getent group "$name" | cut -d: -f4)
     if [ -n "$members" ] || getent passwd | cut -d: -f4 | grep -qx "$gid"; then
-      say "kept group $name: it still has members"
+      kept "group $name" "it still has members"
     else
       if groupdel "$name"; then say "removed group $name"; fi
     fi
+  done
+  for name in $(remembered uses-group); do
+    getent group "$name" >/dev/null || continue
+    remembered group | grep -qxF "$name" || kept "group $name" "it was there before install"
   done
   for path in $(remembered dir | sort -r); do
     [ -d "$path" ] || continue
     case $path in
       "$LOGDIR"|"$STATE") rm -rf "$path" ;;
-      *) rmdir "$path" 2>/dev/null || say "kept $path: not empty" ;;
+      *) rmdir "$path" 2>/dev/null || kept "$path" "not empty (files install did not put there)" ;;
     esac
   done
+  # the members' spools: wirt never deletes anything in a home (a stat, nothing opened)
+  while IFS=: read -r name _ _ _ _ path _; do
+    for key in wirt virsh; do
+      [ -n "$path" ] && [ "$path" != / ] && [ -d "$path/$key" ] && [ ! -L "$path/$key" ] \
+        || continue
+      kept "$path/$key" "$name's spool (homes are never touched)"
+    done
+  done < <(getent passwd)
   rm -f "$MANIFEST"
   say "purged what install had created"
+  if [ ${#KEPT[@]} -gt 0 ]; then
+    say "kept (not install's to remove; remove them yourself if you want them gone):"
+    printf '  %s\n' "${KEPT[@]}"
+  fi
 }
 
 if [ "$MODE" = install ]; then install_all; else uninstall_all; fi
