@@ -7,8 +7,10 @@ keeps what ``wirt admin assign`` wrote between processes (qemu:///system).
 
 from __future__ import annotations
 
+import grp
 import json
 import os
+import pwd
 import shutil
 import signal
 import stat
@@ -420,6 +422,35 @@ def test_clear_errors(site: Host) -> None:
     assert root.returncode == 77 and "wirt admin" in root.stderr
     proc = wirt(alice, "admin", "audit", alice.name)
     assert proc.returncode == 77 and "run it as root" in proc.stderr
+
+
+def test_joining_the_group_counts_without_a_new_login(site: Host) -> None:
+    """README, after installing: `adduser alice vmguests` counts from the next pass; a
+    session the member opened before (whose groups are fixed) need not log in again."""
+    alice, bob = site.users
+    name = f"{site.prefix}dan"
+    sh("useradd", "-m", "-U", name)
+    try:
+        entry = pwd.getpwnam(name)
+        dan = User(name, entry.pw_uid, entry.pw_gid, Path(entry.pw_dir))
+        assert wirt(dan, "create", "web").returncode == 0
+        session = subprocess.Popen(  # logged in before the admin added dan to the group
+            ["/usr/sbin/runuser", "-u", name, "--", "sh", "-c",
+             'read go; id -G; exec "$@"', "sh", WIRT, "--config", SITE_CONFIG[-1],
+             "autostart", "web"],
+            cwd=dan.home, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True,
+            env={"HOME": str(dan.home), "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
+        sh("gpasswd", "-a", name, site.group)
+        out, err = session.communicate("go\n", timeout=60)
+        assert str(grp.getgrnam(site.group).gr_gid) not in out.split("\n")[0].split()
+        assert session.returncode == 0, err
+        site.write_config({f"{alice.name}-web": None, f"{alice.name}-db": bob.name,
+                           f"{bob.name}-mail": None, f"{name}-web": None})
+        site.run()
+        assert "web autostart: done" in dan.vm_log("web")  # served: a member now
+    finally:
+        remove_user(name)
 
 
 def test_log_follow(site: Host) -> None:
