@@ -55,7 +55,7 @@ _wirt() {
     cmd=
     for ((i = 1; i < COMP_CWORD; i++)); do
         case ${COMP_WORDS[i]} in
-            --vm|--config|--layout|--timeout|--mode|-n|--lines) ((i++)) ;;
+            --vm|--config|--layout|--timeout|--mode|--name|-n|--lines) ((i++)) ;;
             -*) ;;
             *) cmd=${COMP_WORDS[i]}; break ;;
         esac
@@ -65,11 +65,12 @@ _wirt() {
         --layout) COMPREPLY=($(compgen -W "wirt legacy" -- "$cur")); return ;;
         --mode) COMPREPLY=($(compgen -W "acpi agent" -- "$cur")); return ;;
         --config) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-        --timeout|-n|--lines) return ;;
+        --timeout|--name|-n|--lines) return ;;
     esac
     opts="--vm --json --config --layout --help"
     local commands="list status start shutdown stop destroy kill reboot reset suspend resume
-        autostart refresh log history create cancel set settings isos help admin"
+        autostart refresh snapshot revert snapshot-delete snapshots log history create cancel
+        set settings isos help admin"
     case $cmd in
         "")
             COMPREPLY=($(compgen -W "$commands $opts --version" -- "$cur"))
@@ -80,7 +81,7 @@ _wirt() {
         cancel)  # wirt cancel VM ACTION: the VM first, then the waiting command's action
             if [[ $cur != -* && $prev != cancel ]]; then
                 COMPREPLY=($(compgen -W "start shutdown stop destroy kill reboot reset suspend
-                    resume autostart status" -- "$cur"))
+                    resume autostart status snapshot revert snapshot-delete" -- "$cur"))
                 return
             fi ;;
         start) opts+=" --paused --force-boot --wait --timeout" ;;
@@ -88,6 +89,8 @@ _wirt() {
         destroy|kill) opts+=" --graceful --wait --timeout" ;;
         autostart) opts+=" --disable --wait --timeout" ;;
         reset|suspend|resume|refresh) opts+=" --wait --timeout" ;;
+        snapshot|revert|snapshot-delete) opts+=" --name --wait --timeout" ;;
+        snapshots) ;;
         log) opts+=" --lines --follow" ;;
         history) opts+=" --lines" ;;
         set)

@@ -7,6 +7,7 @@ on libvirt's test driver (a private host file per test, so no state leaks).
 from __future__ import annotations
 
 import string
+from datetime import UTC, datetime
 from pathlib import Path
 
 import libvirt
@@ -17,11 +18,14 @@ from hypothesis import strategies as st
 
 from wirt_wrapper.rules.actions import (
     ACTIONS,
+    SNAPSHOT_NAME,
     Rejection,
+    SnapshotCall,
     canonical,
     lookup_action,
     parse_command,
     parse_params,
+    with_defaults,
 )
 
 LIMIT = 4096
@@ -56,6 +60,9 @@ class TestTable:
             "resume": ((), ()),
             "autostart": ((), (("--disable", ()),)),
             "status": ((), ()),
+            "snapshot": ((), (("--name", ()),)),
+            "revert": ((), (("--name", ()),)),
+            "snapshot-delete": ((), (("--name", ()),)),
         }
 
     def test_every_option_says_what_it_does(self) -> None:
@@ -123,6 +130,13 @@ ACCEPTED = [
     ("autostart", "", []),
     ("autostart", "--disable", ["--disable"]),
     ("status", "", []),
+    ("snapshot", "", []),
+    ("snapshot", "--name before-upgrade", ["--name", "before-upgrade"]),
+    ("snapshot", "--name=a", ["--name", "a"]),
+    ("snapshot", "--name 0_v1.2-rc", ["--name", "0_v1.2-rc"]),
+    ("snapshot", "--name " + "x" * 32, ["--name", "x" * 32]),
+    ("revert", "--name snap-20261201-120000", ["--name", "snap-20261201-120000"]),
+    ("snapshot-delete", "--name\tb", ["--name", "b"]),
 ]
 
 
@@ -139,7 +153,8 @@ class TestAccepted:
     @pytest.mark.parametrize("content", [b"", b"\n", b"\r\n", b"   ", b"\t\n"])
     def test_empty_file(self, content: bytes) -> None:
         for name in ALL_NAMES:
-            assert parse(name, content) == []
+            if not any(o.required for o in lookup_action(name).options):
+                assert parse(name, content) == []
 
     def test_exactly_at_the_limit(self) -> None:
         content = b"--disable" + b" " * (LIMIT - len(b"--disable"))
@@ -190,6 +205,23 @@ INJECTIONS = [
     ("start", "'--paused'", "'--paused'", "is not accepted"),
     ("start", '"--paused"', '"--paused"', "is not accepted"),
     ("destroy", "--graceful --domain bob-web", "--domain", "is not accepted"),
+    # SPEC 11: a snapshot's name is held to its pattern; never a path, a URI or a domain
+    ("snapshot", "--name ../../etc/passwd", "../../etc/passwd", "a snapshot name"),
+    ("snapshot", "--name /etc/shadow", "/etc/shadow", "is not a valid value of '--name'"),
+    ("snapshot", "--name qemu:///system", "qemu:///system", "a snapshot name"),
+    ("snapshot", "--name=-x", "-x", "starts with a letter or digit"),
+    ("snapshot", "--name .hidden", ".hidden", "starts with a letter or digit"),
+    ("snapshot", "--name " + "a" * 33, "a" * 33, "at most 32"),
+    ("snapshot", "--name a$b", "a$b", "a snapshot name"),
+    ("snapshot", "--name a b", "b", "is not accepted by 'snapshot'"),
+    ("snapshot", "--name=", "", "a snapshot name"),
+    ("snapshot", "--name", "--name", "needs a value"),
+    ("snapshot", "--name a --name b", "--name", "given twice"),
+    ("snapshot", "--domain bob-web", "--domain", "is not accepted by 'snapshot'"),
+    ("revert", "", "revert", "needs '--name NAME'"),
+    ("revert", "--name bob-web/x", "bob-web/x", "a snapshot name"),
+    ("snapshot-delete", "", "snapshot-delete", "needs '--name NAME'"),
+    ("snapshot-delete", "--name *", "*", "a snapshot name"),
 ]
 
 
@@ -264,6 +296,32 @@ class TestRejected:
         text = str(info.value)
         assert all(0x20 <= ord(c) < 0x7F for c in text), text
         assert "\\x1b" in text and "\\x0a" in text and "\\x00" in text
+
+
+class TestSnapshotNames:
+    """SPEC 11: one kind of value, a name held to a pattern, said only in the table."""
+
+    def test_the_pattern(self) -> None:
+        assert SNAPSHOT_NAME.pattern.pattern == r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}"
+        for name in ("snapshot", "revert", "snapshot-delete"):
+            action = lookup_action(name)
+            assert isinstance(action.call, SnapshotCall)
+            assert [o.value for o in action.options] == [SNAPSHOT_NAME]
+
+    def test_only_snapshot_has_a_default(self) -> None:
+        """Root fills the default once, in UTC: snap-YYYYmmdd-HHMMSS."""
+        when = datetime(2026, 12, 1, 9, 5, 7, tzinfo=UTC)
+        assert with_defaults(lookup_action("snapshot"), {}, when) == {
+            "--name": "snap-20261201-090507"}
+        assert SNAPSHOT_NAME.pattern.fullmatch("snap-20261201-090507")
+        assert with_defaults(lookup_action("snapshot"), {"--name": "mine"}, when) == {
+            "--name": "mine"}
+        assert with_defaults(lookup_action("revert"), {"--name": "a"}, when) == {"--name": "a"}
+        assert with_defaults(lookup_action("start"), {}, when) == {}
+
+    def test_usage_names_the_value(self) -> None:
+        assert "accepted: --name NAME (optional)" in rejected("snapshot", "--x")
+        assert "accepted: --name NAME)" in rejected("revert", "--x")
 
 
 class TestPrivilegedSide:
@@ -385,8 +443,9 @@ class TestFuzz:
         again = parse_command(name, " ".join(canon).encode(), 64)
         assert again.action == command.action and again.tokens() == canon
         assert canonical(parse_params(command.action, canon)) == canon
-        for token in canon:
-            assert token in ALLOWED_TOKENS
+        for index, token in enumerate(canon):
+            named = index > 0 and canon[index - 1] == "--name"  # a snapshot's name
+            assert token in ALLOWED_TOKENS or (named and SNAPSHOT_NAME.pattern.fullmatch(token))
             assert not set(token) & set("/:=") and not token.isspace()
 
     @settings(max_examples=500, deadline=None)

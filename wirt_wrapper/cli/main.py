@@ -127,7 +127,15 @@ def _action_parser(sub: Any, name: str, action: Action, aliases: list[str],
                             "your spool; a pass runs it.")
     _vm_arg(parser)
     for option in action.options:  # the action table's own words for each
-        if option.values:
+        if option.value is not None:  # wirt snapshot VM [NAME]; --name NAME works too
+            rule = option.value.rule + ("" if option.required else
+                                        f"; default {option.default} (UTC)")
+            parser.add_argument("value_arg", nargs="?", metavar=option.value.what,
+                                help=f"{option.help} ({rule})")
+            parser.add_argument(option.name, dest=_dest(option.name), metavar=option.value.what,
+                                help=f"the same as {option.value.what}")
+            parser.set_defaults(value_option=option.name)
+        elif option.values:
             parser.add_argument(option.name, dest=_dest(option.name), choices=option.values,
                                 help=option.help)
         else:
@@ -200,6 +208,13 @@ def build_parser() -> Parser:
                        description="settings: what the VM's settings file asks for (wanted), "
                        "what libvirt holds (applied, from status.xml), whether a restart is "
                        "needed, and the outcome of the last settings change.")
+    _vm_arg(p)
+    p = sub.add_parser("snapshots", parents=[common],
+                       help="the VM's snapshots: name, time, state, current, made by",
+                       description="snapshots: every snapshot of the VM's domain as the last "
+                       "pass wrote it in status.xml (yours, made with 'wirt snapshot', and the "
+                       "admin's, which wirt never touches). 'wirt refresh VM --wait' reads "
+                       "them anew.")
     _vm_arg(p)
     sub.add_parser("isos", parents=[common], help="the ISO catalogue you can put in the CD drive",
                    description=f"isos: the ISO names the admin offers ({ISOS_SHOWN}, written "
@@ -430,6 +445,33 @@ def cmd_status(home: Home, args: argparse.Namespace, out: Out) -> int:
     return EXIT_OK
 
 
+def cmd_snapshots(home: Home, args: argparse.Namespace, out: Out) -> int:
+    ref = home.find(chosen_vm(args, home), args.layout)
+    if ref.layout.info is None:
+        raise NotFound(f"{ref.vm}: the legacy layout has no status.xml; the log line of each "
+                       "snapshot command lists the snapshots (wirt log VM)")
+    status = home.status(ref)
+    if status is None:
+        raise NotFound(f"{ref.vm}: no pass has written its status yet "
+                       f"(wirt refresh {ref.vm} --wait)")
+    if status.get("problem"):
+        raise NotFound(f"{ref.vm}: {status['problem']}")
+    snapshots = status.get("snapshots")
+    item = {"vm": ref.vm, "domain": status.get("domain", ""), "snapshots": snapshots}
+
+    def text() -> list[str]:
+        if snapshots is None:
+            return [f"{ref.vm}: not listed yet (wirt refresh {ref.vm} --wait)"]
+        if not snapshots:
+            return [f"{ref.vm}: no snapshots (take one with: wirt snapshot {ref.vm} [NAME])"]
+        rows = [[s["name"], when(s["time"]) or s["time"], s["state"],
+                 "yes" if s["current"] else "", s["by"]] for s in snapshots]
+        return table(rows, ["NAME", "TAKEN", "STATE", "CURRENT", "BY"])
+
+    out.emit(item, text)
+    return EXIT_OK
+
+
 def cmd_cancel(home: Home, args: argparse.Namespace, out: Out) -> int:
     """Every waiting file of that action (its name or an alias) goes to history, not run."""
     try:
@@ -470,8 +512,17 @@ def command_content(action: Action, args: argparse.Namespace) -> str:
     tokens: list[str] = []
     for option in action.options:
         value = getattr(args, _dest(option.name), None)
+        if option.value is not None:
+            if option.required and value is None and args.value_arg is None:
+                # one word: the name (wirt --vm web revert NAME); the VM comes from --vm
+                args.value_arg, args.vm_arg = args.vm_arg, None
+            given = args.value_arg
+            if given is not None and value is not None and given != value:
+                raise UsageError(f"two names given ('{given}' and {option.name} '{value}'); "
+                                 "give one")
+            value = value if value is not None else given
         if value:
-            tokens += [option.name, value] if option.values else [option.name]
+            tokens += [option.name, value] if option.takes_value else [option.name]
     try:
         params = parse_params(action, tokens)  # the same table the pass checks against
     except Rejection as exc:
@@ -887,6 +938,8 @@ def run_user(args: argparse.Namespace, out: Out) -> int:
             return cmd_settings(home, args, out, config)
         if args.command == "isos":
             return cmd_isos(home, args, out)
+        if args.command == "snapshots":
+            return cmd_snapshots(home, args, out)
         return cmd_action(home, args, out, config)
     finally:
         for message in dict.fromkeys(home.warnings):

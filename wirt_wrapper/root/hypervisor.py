@@ -12,6 +12,8 @@ from __future__ import annotations
 import concurrent.futures
 import queue
 import threading
+import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -25,10 +27,12 @@ from wirt_wrapper.root.definition import (
     read_settings,
     settings_from_tree,
 )
-from wirt_wrapper.rules.actions import Action, Rejection, no_domain
+from wirt_wrapper.rules.actions import Action, Call, Rejection, no_domain
 from wirt_wrapper.rules.settings import restart_needed
+from wirt_wrapper.rules.status import info_digest
 
-__all__ = ["OWNER_NS", "DomainInfo", "Hypervisor", "Interrupted", "Unreachable"]
+__all__ = ["OWNER_NS", "SNAPSHOT_MARK", "DomainInfo", "Hypervisor", "Interrupted",
+           "Unreachable", "snapshot_by"]
 
 # The owner of a domain: <metadata><wirt:owner xmlns:wirt=OWNER_NS>alice</wirt:owner>
 OWNER_NS = "http://wirt.weimarnetz.de/xmlns/owner/1"
@@ -60,6 +64,18 @@ REASONS = {
 }
 
 T = TypeVar("T")
+
+# Who made a snapshot (SPEC 11).  libvirt 9.0's snapshot XML has no <metadata>, so a
+# snapshot made through wirt carries "wirt-owner:<user>" as its <description>; any
+# other description (or none) is the admin's.
+SNAPSHOT_MARK = "wirt-owner:"
+ADMIN = "admin"
+MAX_SNAPSHOTS_LISTED = 100  # per domain, in status.xml and in root's cache
+# A domain's cached snapshot list is read again after this long even when nothing
+# else about the domain changed (the admin's virsh snapshot-create changes nothing
+# else), each domain at its own point in the second half, so the re-reads spread
+# over passes instead of all coming due in one.
+SNAPSHOT_RECHECK_S = 3600.0
 
 
 class Unreachable(Exception):
@@ -115,6 +131,8 @@ class DomainInfo:
     graphics: dict[str, str] = field(default_factory=dict)
     # The settings (SPEC 9) as libvirt holds them, when read (see settings_of); else None.
     settings: dict[str, Any] | None = None
+    # Every snapshot (SPEC 11), when read (read_snapshots); else None.
+    snapshots: list[dict[str, Any]] | None = None
 
     def as_status(self) -> dict[str, Any]:
         status = {
@@ -124,7 +142,56 @@ class DomainInfo:
         }
         if self.settings is not None:
             status["settings"] = self.settings
+        if self.snapshots is not None:
+            status["snapshots"] = self.snapshots
         return status
+
+
+def _signature(info: DomainInfo) -> str:
+    """What the rest of a domain's status says, in short: its snapshot list, kept in root's
+    records, is read again when this changes."""
+    return info_digest({k: v for k, v in info.as_status().items() if k != "snapshots"})
+
+
+def snapshot_by(description: str | None) -> str:
+    """Who made a snapshot, from its description: a user's name, or ``admin``."""
+    text = (description or "").strip()
+    if text.startswith(SNAPSHOT_MARK):
+        user = text[len(SNAPSHOT_MARK):].strip()
+        if user and user != ADMIN:
+            return user
+    return ADMIN
+
+
+def _snapshot_facts(xml: str) -> dict[str, Any]:
+    root = etree.fromstring(xml.encode())
+    when = root.findtext("creationTime") or "0"
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(when) if when.isdigit() else 0))
+    return {"name": root.findtext("name") or "", "time": stamp,
+            "state": root.findtext("state") or "", "current": False,
+            "by": snapshot_by(root.findtext("description"))}
+
+
+def read_snapshots(dom: Any) -> list[dict[str, Any]]:
+    """Every snapshot of *dom*, oldest first (at most MAX_SNAPSHOTS_LISTED), as
+    {name, time (UTC), state, current, by}.  Costs 2 calls plus one per snapshot."""
+    found = []
+    for snap in dom.listAllSnapshots(0):
+        try:
+            found.append(_snapshot_facts(snap.getXMLDesc(0)))
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN_SNAPSHOT:
+                raise  # else deleted meanwhile
+    try:
+        current = dom.snapshotCurrent(0).getName() if found else None
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN_SNAPSHOT:
+            raise
+        current = None
+    for item in found:
+        item["current"] = item["name"] == current
+    found.sort(key=lambda item: (item["time"], item["name"]))
+    return found[-MAX_SNAPSHOTS_LISTED:]
 
 
 # The keys of DomainInfo.settings (and of status["settings"]).
@@ -205,6 +272,10 @@ class Hypervisor:
         self._info: dict[str, DomainInfo] = {}
         self._xml: dict[str, str] = {}  # per domain: its live XML (the bulk read)
         self._xml_job: concurrent.futures.Future[dict[str, str]] | None = None
+        # Root's records (snapshots.json): domain -> [signature of the rest of its status,
+        # its snapshots, when to read them again anyway].  Read only for a domain whose
+        # signature changed or whose time came: never every domain's on the idle path.
+        self.snapshot_cache: dict[str, list[Any]] = {}
 
     def _call(self, fn: Callable[[], T]) -> T:
         if self.down:
@@ -338,6 +409,50 @@ class Hypervisor:
             self._info[name] = self._make_info(
                 name, state, reason, name in self._autostart, name in self._persistent,
                 xml, self.iso_dir, held.get(name))
+        self._attach_snapshots([n for n in wanted if n in self._info])
+
+    def _attach_snapshots(self, names: list[str]) -> None:
+        """Each domain's snapshots, from the cache when its signature (the rest of its
+        status) is the one they were read with and their time has not come; the others
+        read in one trip."""
+        now = time.time()
+        stale: dict[str, str] = {}
+        for name in names:
+            info = self._info[name]
+            signature = _signature(info)
+            cached = self.snapshot_cache.get(name)
+            if isinstance(cached, list) and len(cached) == 3 and cached[0] == signature \
+                    and isinstance(cached[2], int | float) and now < cached[2] \
+                    and isinstance(cached[1], list):
+                info.snapshots = cached[1]
+            else:
+                stale[name] = signature
+        if not stale:
+            return
+        doms = self._doms
+
+        def read() -> dict[str, list[dict[str, Any]]]:
+            found = {}
+            for name in stale:
+                try:
+                    found[name] = read_snapshots(doms[name])
+                except libvirt.libvirtError:
+                    if not self._alive():
+                        raise  # else vanished meanwhile: no list, nothing cached
+            return found
+
+        for name, snapshots in self._call(read).items():
+            self._info[name].snapshots = snapshots
+            self._remember(name, self._info[name], snapshots)
+
+    def _remember(self, name: str, info: DomainInfo, snapshots: list[dict[str, Any]]) -> None:
+        spread = zlib.crc32(name.encode()) / 2**32  # per domain, fixed
+        again = time.time() + SNAPSHOT_RECHECK_S * (0.5 + spread / 2)
+        self.snapshot_cache[name] = [_signature(info), snapshots, round(again)]
+
+    def domain_names(self) -> list[str]:
+        """Every domain on the host, from the pass's listing (no call to libvirt)."""
+        return list(self._doms)
 
     def info(self, name: str) -> DomainInfo | None:
         """What the snapshot says of *name* (idle path); None if there is no such domain."""
@@ -368,7 +483,7 @@ class Hypervisor:
                  sent: threading.Event) -> tuple[str, str, DomainInfo | None]:
             outcome, message = "done", ""
             try:
-                if action.call is not None:
+                if isinstance(action.call, Call):
                     sent.set()
                     action.call.invoke(dom, params, libvirt)
             except libvirt.libvirtError as exc:
@@ -412,7 +527,17 @@ class Hypervisor:
             problem = decide(owner)
             if problem:
                 return "rejected", problem, None
-            return work(dom, owner, prev, sent)
+            outcome, message, info = work(dom, owner, prev, sent)
+            self.snapshot_cache.pop(name, None)  # a command may have changed them
+            if info is not None:  # read now, kept for the state the command left
+                try:
+                    info.snapshots = read_snapshots(dom)
+                    self._remember(name, info, info.snapshots)
+                except libvirt.libvirtError as exc:
+                    info.snapshots = None
+                    if not self._alive():
+                        self.down = f"lost the connection to libvirt ({exc.get_error_message()})"
+            return outcome, message, info
 
         try:
             outcome, message, info = self._call(job)
@@ -503,6 +628,107 @@ class Hypervisor:
 
         return self._trip(name, decide, work)
 
+    def snapshot(self, name: str, op: str, snap: str, user: str,
+                 decide: Callable[[str | None], str | None],
+                 check: Callable[[list[dict[str, Any]]], None]
+                 ) -> tuple[str, str, DomainInfo | None]:
+        """A snapshot action (SPEC 11) on domain *name*: one trip, like :meth:`act`.
+
+        *op* is ``create``, ``revert`` or ``delete``; *snap* the snapshot's name
+        (already held to the table's pattern); *user* the member asking.  *check*
+        gets the domain's snapshots as libvirt lists them now and raises
+        Rejection at a quota (create only; it runs on the libvirt thread, so it
+        must not call this Hypervisor).  Only the user's own snapshots (marked
+        with :data:`SNAPSHOT_MARK`) are reverted to or deleted.  Internal
+        snapshots only: every disk must be qcow2.  Raises Unreachable /
+        Interrupted as :meth:`act`.
+        """
+        iso_dir = self.iso_dir
+
+        def work(dom: Any, owner: str | None, prev: DomainInfo | None,
+                 sent: threading.Event) -> tuple[str, str, DomainInfo | None]:
+            def back() -> DomainInfo:
+                return _read_back(dom, name, owner, prev, frozenset({"state", "devices"}), {},
+                                  iso_dir)
+
+            existing = read_snapshots(dom)
+            found = next((s for s in existing if s["name"] == snap), None)
+            try:
+                if op == "create":
+                    return self._create(dom, snap, user, existing, found, check, sent, back)
+                if found is None:
+                    yours = [s["name"] for s in existing if s["by"] == user]
+                    return "rejected", (f"there is no snapshot named '{snap}' of {name} "
+                                        f"(yours: {', '.join(yours) or 'none'}); "
+                                        "'wirt snapshots' lists them"), back()
+                problem = _not_yours(found, user)
+                if problem:
+                    return "rejected", problem, back()
+                target = dom.snapshotLookupByName(snap, 0)
+                if op == "revert":
+                    flags = {"running": libvirt.VIR_DOMAIN_SNAPSHOT_REVERT_RUNNING,
+                             "paused": libvirt.VIR_DOMAIN_SNAPSHOT_REVERT_PAUSED
+                             }.get(found["state"], 0)
+                    sent.set()
+                    dom.revertToSnapshot(target, flags)
+                    return "done", (f"back to snapshot '{snap}' of {found['time']}, "
+                                    f"{found['state'] or 'its state'} as then"), back()
+                sent.set()
+                target.delete(0)
+                return "done", f"snapshot '{snap}' deleted", back()
+            except libvirt.libvirtError as exc:
+                if not self._alive():
+                    raise
+                return "failed", f"libvirt: {exc.get_error_message()}", back()
+
+        return self._trip(name, decide, work)
+
+    @staticmethod
+    def _create(dom: Any, snap: str, user: str, existing: list[dict[str, Any]],
+                found: dict[str, Any] | None, check: Callable[[list[dict[str, Any]]], None],
+                sent: threading.Event, back: Callable[[], DomainInfo]
+                ) -> tuple[str, str, DomainInfo | None]:
+        if found is not None:
+            return "rejected", (f"there is already a snapshot named '{snap}' (made by "
+                                f"{found['by']}); choose another name"), back()
+        try:
+            check(existing)
+        except Rejection as exc:
+            return "rejected", str(exc), back()
+        live = dom.XMLDesc(0)
+        problem = not_qcow2(live)
+        if problem:
+            return "failed", problem, back()
+        running = _is_live(etree.fromstring(live.encode()))
+        root = etree.Element("domainsnapshot")
+        etree.SubElement(root, "name").text = snap
+        etree.SubElement(root, "description").text = SNAPSHOT_MARK + user
+        sent.set()
+        dom.snapshotCreateXML(etree.tostring(root, encoding="unicode"), 0)
+        what = ("with the running VM's memory: 'revert' brings it back running" if running
+                else "of the shut-off VM: 'revert' brings it back shut off")
+        return "done", f"snapshot '{snap}' taken, {what}", back()
+
+    def snapshots_of(self, names: list[str]) -> dict[str, list[dict[str, Any]]]:
+        """{domain: its snapshots, read now} for *names* (the per-user quota: only the
+        domains the user's folders could map to, never the host's).  One trip; a
+        domain that is not there is left out."""
+        conn, doms = self.conn, self._doms
+
+        def job() -> dict[str, list[dict[str, Any]]]:
+            found = {}
+            for name in names:
+                try:
+                    dom = doms.get(name) or conn.lookupByName(name)
+                    found[name] = read_snapshots(dom)
+                except libvirt.libvirtError as exc:
+                    if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                        continue
+                    raise
+            return found
+
+        return self._call(job)
+
     def usage(self, user: str,
               decide_owner: Callable[[str, str | None], bool]) -> dict[str, tuple[int, int]]:
         """{domain: (memory_mib, vcpus)} of the persistent definition of every domain on
@@ -535,6 +761,41 @@ class Hypervisor:
             return found
 
         return self._call(job)
+
+
+def _not_yours(snapshot: dict[str, Any], user: str) -> str | None:
+    """Why *user* may not revert to or delete *snapshot*, or None if it is theirs."""
+    if snapshot["by"] == user:
+        return None
+    if snapshot["by"] == ADMIN:
+        return (f"snapshot '{snapshot['name']}' was made by the admin, not through wirt: "
+                "it is listed but never reverted to or deleted by wirt; ask the admin")
+    return (f"snapshot '{snapshot['name']}' was made by user '{snapshot['by']}'; you can "
+            "revert to or delete only your own snapshots")
+
+
+def not_qcow2(xml: str) -> str | None:
+    """Why the domain in *xml* cannot have an internal snapshot, or None: every disk
+    must be qcow2 (CD-ROM and floppy drives are not snapshotted)."""
+    root = etree.fromstring(xml.encode())
+    disks = [d for d in root.findall("devices/disk") if d.get("device", "disk") == "disk"]
+    if not disks:
+        return ("the VM has no disk: an internal snapshot is kept in its qcow2 disks; "
+                "ask the admin for one")
+    for disk in disks:
+        kind = disk.find("driver")
+        form = kind.get("type", "") if kind is not None else ""
+        if form != "qcow2":
+            target = disk.find("target")
+            dev = target.get("dev", "?") if target is not None else "?"
+            source = disk.find("source")
+            where = ""
+            if source is not None:
+                where = " (" + (source.get("file") or source.get("dev") or source.get("name")
+                                or "") + ")"
+            return (f"disk {dev}{where} is {form or 'of an unknown format'}, not qcow2: "
+                    "internal snapshots need every disk in qcow2; ask the admin to convert it")
+    return None
 
 
 def _changes(held: dict[str, Any], wanted: dict[str, Any],

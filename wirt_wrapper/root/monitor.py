@@ -17,20 +17,29 @@ import pwd
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import libvirt
 
 from wirt_wrapper.root import catalogue
 from wirt_wrapper.root.audit import AuditLog, Journal
-from wirt_wrapper.root.hypervisor import DomainInfo, Hypervisor, Interrupted, Unreachable
+from wirt_wrapper.root.hypervisor import (
+    ADMIN,
+    DomainInfo,
+    Hypervisor,
+    Interrupted,
+    Unreachable,
+)
 from wirt_wrapper.root.notify import Report
 from wirt_wrapper.root.records import Records, notice_key
 from wirt_wrapper.rules import protocol
 from wirt_wrapper.rules import settings as settings_rules
 from wirt_wrapper.rules.actions import (
+    Action,
     Claimants,
     Rejection,
+    SnapshotCall,
     canonical,
     check_vm_name,
     domain_for,
@@ -40,6 +49,7 @@ from wirt_wrapper.rules.actions import (
     owns,
     parse_params,
     printable,
+    with_defaults,
 )
 from wirt_wrapper.rules.config import Config
 from wirt_wrapper.rules.errors import ProtocolError, WirtError
@@ -176,6 +186,8 @@ class Monitor:
             try:  # re-validate: the user side's word is not enough
                 action = lookup_action(file_name)
                 params = parse_params(action, msg.get("tokens", []))
+                # a default (snapshot's name) is fixed here, once: the journal keeps it
+                params = with_defaults(action, params, datetime.now(UTC))
                 entry["action"] = action.name
                 entry["tokens"] = canonical(params)
             except Rejection as exc:
@@ -226,11 +238,55 @@ class Monitor:
         action = lookup_action(entry["action"])
         params = parse_params(action, entry["tokens"])
         user = ctx.user.pw_name
+        if isinstance(action.call, SnapshotCall):
+            return self.snapshot(user, domain, action, action.call, params)
 
         return self._outcome(
             lambda: self.hv.act(domain, action, params, self._decider(user, domain)),
             interrupted=("while this command ran; it may or may not have taken effect and "
                          "was not repeated: check the VM's state and send it again if needed"),
+            not_run="the command was not run: send it again")
+
+    def snapshot(self, user: str, domain: str, action: Action, call: SnapshotCall,
+                 params: dict[str, str]) -> tuple[str, str, dict[str, Any] | None]:
+        """snapshot, revert, snapshot-delete (SPEC 11), within [snapshots] quotas."""
+        limits = self.config.snapshots
+        if not limits.enabled and call.op != "delete":
+            return "rejected", ("the admin has turned snapshots off here ([snapshots] per_vm "
+                                f"= {limits.per_vm}, per_user = {limits.per_user}); "
+                                "deleting your own still works"), None
+        others: dict[str, list[dict[str, Any]]] = {}
+        if call.op == "create":
+            # per_user sums over the domains the user's VM folders could name (from the
+            # pass's listing: no call per host domain), read fresh, this one apart
+            theirs = [name for name in self.hv.domain_names() if name != domain and
+                      any(member == user for member, _ in self.claimants.find(name))]
+            try:
+                others = self.hv.snapshots_of(theirs) if theirs else {}
+            except Unreachable as exc:
+                return "failed", f"libvirt: {exc}; no snapshot was taken: send it again", None
+
+        def check(existing: list[dict[str, Any]]) -> None:
+            made = [s["name"] for s in existing if s["by"] != ADMIN]
+            if len(made) >= limits.per_vm:
+                raise Rejection(
+                    f"the quota snapshots.per_vm = {limits.per_vm} is reached: {domain} has "
+                    f"{len(made)} made through wirt ({', '.join(made)}); delete one first "
+                    "(snapshot-delete --name NAME)")
+            mine = [f"{name}/{s['name']}" for name, listed in sorted(others.items())
+                    for s in listed if s["by"] == user]
+            mine += [f"{domain}/{s['name']}" for s in existing if s["by"] == user]
+            if len(mine) >= limits.per_user:
+                raise Rejection(
+                    f"the quota snapshots.per_user = {limits.per_user} is reached: you have "
+                    f"{len(mine)} ({', '.join(mine)}); delete one first "
+                    "(snapshot-delete --name NAME)")
+
+        return self._outcome(
+            lambda: self.hv.snapshot(domain, call.op, params["--name"], user,
+                                     self._decider(user, domain), check),
+            interrupted=("while this command ran; it may or may not have taken effect and "
+                         "was not repeated: 'wirt snapshots' shows what is there now"),
             not_run="the command was not run: send it again")
 
     def _decider(self, user: str, domain: str) -> Callable[[str | None], str | None]:

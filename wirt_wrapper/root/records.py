@@ -60,6 +60,7 @@ class Records:
         self.reported: dict[str, list[str]] = self._load("reported.json")
         self.idle: dict[str, Idle] = self._load("idle.json")
         self.settings: dict[str, dict[str, Any]] = self._load("settings.json")
+        self.snapshots: dict[str, list[Any]] = self._load("snapshots.json")
         self._loaded = self._snapshot()
         self.seen: dict[str, set[str]] = {}  # per user served this pass: notices still there
 
@@ -68,9 +69,10 @@ class Records:
             return {}
         return load_state(os.path.join(self.state_dir, name))
 
-    def _snapshot(self) -> tuple[str, str, str]:
+    def _snapshot(self) -> tuple[str, str, str, str]:
         return (json.dumps(self.reported, sort_keys=True), json.dumps(self.idle, sort_keys=True),
-                json.dumps(self.settings, sort_keys=True))
+                json.dumps(self.settings, sort_keys=True),
+                json.dumps(self.snapshots, sort_keys=True))
 
     # -- notices -------------------------------------------------------------
     def reported_keys(self, uid: int) -> set[str]:
@@ -121,6 +123,12 @@ class Records:
     def set_isos(self, uid: int, digest: str) -> None:
         self.settings.setdefault(str(uid), {})["isos"] = digest
 
+    # -- snapshot lists --------------------------------------------------------
+    def keep_snapshots(self, domains: set[str]) -> None:
+        """Forget the snapshot lists of domains that are not on the host any more."""
+        for name in [n for n in self.snapshots if n not in domains]:
+            del self.snapshots[name]
+
     # -- keeping ---------------------------------------------------------------
     def prune(self, members: set[int]) -> None:
         """Forget users who are not members any more."""
@@ -138,7 +146,7 @@ class Records:
             return
         files: tuple[tuple[str, dict[str, Any]], ...] = (
             ("reported.json", self.reported), ("idle.json", self.idle),
-            ("settings.json", self.settings))
+            ("settings.json", self.settings), ("snapshots.json", self.snapshots))
         for index, (name, data) in enumerate(files):
             if now[index] != self._loaded[index]:
                 save_state(os.path.join(self.state_dir, name), data)

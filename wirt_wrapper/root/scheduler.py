@@ -62,6 +62,7 @@ class Pass:
         self.audit = AuditLog(config.audit_log, dry_run=options.dry_run)
         self.journal = Journal(config.state_dir, dry_run=options.dry_run)
         self.records = Records(None if options.dry_run else config.state_dir)
+        self.hv.snapshot_cache = self.records.snapshots  # the same dict: saved with the records
         self.groups: dict[str, tuple[int, ...]] = {}
         self.report = notify.Report()  # for syslog and mail at the end
         self.monitor = Monitor(config, options, self.hv, self.audit, self.journal,
@@ -97,6 +98,8 @@ class Pass:
         with AccountChecker(self.config.pam_service) as accounts:
             self.serve_all(group, accounts)
         self.journal.compact()
+        if self.hv.conn is not None and not self.hv.down:
+            self.records.keep_snapshots(set(self.hv.domain_names()))
         self.records.save()
         self.hv.close()
         self.summary.seconds = time.monotonic() - started

@@ -4,7 +4,8 @@ Pure functions, no I/O, no privilege.  The user side parses a command file
 with :func:`parse_command`; the privileged side re-validates the result with
 the same function before it calls libvirt.  Adding an action is one row in
 :data:`ACTIONS`.  No accepted token can ever name a domain, a path or a URI:
-options are fixed words and option values come from fixed lists.
+options are fixed words, and option values come from fixed lists or are names
+held to a strict pattern (:class:`Value`: a snapshot's name).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import difflib
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 __all__ = [
@@ -23,6 +25,9 @@ __all__ = [
     "Command",
     "Option",
     "Rejection",
+    "SNAPSHOT_NAME",
+    "SnapshotCall",
+    "Value",
     "VM_NAME",
     "canonical",
     "check_vm_name",
@@ -34,6 +39,7 @@ __all__ = [
     "parse_command",
     "parse_params",
     "printable",
+    "with_defaults",
 ]
 
 VM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
@@ -45,19 +51,53 @@ class Rejection(Exception):
 
 
 @dataclass(frozen=True)
+class Value:
+    """A kind of option value held to a strict pattern: never a path, a URI or a domain."""
+
+    what: str  # the metavar: NAME
+    pattern: re.Pattern[str]
+    rule: str  # the pattern in words, for a refusal
+
+    def check(self, option: str, value: str) -> str:
+        if not self.pattern.fullmatch(value):
+            raise Rejection(f"token '{_show(value)}' is not a valid value of '{option}' "
+                            f"({self.rule}); choose another {self.what}")
+        return value
+
+
+# SPEC 11: a snapshot's name
+SNAPSHOT_NAME = Value("NAME", re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}"),
+                      "a snapshot name: letters, digits, '_', '.', '-'; starts with a letter "
+                      "or digit; at most 32")
+
+
+@dataclass(frozen=True)
 class Option:
-    """``--name`` alone (a flag), or ``--name VALUE`` with VALUE from a fixed list.
+    """``--name`` alone (a flag), ``--name VALUE`` with VALUE from a fixed list, or
+    ``--name VALUE`` with VALUE of a :class:`Value` kind (*value*).
 
     *help* says what it does: the one text that ``wirt``'s help, the README's
-    action table and its tests use.
+    action table and its tests use.  *required*: the action cannot run without
+    it.  *default*: a ``strftime`` format (UTC) that root fills in when the option
+    is not given, once, when it records the command (so a command's value never
+    changes after that).
     """
 
     name: str
     values: tuple[str, ...] = ()
     help: str = ""
+    value: Value | None = None
+    required: bool = False
+    default: str = ""
+
+    @property
+    def takes_value(self) -> bool:
+        return bool(self.values) or self.value is not None
 
     def form(self) -> str:
-        """How it is written: ``--paused``, ``--mode acpi|agent``."""
+        """How it is written: ``--paused``, ``--mode acpi|agent``, ``--name NAME``."""
+        if self.value is not None:
+            return f"{self.name} {self.value.what}"
         return f"{self.name} {'|'.join(self.values)}" if self.values else self.name
 
 
@@ -90,6 +130,17 @@ class Call:
         return method()
 
 
+@dataclass(frozen=True)
+class SnapshotCall:
+    """A snapshot action (SPEC 11): *op* is ``create``, ``revert`` or ``delete``.
+
+    Not a plain :class:`Call`: root checks the disks, the quotas and who made the
+    snapshot on the libvirt thread first (``Hypervisor.snapshot``).
+    """
+
+    op: str
+
+
 def _given(*pairs: tuple[str, str]) -> Callable[[Params], tuple[str, ...]]:
     """Flags for options: ``("--paused", "VIR_DOMAIN_START_PAUSED"), ...``."""
     return lambda params: tuple(flag for option, flag in pairs if option in params)
@@ -105,7 +156,7 @@ class Action:
     name: str
     aliases: tuple[str, ...]
     options: tuple[Option, ...]
-    call: Call | None  # None: no libvirt effect, only a status refresh
+    call: Call | SnapshotCall | None  # None: no libvirt effect, only a status refresh
     summary: str
     # what the call can change, so that only that is read back for status.xml:
     # "state", "autostart", "devices" (the live XML: console port, memory, ...)
@@ -119,7 +170,9 @@ class Action:
     def usage(self) -> str:
         if not self.options:
             return "takes no parameters"
-        return "accepted: " + ", ".join(o.form() for o in self.options)
+        forms = [o.form() + (" (optional)" if o.value and not o.required else "")
+                 for o in self.options]
+        return "accepted: " + ", ".join(forms)
 
 
 _MODE = Option("--mode", ("acpi", "agent"),
@@ -128,6 +181,8 @@ _MODE = Option("--mode", ("acpi", "agent"),
 
 
 _STATE = frozenset({"state"})
+_SNAP_NAME = Option("--name", help="which of your snapshots", value=SNAPSHOT_NAME,
+                    required=True)
 
 # fmt: off
 ACTIONS: tuple[Action, ...] = (
@@ -162,6 +217,14 @@ ACTIONS: tuple[Action, ...] = (
            lambda p: {"autostart": "--disable" not in p}),
     Action("status", (), (), None, "refresh status.xml now",
            frozenset({"state", "autostart", "devices"})),
+    Action("snapshot", (), (Option("--name", help="the new snapshot's name",
+                                   value=SNAPSHOT_NAME, default="snap-%Y%m%d-%H%M%S"),),
+           SnapshotCall("create"),
+           "take an internal snapshot (a running VM's with its memory)"),
+    Action("revert", (), (_SNAP_NAME,), SnapshotCall("revert"),
+           "go back to one of your snapshots, in the state it was taken in"),
+    Action("snapshot-delete", (), (_SNAP_NAME,), SnapshotCall("delete"),
+           "delete one of your snapshots"),
 )
 # fmt: on
 
@@ -213,7 +276,13 @@ def parse_params(action: Action, tokens: Iterable[str]) -> dict[str, str]:
             )
         if name in params:
             raise Rejection(f"token '{_show(name)}' is given twice; give it once")
-        if option.values:
+        if option.value is not None:
+            if not eq:
+                if not pending:
+                    raise Rejection(f"'{name}' needs a value: {option.value.rule}")
+                value = pending.pop()
+            option.value.check(name, value)
+        elif option.values:
             if not eq:
                 if not pending:
                     raise Rejection(f"'{name}' needs a value: one of {', '.join(option.values)} "
@@ -227,8 +296,23 @@ def parse_params(action: Action, tokens: Iterable[str]) -> dict[str, str]:
         elif eq:
             raise Rejection(f"token '{_show(token)}': '{name}' takes no value; "
                             f"write '{name}' alone")
-        params[name] = value if option.values else ""
+        params[name] = value if option.takes_value else ""
+    for option in action.options:
+        if option.required and option.name not in params:
+            raise Rejection(f"'{action.name}' needs '{option.form()}' "
+                            f"({option.value.rule if option.value else 'required'}); "
+                            f"write for example '{option.name} before-upgrade'")
     return params
+
+
+def with_defaults(action: Action, params: Params, now_utc: datetime) -> dict[str, str]:
+    """*params* with each option's default filled in (root does it once, when it records
+    the command): ``snapshot`` without ``--name`` gets ``snap-YYYYmmdd-HHMMSS``."""
+    filled = dict(params)
+    for option in action.options:
+        if option.default and option.name not in filled:
+            filled[option.name] = now_utc.strftime(option.default)
+    return filled
 
 
 def _check_text(content: bytes, max_bytes: int) -> str:

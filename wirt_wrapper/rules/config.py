@@ -23,7 +23,8 @@ from typing import Any
 from wirt_wrapper.rules.errors import ConfigError
 from wirt_wrapper.rules.settings import MIN_MEMORY_MIB
 
-__all__ = ["Config", "Limits", "MailConfig", "QuotaConfig", "SettingsConfig", "check_root_owned",
+__all__ = ["Config", "Limits", "MailConfig", "QuotaConfig", "SettingsConfig", "SnapshotsConfig",
+           "check_root_owned",
            "load_config", "DEFAULT_PATH"]
 
 DEFAULT_PATH = "/etc/wirt/wirt.toml"
@@ -73,6 +74,18 @@ class QuotaConfig:
 
 
 @dataclass(frozen=True)
+class SnapshotsConfig:
+    """How many snapshots made through wirt a user may keep (SPEC 11); 0 turns them off."""
+
+    per_vm: int = 3  # per domain
+    per_user: int = 10  # summed over the user's domains
+
+    @property
+    def enabled(self) -> bool:
+        return self.per_vm > 0 and self.per_user > 0
+
+
+@dataclass(frozen=True)
 class Config:
     group: str = "vmguests"
     uri: str = "qemu:///system"
@@ -87,6 +100,7 @@ class Config:
     mail: MailConfig = field(default_factory=MailConfig)
     settings: SettingsConfig = field(default_factory=SettingsConfig)
     quota: QuotaConfig = field(default_factory=QuotaConfig)
+    snapshots: SnapshotsConfig = field(default_factory=SnapshotsConfig)
     path: str = "(built-in defaults)"
 
 
@@ -196,6 +210,7 @@ MAX_VM_MEMORY_MIB = 16 << 20  # 16 TiB
 MAX_VM_VCPUS = 4096
 MAX_QUOTA_MEMORY_MIB = 1 << 30  # 1 PiB, summed over a user's domains
 MAX_QUOTA_VCPUS = 1 << 20
+MAX_SNAPSHOTS = 1000  # per VM or per user: each one is a full memory image in the disk
 
 
 def _at_most(key: str, value: int, bound: int) -> None:
@@ -228,6 +243,7 @@ def parse_config(data: dict[str, Any], path: str) -> Config:
     known = {
         "group", "uri", "layouts", "domain_name", "pam_service", "audit_log",
         "lock_file", "state_dir", "syslog_socket", "limits", "mail", "settings", "quota",
+        "snapshots",
     }
     values: dict[str, Any] = {"path": path}
     for key, value in data.items():
@@ -249,6 +265,12 @@ def parse_config(data: dict[str, Any], path: str) -> Config:
             kinds = {"memory_mib": int, "vcpus": int}
             values[key] = _check_quota(_sub_table(key, value, QuotaConfig, kinds,
                                                   zero_ok=frozenset(kinds)))
+        elif key == "snapshots":
+            kinds = {"per_vm": int, "per_user": int}
+            found = _sub_table(key, value, SnapshotsConfig, kinds, zero_ok=frozenset(kinds))
+            _at_most("snapshots.per_vm", found.per_vm, MAX_SNAPSHOTS)
+            _at_most("snapshots.per_user", found.per_user, MAX_SNAPSHOTS)
+            values[key] = found
         elif key == "layouts":
             if (not isinstance(value, list) or not value
                     or any(v not in LAYOUT_NAMES for v in value)):

@@ -58,5 +58,10 @@ def state_line(info: dict[str, Any]) -> str:
     """The domain's state after a command, for layouts without status.xml."""
     if info.get("problem"):
         return f"domain {info.get('domain', '?')}: {info['problem']}\n"
+    snapshots = info.get("snapshots")
+    listed = "" if snapshots is None else "; snapshots: " + (", ".join(
+        f"{s.get('name', '')} ({s.get('state', '')}, {s.get('time', '')}, by "
+        f"{s.get('by', '')}{', current' if s.get('current') else ''})"
+        for s in snapshots) or "none")
     return (f"domain {info['domain']}: {info['state']} ({info['reason']}); "
-            f"autostart: {'yes' if info['autostart'] else 'no'}\n")
+            f"autostart: {'yes' if info['autostart'] else 'no'}{printable(listed, 4000)}\n")

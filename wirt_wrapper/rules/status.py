@@ -59,6 +59,18 @@ def _settings(parent: etree._Element, settings: dict[str, Any]) -> None:
     _text(node, "boot", " ".join(str(dev) for dev in settings.get("boot", ())))
 
 
+def _snapshots(parent: etree._Element, snapshots: list[dict[str, Any]]) -> None:
+    """``<snapshots>``: every snapshot of the domain (SPEC 11), oldest first; ``by`` is the
+    member who made it through wirt, or ``admin``."""
+    node = etree.SubElement(parent, "snapshots", count=str(len(snapshots)))
+    for snap in snapshots:
+        etree.SubElement(node, "snapshot", {
+            "name": _xml_safe(snap.get("name", "")), "time": _xml_safe(snap.get("time", "")),
+            "state": _xml_safe(snap.get("state", "")),
+            "current": "yes" if snap.get("current") else "no",
+            "by": _xml_safe(snap.get("by", ""))})
+
+
 def render(vm: str, info: dict[str, Any], last: dict[str, str] | None,
            last_config: dict[str, str] | None = None) -> bytes:
     """The status document for *vm*; *info* comes from the privileged side.
@@ -86,6 +98,9 @@ def render(vm: str, info: dict[str, Any], last: dict[str, str] | None,
     settings = info.get("settings")
     if settings:
         _settings(root, settings)
+    snapshots = info.get("snapshots")
+    if snapshots is not None and not problem:
+        _snapshots(root, snapshots)
     if last:
         node = _text(root, "last-command", last.get("message", ""),
                      action=last.get("action", ""), outcome=last.get("outcome", ""),
@@ -166,6 +181,13 @@ def parse(document: bytes) -> dict[str, Any]:
     settings = root.find("settings")
     if settings is not None:
         found["settings"] = _read_settings(settings)
+    snapshots = root.find("snapshots")
+    if snapshots is not None:
+        found["snapshots"] = [
+            {"name": node.get("name", ""), "time": node.get("time", ""),
+             "state": node.get("state", ""), "current": node.get("current") == "yes",
+             "by": node.get("by", "")}
+            for node in snapshots.findall("snapshot")]
     found["last"] = last_command(document)
     found["last_config"] = last_config(document)
     return found
