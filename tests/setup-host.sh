@@ -19,6 +19,7 @@ PACKAGES=(
   strace  # the CLI tests slow or hold a process at one system call
   zstd  # tests/guest/build.sh, should the kernel ship .ko.zst modules
   man-db groff-base  # the manual pages are checked with groff and found with man -w
+  qemu-utils  # qemu-img: the test guest's qcow2 disk (snapshots, SPEC 11)
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -14,8 +14,10 @@ At the end of the session the terminal summary prints how long the
 from __future__ import annotations
 
 import concurrent.futures
+import shutil
 import statistics
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +33,7 @@ URI = "qemu:///system"
 BOOT_TIMEOUT = 90.0  # TCG boots in ~3 s alone; several guests on 2 cores take longer
 OFF_TIMEOUT = 30.0
 FALLBACK_CACHE = Path("/var/cache/wirt-tests/guest")
+DISK_DIR = Path("/var/lib/libvirt/images")  # QEMU (libvirt-qemu) reaches it on Debian
 
 # Session totals for the terminal summary.
 _REALVM_IDS: set[str] = set()
@@ -126,12 +129,25 @@ class Guests:
     initrd: Path
     folder: Path
     made: list[Guest] = field(default_factory=list)
+    disks: Path | None = None  # a folder for qcow2 images (define_with_disk), removed after
 
     def define(self, user: User, vm: str, owner: str | None = None) -> Guest:
         guest = Guest(self.lv, user, vm, self.folder / f"{user.name}-{vm}.console")
         xml = realvm.domain_xml(guest.name, self.kernel, self.initrd, guest.console, owner=owner)
         self.made.append(guest)
         self.lv.conn.defineXML(xml)
+        return guest
+
+    def define_with_disk(self, user: User, vm: str, owner: str | None = None) -> Guest:
+        """Like define, with one small empty qcow2 disk (internal snapshots, SPEC 11)."""
+        guest = Guest(self.lv, user, vm, self.folder / f"{user.name}-{vm}.console")
+        if self.disks is None:
+            self.disks = Path(tempfile.mkdtemp(prefix="wirt-test-", dir=DISK_DIR))
+            self.disks.chmod(0o755)
+        image = realvm.make_qcow2(self.disks / f"{guest.name}.qcow2")
+        xml = realvm.domain_xml(guest.name, self.kernel, self.initrd, guest.console, owner=owner)
+        self.made.append(guest)
+        self.lv.conn.defineXML(realvm.with_qcow2_disk(xml, image))
         return guest
 
     def remove_all(self) -> None:
@@ -145,12 +161,14 @@ class Guests:
             try:
                 if dom.isActive():
                     dom.destroy()
-            finally:
-                dom.undefine()
+            finally:  # snapshots (SPEC 11 tests) would refuse a plain undefine
+                dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
 
         with concurrent.futures.ThreadPoolExecutor(max(1, len(self.made))) as pool:
             for future in [pool.submit(remove, g) for g in self.made]:
                 future.result()
+        if self.disks is not None:
+            shutil.rmtree(self.disks, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

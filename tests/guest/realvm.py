@@ -134,3 +134,25 @@ def console_text(path: Path) -> str:
         return Path(path).read_text(errors="replace")
     except FileNotFoundError:
         return ""
+
+
+def with_qcow2_disk(xml: str, image: Path) -> str:
+    """*xml* (from domain_xml) with one virtio disk, qcow2 at *image*, added to its devices.
+
+    A separate step, not a domain_xml parameter, so that the guest's own
+    devices can change without touching it.  Internal snapshots (SPEC 11) need
+    every disk in qcow2; QEMU (as QEMU_USER) must be able to reach *image*.
+    """
+    disk = (f"<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
+            f"<source file='{escape(str(image))}'/><target dev='vda' bus='virtio'/></disk>\n")
+    head, sep, tail = xml.rpartition("</devices>")
+    if not sep:
+        raise ValueError("domain XML without </devices>")
+    return f"{head}  {disk}  {sep}{tail}"
+
+
+def make_qcow2(image: Path, size: str = "16M") -> Path:
+    """A new, empty qcow2 image (qemu-img, from qemu-utils)."""
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), size], check=True)
+    image.chmod(0o644)
+    return image
