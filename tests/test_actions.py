@@ -87,9 +87,9 @@ class TestTable:
                                 help_text))
             found.append((name.strip("`"), tuple(a.strip("`") for a in aliases.split(", ")
                                                  if a), tuple(options), what))
-        assert found == [(a.name, a.aliases, tuple((o.name, o.values, o.help)
-                                                   for o in a.options), a.summary)
-                         for a in ACTIONS]
+        assert found == [(a.name, a.aliases, tuple(
+            (o.name, o.values or ((o.value.what,) if o.value else ()), o.help)
+            for o in a.options), a.summary) for a in ACTIONS]
 
     @pytest.mark.parametrize("alias,name", [("stop", "shutdown"), ("kill", "destroy")])
     def test_alias(self, alias: str, name: str) -> None:

@@ -128,10 +128,8 @@ def _action_parser(sub: Any, name: str, action: Action, aliases: list[str],
     _vm_arg(parser)
     for option in action.options:  # the action table's own words for each
         if option.value is not None:  # wirt snapshot VM [NAME]; --name NAME works too
-            rule = option.value.rule + ("" if option.required else
-                                        f"; default {option.default} (UTC)")
             parser.add_argument("value_arg", nargs="?", metavar=option.value.what,
-                                help=f"{option.help} ({rule})")
+                                help=f"{option.help} ({option.value.rule})")
             parser.add_argument(option.name, dest=_dest(option.name), metavar=option.value.what,
                                 help=f"the same as {option.value.what}")
             parser.set_defaults(value_option=option.name)

@@ -181,8 +181,8 @@ _MODE = Option("--mode", ("acpi", "agent"),
 
 
 _STATE = frozenset({"state"})
-_SNAP_NAME = Option("--name", help="which of your snapshots", value=SNAPSHOT_NAME,
-                    required=True)
+_SNAP_NAME = Option("--name", help="which of your snapshots (wirt snapshots VM lists them)",
+                    value=SNAPSHOT_NAME, required=True)
 
 # fmt: off
 ACTIONS: tuple[Action, ...] = (
@@ -217,7 +217,7 @@ ACTIONS: tuple[Action, ...] = (
            lambda p: {"autostart": "--disable" not in p}),
     Action("status", (), (), None, "refresh status.xml now",
            frozenset({"state", "autostart", "devices"})),
-    Action("snapshot", (), (Option("--name", help="the new snapshot's name",
+    Action("snapshot", (), (Option("--name", help="the new snapshot's name; left out: snap-YYYYmmdd-HHMMSS (UTC)",
                                    value=SNAPSHOT_NAME, default="snap-%Y%m%d-%H%M%S"),),
            SnapshotCall("create"),
            "take an internal snapshot (a running VM's with its memory)"),
