@@ -172,9 +172,10 @@ def _snapshot_facts(xml: str) -> dict[str, Any]:
             "by": snapshot_by(root.findtext("description"))}
 
 
-def read_snapshots(dom: Any) -> list[dict[str, Any]]:
-    """Every snapshot of *dom*, oldest first (at most MAX_SNAPSHOTS_LISTED), as
-    {name, time (UTC), state, current, by}.  Costs 2 calls plus one per snapshot."""
+def read_snapshots(dom: Any, limit: int | None = MAX_SNAPSHOTS_LISTED) -> list[dict[str, Any]]:
+    """Every snapshot of *dom*, oldest first (the newest *limit*; None: all, for the
+    quotas), as {name, time (UTC), state, current, by}.  Costs 2 calls plus one per
+    snapshot."""
     found = []
     for snap in dom.listAllSnapshots(0):
         try:
@@ -191,7 +192,7 @@ def read_snapshots(dom: Any) -> list[dict[str, Any]]:
     for item in found:
         item["current"] = item["name"] == current
     found.sort(key=lambda item: (item["time"], item["name"]))
-    return found[-MAX_SNAPSHOTS_LISTED:]
+    return found if limit is None else found[-limit:]
 
 
 # The keys of DomainInfo.settings (and of status["settings"]).
@@ -651,7 +652,7 @@ class Hypervisor:
                 return _read_back(dom, name, owner, prev, frozenset({"state", "devices"}), {},
                                   iso_dir)
 
-            existing = read_snapshots(dom)
+            existing = read_snapshots(dom, None)
             found = next((s for s in existing if s["name"] == snap), None)
             try:
                 if op == "create":
@@ -671,8 +672,9 @@ class Hypervisor:
                              }.get(found["state"], 0)
                     sent.set()
                     dom.revertToSnapshot(target, flags)
-                    return "done", (f"back to snapshot '{snap}' of {found['time']}, "
-                                    f"{found['state'] or 'its state'} as then"), back()
+                    state = {"shutoff": "shut off"}.get(found["state"], found["state"])
+                    return "done", (f"back to snapshot '{snap}' of {found['time']}: "
+                                    f"{state or 'as it was'} then, and now"), back()
                 sent.set()
                 target.delete(0)
                 return "done", f"snapshot '{snap}' deleted", back()
@@ -720,7 +722,7 @@ class Hypervisor:
             for name in names:
                 try:
                     dom = doms.get(name) or conn.lookupByName(name)
-                    found[name] = read_snapshots(dom)
+                    found[name] = read_snapshots(dom, None)
                 except libvirt.libvirtError as exc:
                     if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                         continue
