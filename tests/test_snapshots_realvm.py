@@ -289,3 +289,31 @@ def test_wirt_cli_writes_snapshot_commands(realhost: Host, guests: Guests,
     assert outcomes_of(realhost, web) == ["snapshot: done", "revert: done",
                                           "snapshot-delete: done"]
     assert "no snapshots" in wirt(alice, "snapshots", "web").stdout
+
+
+def test_legacy_layout(realhost: Host, guests: Guests, wirt_pass: WirtPass) -> None:
+    """~/virsh/dom-<vm>/: the same actions; with no status.xml, each command's log (one
+    file per command) ends with the state line, which lists the snapshots."""
+    alice = realhost.add_user("alice")
+    web = guests.define_with_disk(alice, "web")
+
+    def legacy(action: str, content: str) -> str:
+        alice.write(f"virsh/dom-web/{action}", content)
+        before = set((alice.home / "virsh/log").glob("*.log")) \
+            if (alice.home / "virsh/log").exists() else set()
+        wirt_pass()
+        (new,) = set((alice.home / "virsh/log").glob(f"*-dom-web-{action}.log")) - before
+        return new.read_text()
+
+    text = legacy("snapshot", "--name l1")
+    assert "snapshot --name l1: done: snapshot 'l1' taken" in text
+    assert "snapshots: l1 (shutoff, " in text and f"by {alice.name}, current)" in text
+    assert snapshots(web) == {"l1": f"wirt-owner:{alice.name}"}
+    text = legacy("revert", "--name ../l1")
+    assert "token '../l1' is not a valid value of '--name'" in text
+    text = legacy("snapshot-delete", "--name l1")
+    assert "snapshot-delete --name l1: done" in text and "snapshots: none" in text
+    assert snapshots(web) == {}
+    # a rejected file has no action in the audit record, only its file name
+    assert [(r["file"], r["outcome"]) for r in realhost.commands()] == [
+        ("snapshot", "done"), ("revert", "rejected"), ("snapshot-delete", "done")]
