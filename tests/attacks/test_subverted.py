@@ -35,6 +35,16 @@ def evil(chan, how):
                            "ino": 1, "action": "autostart", "tokens": [],
                            "hist": "20261201-000000.000000-web-autostart"})
         ask(chan, {"op": "run", "id": reply.get("id", "guess-1")})
+    elif how == "snapshot-name":  # SPEC 11: a name the user side would have refused
+        ask(chan, {"op": "inventory", "layout": "wirt", "vms": ["web"]})
+        forged = [["--name", "../../BOB-web"], ["--name", "x", "--domain", "BOB-web"],
+                  ["--name", "qemu:///system"], ["--name", "a" * 33]]
+        for index, tokens in enumerate(forged):
+            reply = ask(chan, {"op": "intend", "layout": "wirt", "vm": "web",
+                               "file": "snapshot", "ino": 10 + index, "action": "snapshot",
+                               "tokens": tokens,
+                               "hist": f"20261201-00000{index}.000000-web-snapshot"})
+            ask(chan, {"op": "run", "id": reply["id"]})
     elif how == "notices-again":
         items = [{"layout": "wirt", "key": f"entry:n{i}", "message": f"n{i} ignored"}
                  for i in range(1000)]
@@ -95,3 +105,20 @@ def test_notices_once_per_turn(host: Host, real_domains: RealDomains) -> None:
     assert "after 'notices'" in str(incomplete["reason"])
     assert real_domains.autostart(f"{bob}-web")
     assert json.loads(json.dumps(notices))  # plain JSON records
+
+
+def test_forged_snapshot_names_are_rejected_by_root(host: Host,
+                                                    real_domains: RealDomains) -> None:
+    """SPEC 11: root holds a snapshot's name to the table's pattern itself; a subverted
+    user side's name never reaches libvirt (a rejection, not a libvirt failure)."""
+    alice, bob = setup(host, real_domains)
+    proc = attack(host, "snapshot-name", alice)
+    assert proc.returncode == 0, proc.stderr
+    mine = [r for r in events(host, "command") if r["user"] == alice]
+    assert [r["outcome"] for r in mine] == ["rejected"] * 4, mine
+    reasons = [str(r["reason"]) for r in mine]
+    assert "'../../BOB-web' is not a valid value of '--name'" in reasons[0]
+    assert "'--domain' is not accepted by 'snapshot'" in reasons[1]
+    assert "'qemu:///system' is not a valid value" in reasons[2]
+    assert "at most 32" in reasons[3]
+    assert real_domains.autostart(f"{bob}-web")  # the other member was served
