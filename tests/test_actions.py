@@ -21,6 +21,7 @@ from wirt_wrapper.rules.actions import (
     SNAPSHOT_NAME,
     Rejection,
     SnapshotCall,
+    asked,
     canonical,
     lookup_action,
     parse_command,
@@ -138,6 +139,30 @@ ACCEPTED = [
     ("revert", "--name snap-20261201-120000", ["--name", "snap-20261201-120000"]),
     ("snapshot-delete", "--name\tb", ["--name", "b"]),
 ]
+
+
+class TestAsked:
+    """`shutdown` and `reboot` only ask the guest: their done message says so (SPEC 3)."""
+
+    def test_shutdown_of_a_guest_still_running(self) -> None:
+        assert asked(lookup_action("shutdown"), "running") == \
+            "asked the guest to power off; it is still running"
+
+    def test_shutdown_of_a_guest_already_off(self) -> None:
+        assert asked(lookup_action("stop"), "shut off") == \
+            "asked the guest to power off; it is shut off"
+
+    def test_reboot(self) -> None:
+        assert asked(lookup_action("reboot"), "running") == \
+            "asked the guest to reboot; it is running"
+
+    def test_state_not_read_back(self) -> None:
+        assert asked(lookup_action("shutdown"), None) == \
+            "asked the guest to power off; its state could not be read back"
+
+    def test_only_the_requests_ask(self) -> None:
+        assert {a.name: (a.asks, a.settles_in) for a in ACTIONS if a.asks} == {
+            "shutdown": ("power off", "shut off"), "reboot": ("reboot", "running")}
 
 
 class TestAccepted:

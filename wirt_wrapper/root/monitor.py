@@ -40,6 +40,7 @@ from wirt_wrapper.rules.actions import (
     Claimants,
     Rejection,
     SnapshotCall,
+    asked,
     canonical,
     check_vm_name,
     domain_for,
@@ -241,11 +242,14 @@ class Monitor:
         if isinstance(action.call, SnapshotCall):
             return self.snapshot(user, domain, action, action.call, params)
 
-        return self._outcome(
+        outcome, message, status = self._outcome(
             lambda: self.hv.act(domain, action, params, self._decider(user, domain)),
             interrupted=("while this command ran; it may or may not have taken effect and "
                          "was not repeated: check the VM's state and send it again if needed"),
             not_run="the command was not run: send it again")
+        if outcome == "done" and action.asks:  # done = delivered, not obeyed (SPEC 3)
+            message = asked(action, (status or {}).get("state"))
+        return outcome, message, status
 
     def snapshot(self, user: str, domain: str, action: Action, call: SnapshotCall,
                  params: dict[str, str]) -> tuple[str, str, dict[str, Any] | None]:

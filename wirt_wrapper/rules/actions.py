@@ -29,6 +29,7 @@ __all__ = [
     "SnapshotCall",
     "Value",
     "VM_NAME",
+    "asked",
     "canonical",
     "check_vm_name",
     "domain_for",
@@ -163,6 +164,10 @@ class Action:
     touches: frozenset[str] = frozenset({"state", "devices"})
     # what a call that succeeded is known to have set (no need to ask libvirt)
     sets: Callable[[Params], dict[str, bool]] | None = None
+    # the request only asks the guest (SPEC 3): what it is asked to do ("power off"), and
+    # the state that shows it did, which `wirt ACTION --wait` waits for
+    asks: str = ""
+    settles_in: str | None = None
 
     def option(self, name: str) -> Option | None:
         return next((o for o in self.options if o.name == name), None)
@@ -196,7 +201,7 @@ ACTIONS: tuple[Action, ...] = (
     Action("shutdown", ("stop",), (_MODE,),
            Call("shutdownFlags", _mode_flag("VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN",
                                             "VIR_DOMAIN_SHUTDOWN_GUEST_AGENT")),
-           "ask the guest to power off"),
+           "ask the guest to power off", asks="power off", settles_in="shut off"),
     Action("destroy", ("kill",),
            (Option("--graceful", help="end QEMU with SIGTERM only, so it can flush its disk "
                    "writes; never SIGKILL (fails if QEMU does not end)"),),
@@ -205,7 +210,7 @@ ACTIONS: tuple[Action, ...] = (
     Action("reboot", (), (_MODE,),
            Call("reboot", _mode_flag("VIR_DOMAIN_REBOOT_ACPI_POWER_BTN",
                                      "VIR_DOMAIN_REBOOT_GUEST_AGENT")),
-           "ask the guest to reboot", _STATE),
+           "ask the guest to reboot", _STATE, asks="reboot", settles_in="running"),
     Action("reset", (), (), Call("reset", value=lambda p: 0), "hard reset", _STATE),
     Action("suspend", (), (), Call("suspend"), "pause the vCPUs", _STATE),
     Action("resume", (), (), Call("resume"), "continue the paused vCPUs", _STATE),
@@ -242,6 +247,16 @@ def lookup_action(file_name: str) -> Action:
         raise Rejection(f"'{_show(file_name)}' is not an action (known: {known}); "
                         f"{hint}name the file after one of them")
     return action
+
+
+def asked(action: Action, state: str | None) -> str:
+    """The message of a ``done`` request that only asks the guest (SPEC 3): libvirt
+    delivered it, and the state read back right after, e.g. "asked the guest to power
+    off; it is still running".  The one wording, used by the pass (and read by ``wirt``)."""
+    if state is None:
+        return f"asked the guest to {action.asks}; its state could not be read back"
+    still = "still " if state == "running" and action.settles_in != "running" else ""
+    return f"asked the guest to {action.asks}; it is {still}{state}"
 
 
 def printable(text: str, limit: int = 255) -> str:
