@@ -169,6 +169,47 @@ def test_exit_status_per_outcome(site: Host) -> None:
     assert again.returncode == 5 and "already waiting" in again.stderr
 
 
+# -- issue 15.5: the state with its age ------------------------------------------------------
+def test_status_and_list_show_the_age_and_stale(site: Host) -> None:
+    """status.xml's read time and the per-user status-checked time give "as of"; older than
+    two pass intervals ([pass] interval_seconds) is stale."""
+    alice = site.users[0]
+    wirt(alice, "create", "web")
+    site.run()
+    text = wirt(alice, "status", "web").stdout
+    state = next(line for line in text.splitlines() if line.startswith("state:"))
+    assert " (as of " in state and " s ago)" in state and "stale" not in state, text
+    listed = json.loads(wirt(alice, "list", "--json").stdout)[0]
+    assert listed["stale"] is False and 0 <= listed["age_seconds"] < 60
+    assert listed["status"]["read_at"] <= listed["as_of"]
+
+    # a state nobody confirmed for 300 s (> 2 x 120 s): read time and marker set back
+    status = alice.home / "wirt/info/vm/web/status.xml"
+    checked = alice.home / "wirt/info/status-checked"
+    old = time.time() - 300
+    stamp = status_xml.stamp(old)
+    data = status.read_text()
+    start = data.index("<read-at>") + len("<read-at>")
+    status.write_text(data[:start] + stamp + data[data.index("</read-at>"):])
+    os.utime(checked, (old, old))
+    text = wirt(alice, "status", "web").stdout
+    assert "5 min ago, stale: no pass has confirmed it for more than two pass intervals " \
+        "(240 s)" in text, text
+    assert wirt(alice, "list").stdout.splitlines()[1].endswith("5 min ago, stale")
+    assert json.loads(wirt(alice, "list", "--json").stdout)[0]["stale"] is True
+
+    # a shorter interval in the site config makes a younger state stale
+    site.extra_config = "[pass]\ninterval_seconds = 10\n"
+    site.write_config({f"{alice.name}-web": None, f"{alice.name}-db": site.users[1].name,
+                       f"{site.users[1].name}-mail": None})
+    site.run()  # an idle pass: the marker says "confirmed now"
+    with published(site):
+        fresh = json.loads(wirt(alice, "status", "web", "--json").stdout)
+        assert fresh["stale"] is False and fresh["age_seconds"] < 20
+        os.utime(checked, (time.time() - 25, time.time() - 25))
+        assert json.loads(wirt(alice, "status", "web", "--json").stdout)["stale"] is True
+
+
 def test_exit_status_interrupted(site: Host) -> None:
     """A pass killed right after it claimed the command: the next pass records 'interrupted'."""
     alice = site.users[0]

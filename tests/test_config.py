@@ -93,7 +93,17 @@ class TestKeys:
     def test_mail(self, key: str, value: Any) -> None:
         assert bad({"mail": {key: value}}).startswith(f"mail.{key}:")
 
-    @pytest.mark.parametrize("key", ["limits", "mail", "settings", "quota"])
+    def test_pass_interval(self) -> None:
+        """[pass] interval_seconds: how often passes run; wirt status's 'stale' is 2x it."""
+        assert Config().passes.interval_seconds == 120.0
+        config = parse_config({"pass": {"interval_seconds": 60}}, "/x.toml")
+        assert config.passes.interval_seconds == 60.0
+        for value in (0, -5, "120", True, float("nan")):
+            assert bad({"pass": {"interval_seconds": value}}).startswith(
+                "pass.interval_seconds:")
+        assert "unknown key" in bad({"pass": {"every": 2}})
+
+    @pytest.mark.parametrize("key", ["limits", "mail", "settings", "quota", "pass"])
     def test_table_must_be_a_table(self, key: str) -> None:
         assert bad({key: 5}).startswith(f"[{key}]")
 

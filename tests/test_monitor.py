@@ -31,6 +31,7 @@ class StandInHypervisor:
 
     def __init__(self) -> None:
         self.down: str | None = None
+        self.read_at = 1796126000.0  # when the snapshot read the states
         self.acted: list[tuple[str, str, dict[str, str]]] = []
         self.domains = {"alice-web": DomainInfo("alice-web", "shut off", "shutdown", False,
                                                 True, 65536, 1, None)}

@@ -7,9 +7,13 @@ host file: these tests check what one pass did (outcomes, files, audit).
 from __future__ import annotations
 
 import os
+import re
 import stat
+import time
 
 from conftest import Host, User
+
+READ_AT = re.compile(r"<read-at>[^<]*</read-at>")
 
 
 def owned_by(user: User, root: os.PathLike[str] | str) -> list[str]:
@@ -84,8 +88,53 @@ def test_an_idle_pass_still_notices_a_touched_status(host: Host) -> None:
                                                                       first.st_mtime_ns)
     alice.run("echo scribbled > ~/wirt/info/vm/web/status.xml")
     host.run()
-    assert status.read_text() == good
+    # the same document, read again by that pass: only the time it was read is newer
+    assert READ_AT.sub("", status.read_text()) == READ_AT.sub("", good)
     assert stat.S_IMODE(os.stat(status).st_mode) == 0o600
+
+
+def test_an_idle_pass_confirms_the_state_in_one_file_per_user(host: Host) -> None:
+    """Issue 15.5: an idle pass rewrites no status.xml (inode, mtime and read time stay); it
+    sets the time of the one per-user ~/wirt/info/status-checked to when it read libvirt."""
+    alice = host.add_user("alice")
+    host.write_config({f"{alice.name}-web": None, f"{alice.name}-db": None})
+    alice.run("mkdir -p ~/wirt/service/vm/web ~/wirt/service/vm/db")
+    host.run()  # a full turn writes both status.xml and makes the marker
+    info = alice.home / "wirt/info"
+    statuses = [info / "vm" / vm / "status.xml" for vm in ("web", "db")]
+    checked = info / "status-checked"
+    st = os.lstat(checked)
+    assert st.st_uid == alice.uid and stat.S_ISREG(st.st_mode) and st.st_nlink == 1
+    assert stat.S_IMODE(st.st_mode) == 0o600 and "modification time" in checked.read_text()
+    host.run()  # the first pass through the prober
+    before = {p: (os.stat(p).st_ino, os.stat(p).st_mtime_ns, p.read_bytes()) for p in statuses}
+    marked = os.stat(checked).st_mtime
+    everything = sorted(str(p.relative_to(alice.home)) for p in alice.home.rglob("*"))
+    time.sleep(1.1)
+    started = time.time()
+    host.run()
+    after = {p: (os.stat(p).st_ino, os.stat(p).st_mtime_ns, p.read_bytes()) for p in statuses}
+    assert after == before  # not one status.xml rewritten, not even its read time
+    assert sorted(str(p.relative_to(alice.home)) for p in alice.home.rglob("*")) == everything
+    # the marker: set to when this pass read libvirt (after it started, before it ended)
+    now = os.stat(checked).st_mtime
+    assert started - 0.5 <= now <= time.time() and now > marked
+    assert os.stat(checked).st_ino == st.st_ino  # the same file, only its time
+
+
+def test_the_marker_is_never_followed(host: Host) -> None:
+    """A link planted as status-checked is not followed by the prober or the user side."""
+    alice = host.add_user("alice")
+    host.write_config({f"{alice.name}-web": None})
+    alice.run("mkdir -p ~/wirt/service/vm/web")
+    host.run()
+    target = alice.home / "elsewhere"
+    alice.run("touch -d 2001-01-01 elsewhere && rm ~/wirt/info/status-checked && "
+              "ln -s ~/elsewhere ~/wirt/info/status-checked")
+    for _ in range(2):  # a full turn (its status.xml is current: only the marker is odd)
+        host.run()
+    assert os.lstat(target).st_mtime < 1e9
+    assert "status-checked: cannot be updated" in (alice.home / "wirt/logs/wirt.log").read_text()
 
 
 def test_an_idle_pass_sees_a_changed_domain(host: Host) -> None:

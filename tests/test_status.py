@@ -14,7 +14,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
-from wirt_wrapper.rules.status import last_command, last_config, render
+from wirt_wrapper.rules.status import last_command, last_config, read_at, render, stamp, unstamp
 from wirt_wrapper.rules.status import parse as read_back
 
 INFO: dict[str, Any] = {
@@ -32,6 +32,36 @@ SETTINGS: dict[str, Any] = {"memory_mib": 1024, "vcpus": 2, "cdrom": "debian-12.
 
 def parse(document: bytes) -> etree._Element:
     return etree.fromstring(document)
+
+
+class TestReadAt:
+    """SPEC 2c: the time wirt read the state; kept while nothing else changes (issue 15.5)."""
+
+    def test_stamp_round_trip(self) -> None:
+        assert stamp(1796126000.7) == "2026-12-01T11:53:20Z"
+        assert unstamp("2026-12-01T11:53:20Z") == 1796126000.0
+        for bad in ("", "2026-12-01 11:53:20", "2026-12-01T11:53:20+0000", "soon"):
+            assert unstamp(bad) is None
+
+    def test_written_and_read_back(self) -> None:
+        document = render("web", INFO, None, None, "2026-12-01T11:53:20Z")
+        assert b"<read-at>2026-12-01T11:53:20Z</read-at>" in document
+        assert read_at(document) == "2026-12-01T11:53:20Z"
+        assert read_back(document)["read_at"] == 1796126000.0
+        problem = render("web", {"domain": "alice-web", "problem": "no such domain",
+                                 "problem_kind": "missing"}, None, None, "2026-12-01T11:53:20Z")
+        assert read_back(problem)["read_at"] == 1796126000.0  # a missing domain has an age too
+
+    def test_the_same_state_with_the_old_time_is_the_old_document(self) -> None:
+        """What lets the user side keep an unchanged file: render with the old stamp."""
+        old = render("web", INFO, None, None, "2026-12-01T11:53:20Z")
+        assert render("web", INFO, None, None, read_at(old)) == old
+        changed = dict(INFO, state="shut off", reason="destroyed")
+        assert render("web", changed, None, None, read_at(old)) != old
+
+    def test_absent(self) -> None:
+        assert read_at(render("web", INFO, None)) == "" and read_at(b"garbage") == ""
+        assert read_back(render("web", INFO, None))["read_at"] is None
 
 
 class TestRender:

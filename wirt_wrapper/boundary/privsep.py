@@ -173,7 +173,7 @@ MAX_LOOK = 1 << 20
 
 
 def _serve_looks(sock: socket.socket) -> None:  # pragma: no cover
-    from wirt_wrapper.user.probe import BUSY, look
+    from wirt_wrapper.user.probe import BUSY, look, mark
 
     gc.disable()
     channel = Channel(sock)
@@ -182,6 +182,14 @@ def _serve_looks(sock: socket.socket) -> None:  # pragma: no cover
             request = channel.recv()
         except EOFError:
             return
+        if "marks" in request:  # one batch, after every look: [[user, job], ...]
+            failed = []
+            for index, ((name, uid, gid, groups), job) in enumerate(request["marks"]):
+                with filesystem_identity(Identity(name, uid, gid, tuple(groups))):
+                    if not mark(job):
+                        failed.append(index)
+            channel.send({"failed": failed})
+            continue
         name, uid, gid, groups = request["user"]
         with filesystem_identity(Identity(name, uid, gid, tuple(groups))):
             report = look(request["job"])
@@ -302,6 +310,14 @@ class Prober:
     def ask(self, user: Identity, job: dict[str, Any]) -> None:
         self.channel.send({"user": [user.name, user.uid, user.gid, list(user.groups)],
                            "job": job})
+
+    def mark(self, items: list[tuple[Identity, dict[str, Any]]], seconds: float) -> list[int]:
+        """Set each user's ``status-checked`` time (:func:`wirt_wrapper.user.probe.mark`),
+        after every look was answered; the indexes of *items* it could not set."""
+        self.channel.send({"marks": [[[u.name, u.uid, u.gid, list(u.groups)], job]
+                                     for u, job in items]})
+        failed = self.answer(seconds).get("failed", [])
+        return [int(i) for i in failed] if isinstance(failed, list) else []
 
     def answer(self, seconds: float) -> dict[str, Any]:
         """The next answer; it has begun to arrive, so the rest follows within *seconds*."""

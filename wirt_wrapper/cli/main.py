@@ -22,6 +22,7 @@ import pwd
 import re
 import shutil
 import sys
+import time
 import tomllib
 from typing import Any, NoReturn
 
@@ -39,7 +40,7 @@ from wirt_wrapper.rules.actions import (
     lookup_action,
     parse_params,
 )
-from wirt_wrapper.rules.config import DEFAULT_PATH, Config, Limits, load_config
+from wirt_wrapper.rules.config import DEFAULT_PATH, Config, Limits, PassConfig, load_config
 from wirt_wrapper.rules.errors import (
     CLI_EXITS,
     EXIT_BY_OUTCOME,
@@ -338,6 +339,48 @@ def chosen_vm(args: argparse.Namespace, home: Home) -> str:
     return str(vm)
 
 
+def pass_interval(config: Config | None) -> float:
+    """How often passes run: the site config's [pass] interval_seconds, else the default."""
+    return (config.passes if config is not None else PassConfig()).interval_seconds
+
+
+# -- how old a state is (SPEC 2c) ---------------------------------------------------
+def ago(seconds: float) -> str:
+    seconds = max(seconds, 0.0)
+    if seconds < 120:
+        return f"{seconds:.0f} s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min ago"
+    if seconds < 172800:
+        return f"{seconds / 3600:.0f} h ago"
+    return f"{seconds / 86400:.0f} days ago"
+
+
+def clock(when: float, now: float) -> str:
+    """A local time: the time of day, with the date when it is not today."""
+    same_day = time.localtime(when)[:3] == time.localtime(now)[:3]
+    return time.strftime("%H:%M:%S" if same_day else "%Y-%m-%d %H:%M:%S", time.localtime(when))
+
+
+def freshness(as_of: float | None, interval: float, now: float | None = None) -> dict[str, Any]:
+    """How old a state is: as of when, how many seconds, and whether it is stale (no pass
+    confirmed it for longer than two pass intervals)."""
+    now = time.time() if now is None else now
+    if as_of is None:
+        return {"as_of": None, "age_seconds": None, "stale": None, "text": "age unknown"}
+    age = max(now - as_of, 0.0)
+    stale = age > 2 * interval
+    text = f"as of {clock(as_of, now)}, {ago(age)}"
+    return {"as_of": as_of, "age_seconds": round(age, 1), "stale": stale,
+            "text": text + (", stale" if stale else "")}
+
+
+def stale_hint(interval: float) -> str:
+    return (f"no pass has confirmed it for more than two pass intervals "
+            f"({2 * interval:g} s); passes may not be running (ask the admin), or "
+            "libvirt is down")
+
+
 # -- commands -------------------------------------------------------------------------
 def describe_state(status: dict[str, Any] | None) -> str:
     if status is None:
@@ -364,24 +407,28 @@ def console(graphics: dict[str, str] | None) -> str:
     return text
 
 
-def vm_summary(home: Home, ref: VmRef) -> dict[str, Any]:
+def vm_summary(home: Home, ref: VmRef, interval: float) -> dict[str, Any]:
     status = home.status(ref)
     last = (status or {}).get("last")
     if last is None and ref.layout.info is None:
         records = [r for r in home.history(ref.vm) if r.get("layout") == ref.layout.name]
         last = records[-1] if records else None
+    fresh = freshness(home.as_of(ref, status), interval) if status is not None else None
     return {
         "vm": ref.vm, "layout": ref.layout.name, "folder": ref.shown(),
         "state": describe_state(status), "status": status, "last": last,
         "pending": home.pending(ref),
+        **{k: v for k, v in (fresh or {}).items() if k != "text"},
+        "state_age": None if fresh is None else fresh["text"],
     }
 
 
-def cmd_list(home: Home, args: argparse.Namespace, out: Out) -> int:
+def cmd_list(home: Home, args: argparse.Namespace, out: Out, config: Config | None) -> int:
     refs = home.vms()
     if not refs and not home.has_spool():
         print("You have no VM folders yet. Create one with: wirt create VM", file=sys.stderr)
-    items = [vm_summary(home, ref) for ref in refs]
+    interval = pass_interval(config)
+    items = [vm_summary(home, ref, interval) for ref in refs]
 
     def text() -> list[str]:
         rows = []
@@ -396,17 +443,20 @@ def cmd_list(home: Home, args: argparse.Namespace, out: Out) -> int:
                 last.get("outcome", "-") or "-",
                 when(last.get("time", "")) or "-",
                 ", ".join(item["pending"]) or "-",
+                (item["state_age"] or "-").removeprefix("as of "),
             ])
-        header = ["VM", "STATE", "AUTOSTART", "LAST COMMAND", "OUTCOME", "AT", "PENDING"]
+        header = ["VM", "STATE", "AUTOSTART", "LAST COMMAND", "OUTCOME", "AT", "PENDING",
+                  "STATE AS OF"]
         return table(rows, header) if rows else []
 
     out.emit(items, text)
     return EXIT_OK
 
 
-def cmd_status(home: Home, args: argparse.Namespace, out: Out) -> int:
+def cmd_status(home: Home, args: argparse.Namespace, out: Out, config: Config | None) -> int:
     ref = home.find(chosen_vm(args, home), args.layout)
-    item = vm_summary(home, ref)
+    interval = pass_interval(config)
+    item = vm_summary(home, ref, interval)
     status = item["status"]
 
     def text() -> list[str]:
@@ -418,11 +468,14 @@ def cmd_status(home: Home, args: argparse.Namespace, out: Out) -> int:
                           f"(wirt refresh {ref.vm} --wait)"))
         else:
             lines.append(("domain", status.get("domain", "")))
+            age = item["state_age"]
+            if item["stale"]:
+                age = f"{age}: {stale_hint(interval)}; wirt refresh {ref.vm} --wait asks again"
             if status.get("problem"):
-                lines.append(("problem", status["problem"]))
+                lines.append(("problem", f"{status['problem']} ({age})"))
             else:
                 lines += [
-                    ("state", describe_state(status)),
+                    ("state", f"{describe_state(status)} ({age})"),
                     ("autostart", "yes" if status.get("autostart") else "no"),
                     ("persistent", "yes" if status.get("persistent") else "no"),
                     ("memory", f"{status.get('memory_kib', 0) // 1024} MiB"),
@@ -919,9 +972,9 @@ def run_user(args: argparse.Namespace, out: Out) -> int:
     config = site_config(args.config)
     try:
         if args.command == "list":
-            return cmd_list(home, args, out)
+            return cmd_list(home, args, out, config)
         if args.command == "status":
-            return cmd_status(home, args, out)
+            return cmd_status(home, args, out, config)
         if args.command == "create":
             return cmd_create(home, args, out, config)
         if args.command == "cancel":

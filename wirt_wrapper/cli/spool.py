@@ -33,7 +33,7 @@ from wirt_wrapper.rules import settings as settings_rules
 from wirt_wrapper.rules import status as status_xml
 from wirt_wrapper.rules.actions import Rejection, check_vm_name
 from wirt_wrapper.rules.errors import NotAllowed, NotFound, Pending, UsageError
-from wirt_wrapper.rules.layouts import LEGACY, STATUS_FILE, WIRT, Layout, safe_token
+from wirt_wrapper.rules.layouts import CHECKED_FILE, LEGACY, STATUS_FILE, WIRT, Layout, safe_token
 from wirt_wrapper.rules.spool import COMMAND, ODD, VM, in_spool, in_vm_folder
 from wirt_wrapper.user import fs as userfs
 from wirt_wrapper.user.fs import Unsafe
@@ -552,6 +552,29 @@ class Home:
         except ValueError as exc:
             self.warnings.append(f"{ref.layout.shown(*info, ref.vm, STATUS_FILE)}: {exc}")
             return None
+
+    def checked(self, ref: VmRef) -> float | None:
+        """When a later pass found the layout's status.xml files current: the time of
+        ``~/wirt/info/status-checked`` (a pass sets it to when it read libvirt); None if
+        there is none."""
+        info = ref.layout.info
+        if info is None:
+            return None
+        try:
+            with self.folder(info[:-1]) as fd:
+                handle, st = userfs.open_regular(fd, CHECKED_FILE, self.uid)
+                os.close(handle)
+        except (FileNotFoundError, NotAllowed, Unsafe):
+            return None
+        return st.st_mtime
+
+    def as_of(self, ref: VmRef, status: dict[str, Any] | None) -> float | None:
+        """The time the state in *status* is known to hold: when it was read (status.xml),
+        or when a later pass confirmed it unchanged (status-checked), whichever is later."""
+        if status is None:
+            return None
+        times = [t for t in (status.get("read_at"), self.checked(ref)) if t is not None]
+        return max(times) if times else None
 
     def log_lines(self, ref: VmRef, count: int) -> list[str]:
         """The last *count* lines of the VM's log and its newest rotated generation (0: all)."""

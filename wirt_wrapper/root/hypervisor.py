@@ -281,6 +281,8 @@ class Hypervisor:
         # its snapshots, when to read them again anyway].  Read only for a domain whose
         # signature changed or whose time came: never every domain's on the idle path.
         self.snapshot_cache: dict[str, list[Any]] = {}
+        # when the bulk snapshot read the domains' states (epoch seconds; 0: not yet)
+        self.read_at = 0.0
 
     def _call(self, fn: Callable[[], T]) -> T:
         if self.down:
@@ -322,6 +324,7 @@ class Hypervisor:
     def _snapshot(self) -> None:
         conn = self.conn
         flags = libvirt.VIR_DOMAIN_STATS_STATE
+        self.read_at = time.time()
         stats = self._call(lambda: conn.getAllDomainStats(flags))
         self._doms = {dom.name(): dom for dom, _ in stats}
         self._states = {

@@ -155,7 +155,8 @@ class Monitor:
             return {"down": str(exc)}
         # the settings file each VM had when root last handled it: the same one is not sent
         handled = self.records.configs_of(ctx.user.pw_uid).get(msg["layout"], {})
-        return {"status": status, "configs": {vm: handled[vm] for vm in vms if vm in handled}}
+        return {"status": status, "configs": {vm: handled[vm] for vm in vms if vm in handled},
+                "read_at": self.hv.read_at}
 
     def status_for(self, user: pwd.struct_passwd, vm: str) -> dict[str, Any]:
         domain = domain_for(self.config.domain_name, user.pw_name, vm)
@@ -320,7 +321,8 @@ class Monitor:
                             audit_offset=self.audit.end())
         self.audit_command(cid, entry, outcome, message, time.monotonic() - started)
         return {"outcome": outcome, "message": message, "status": status,
-                "action": entry.get("action"), "tokens": entry.get("tokens")}
+                "action": entry.get("action"), "tokens": entry.get("tokens"),
+                "read_at": time.time()}  # the state was read back just now
 
     def audit_command(self, cid: str, entry: dict[str, Any], outcome: str, message: str,
                       seconds: float) -> None:
@@ -400,7 +402,7 @@ class Monitor:
         cid = f"{self.pass_id}-config-{vm}"
         self.audit_command(cid, entry, outcome, message, time.monotonic() - started)
         return {"outcome": outcome, "message": message, "status": status, "id": cid,
-                "action": "config", "tokens": entry["tokens"]}
+                "action": "config", "tokens": entry["tokens"], "read_at": time.time()}
 
     def _wanted(self, msg: dict[str, Any]) -> dict[str, Any]:
         if "rejected" in msg:  # the user side could not read it (a link, too big, ...)

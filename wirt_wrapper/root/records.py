@@ -93,6 +93,10 @@ class Records:
     def idle_of(self, uid: int) -> Idle:
         return self.idle.get(str(uid), {})
 
+    def forget_idle(self, uid: int) -> None:
+        """The next look of *uid* cannot vouch for anything: a full turn follows."""
+        self.idle.pop(str(uid), None)
+
     def set_idle(self, uid: int, statuses: Idle) -> None:
         kept: Idle = {}
         count = 0

@@ -68,6 +68,9 @@ class Pass:
         self.monitor = Monitor(config, options, self.hv, self.audit, self.journal,
                                self.records, self.report, self.summary)
         self.deferred: list[tuple[pwd.struct_passwd, dict[str, Any]]] = []
+        # users whose look found every status.xml current: their status-checked gets
+        # the snapshot's time at the end (one batch to the prober)
+        self.checked: list[tuple[pwd.struct_passwd, str]] = []
 
     def say(self, text: str) -> None:
         self.monitor.say(text)
@@ -133,8 +136,7 @@ class Pass:
                 active[ctx.child.fileno()] = ctx
             if self.deferred and (self.hv.details_ready() or not (active or self.looking)):
                 for user, report in self.deferred:
-                    if self.needs_turn(user, report):
-                        self.full.append(user)
+                    self.decide(user, report)
                 self.deferred = []
                 continue
             waits = [c.child.channel.deadline or 0.0 for c in active.values()]
@@ -158,6 +160,40 @@ class Pass:
                 if self.step(ctx):
                     del active[fd]
                     self.end(ctx)
+        self.mark_checked()
+
+    def decide(self, user: pwd.struct_passwd, report: dict[str, Any]) -> None:
+        """After a look: a full turn, or (nothing to do) a note that its status is current."""
+        if self.needs_turn(user, report):
+            self.full.append(user)
+            return
+        if self.hv.down:
+            return  # nothing was read: nothing is confirmed
+        for layout, look in report.items():
+            if LAYOUTS[layout].info is not None and isinstance(look, dict) \
+                    and look.get("spool") == "ok" and look.get("vms"):
+                self.checked.append((user, layout))
+
+    def mark_checked(self, batch: int = 1000) -> None:
+        """Idle users' status-checked file gets the time libvirt was read (SPEC 2c): the
+        look and the snapshot showed every status.xml current, so none was rewritten."""
+        if not self.checked or self.prober is None or self.options.dry_run:
+            return
+        ns = int(self.hv.read_at * 1e9)
+        checked, self.checked = self.checked, []
+        items = [(self._identity(user), {"home": user.pw_dir, "uid": user.pw_uid,
+                                         "layout": layout, "ns": ns})
+                 for user, layout in checked]
+        try:
+            for start in range(0, len(items), batch):
+                for index in self.prober.mark(items[start:start + batch],
+                                              self.config.limits.seconds_per_user):
+                    if 0 <= index < batch and start + index < len(checked):
+                        # missing or not a plain file of theirs: the next pass gives the
+                        # user a full turn, which makes it again or tells them why not
+                        self.records.forget_idle(checked[start + index][0].pw_uid)
+        except (EOFError, OSError, ProtocolError, Timeout) as exc:
+            self.prober_failed(f"cannot mark checked status: {exc}")
 
     def start(self, user: pwd.struct_passwd, accounts: AccountChecker) -> None:
         """Check the account; then ask for a look, or queue a full turn straight away."""
@@ -201,8 +237,7 @@ class Pass:
         if set(report) != set(self.options.layouts):
             self.full.append(user)  # not a look we understand: have a full look
         elif self.hv.details_ready():
-            if self.needs_turn(user, report):
-                self.full.append(user)
+            self.decide(user, report)
         else:  # deciding needs the domains' details, still on their way from libvirt
             self.deferred.append((user, report))
 

@@ -23,9 +23,8 @@ from typing import Any
 from wirt_wrapper.rules.errors import ConfigError
 from wirt_wrapper.rules.settings import MIN_MEMORY_MIB
 
-__all__ = ["Config", "Limits", "MailConfig", "QuotaConfig", "SettingsConfig", "SnapshotsConfig",
-           "check_root_owned",
-           "load_config", "DEFAULT_PATH"]
+__all__ = ["Config", "Limits", "MailConfig", "PassConfig", "QuotaConfig", "SettingsConfig",
+           "SnapshotsConfig", "check_root_owned", "load_config", "DEFAULT_PATH"]
 
 DEFAULT_PATH = "/etc/wirt/wirt.toml"
 LAYOUT_NAMES = ("wirt", "legacy")
@@ -83,6 +82,11 @@ class SnapshotsConfig:
     @property
     def enabled(self) -> bool:
         return self.per_vm > 0 and self.per_user > 0
+class PassConfig:
+    """How often passes run (cron, or watch mode's safety net): ``wirt status`` calls a
+    state stale when no pass confirmed it for twice this long."""
+
+    interval_seconds: float = 120.0
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,7 @@ class Config:
     settings: SettingsConfig = field(default_factory=SettingsConfig)
     quota: QuotaConfig = field(default_factory=QuotaConfig)
     snapshots: SnapshotsConfig = field(default_factory=SnapshotsConfig)
+    passes: PassConfig = field(default_factory=PassConfig)  # the [pass] table
     path: str = "(built-in defaults)"
 
 
@@ -244,6 +249,7 @@ def parse_config(data: dict[str, Any], path: str) -> Config:
         "group", "uri", "layouts", "domain_name", "pam_service", "audit_log",
         "lock_file", "state_dir", "syslog_socket", "limits", "mail", "settings", "quota",
         "snapshots",
+        "pass",
     }
     values: dict[str, Any] = {"path": path}
     for key, value in data.items():
@@ -271,6 +277,8 @@ def parse_config(data: dict[str, Any], path: str) -> Config:
             _at_most("snapshots.per_vm", found.per_vm, MAX_SNAPSHOTS)
             _at_most("snapshots.per_user", found.per_user, MAX_SNAPSHOTS)
             values[key] = found
+        elif key == "pass":  # a keyword in Python: the field is 'passes'
+            values["passes"] = _sub_table(key, value, PassConfig, {"interval_seconds": float})
         elif key == "layouts":
             if (not isinstance(value, list) or not value
                     or any(v not in LAYOUT_NAMES for v in value)):

@@ -15,11 +15,14 @@ from typing import ClassVar
 
 from wirt_wrapper.rules.actions import printable
 
-__all__ = ["LAYOUTS", "LEGACY", "SET_ASIDE", "WIRT", "Layout", "LegacyLayout",
-           "history_stamp", "legacy_stamp"]
+__all__ = ["CHECKED_FILE", "LAYOUTS", "LEGACY", "SET_ASIDE", "STATUS_FILE", "WIRT", "Layout",
+           "LegacyLayout", "history_stamp", "legacy_stamp"]
 
 SET_ASIDE = ".virsh-wrapper"  # log -> log.virsh-wrapper: the old tool's root-owned folder
 STATUS_FILE = "status.xml"  # in each VM's info folder
+# beside the VM info folders (~/wirt/info/status-checked): its modification time is the
+# time a pass last read libvirt and found every status.xml of the user current (SPEC 2c)
+CHECKED_FILE = "status-checked"
 HISTORY_NAME = re.compile(r"[A-Za-z0-9_.-]{1,200}")
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 LEGACY_STAMP = re.compile(r"[0-9]{2}_[A-Z][a-z]{2}_[0-9]{2}_[0-9]{2}\.[0-9]{2}\.[0-9]{2}")

@@ -1,21 +1,27 @@
 """status.xml: render the VM's state for the user, and read it back (last command, CLI).
 
 Rendering is deterministic (no clock, sorted attributes), so an idle pass
-can compare bytes and leave unchanged files alone.  Reading an existing
-status.xml happens in the user's child process and with a parser that
+can compare bytes and leave unchanged files alone.  ``<read-at>`` is the time
+wirt read the state shown (SPEC 2c): the writer keeps the old time while the
+rest of the document stays the same (:func:`render` with the old stamp gives
+the old bytes), so a state that does not change does not rewrite the file;
+the per-user ``status-checked`` file's time says when a later pass confirmed it.
+Reading an existing status.xml happens in the user's child process and with a parser that
 resolves no entities and loads nothing from the network.
 """
 
 from __future__ import annotations
 
+import calendar
 import hashlib
 import json
 import re
+import time
 from typing import Any
 
 from lxml import etree
 
-__all__ = ["last_command", "last_config", "parse", "render"]
+__all__ = ["last_command", "last_config", "parse", "read_at", "render", "stamp", "unstamp"]
 
 VERSION = "1"
 _PARSER = etree.XMLParser(
@@ -69,18 +75,35 @@ def _snapshots(parent: etree._Element, snapshots: list[dict[str, Any]]) -> None:
             "state": _xml_safe(snap.get("state", "")),
             "current": "yes" if snap.get("current") else "no",
             "by": _xml_safe(snap.get("by", ""))})
+STAMP = "%Y-%m-%dT%H:%M:%SZ"
+
+
+def stamp(seconds: float) -> str:
+    """A time as status.xml holds it: UTC, ISO 8601, whole seconds, ``Z``."""
+    return time.strftime(STAMP, time.gmtime(int(seconds)))
+
+
+def unstamp(text: str) -> float | None:
+    """The time :func:`stamp` wrote, in seconds since the epoch; None if it is not one."""
+    try:
+        return float(calendar.timegm(time.strptime(text, STAMP)))
+    except (ValueError, OverflowError):
+        return None
 
 
 def render(vm: str, info: dict[str, Any], last: dict[str, str] | None,
-           last_config: dict[str, str] | None = None) -> bytes:
+           last_config: dict[str, str] | None = None, read: str = "") -> bytes:
     """The status document for *vm*; *info* comes from the privileged side.
 
     *last* is the last command, *last_config* the last outcome of the VM's
-    settings file (``outcome``, ``message``, ``time``).
+    settings file (``outcome``, ``message``, ``time``), *read* the :func:`stamp`
+    of the time root read *info* from libvirt.
     """
     root = etree.Element("status", version=VERSION)
     _text(root, "vm", vm)
     _text(root, "domain", info.get("domain", ""))
+    if read:
+        _text(root, "read-at", read)
     problem = info.get("problem")
     if problem:
         _text(root, "problem", problem, kind=info.get("problem_kind", ""))
@@ -130,6 +153,15 @@ def last_command(document: bytes) -> dict[str, str] | None:
     return _last(document, "last-command", ("action", "outcome", "time", "params"))
 
 
+def read_at(document: bytes) -> str:
+    """The ``<read-at>`` stamp of an existing status.xml ("" if absent or unreadable)."""
+    try:
+        root = etree.fromstring(document, _PARSER)
+    except etree.XMLSyntaxError:
+        return ""
+    return root.findtext("read-at") or ""
+
+
 def last_config(document: bytes) -> dict[str, str] | None:
     """The ``<last-config>`` (last settings-file outcome), or None if absent or unreadable."""
     return _last(document, "last-config", ("outcome", "time"))
@@ -158,6 +190,7 @@ def parse(document: bytes) -> dict[str, Any]:
         raise ValueError("not a wirt status document")
     found: dict[str, Any] = {
         "vm": root.findtext("vm") or "", "domain": root.findtext("domain") or "",
+        "read_at": unstamp(root.findtext("read-at") or ""),
     }
     problem = root.find("problem")
     if problem is not None:

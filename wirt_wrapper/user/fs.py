@@ -43,6 +43,7 @@ __all__ = [
     "open_regular",
     "place",
     "place_file",
+    "set_mtime",
     "read_file",
     "rename_in",
     "replace_file",
@@ -202,6 +203,27 @@ def read_file(parent: int, name: str, uid: int, max_bytes: int,
         return data, st
     finally:
         os.close(fd)
+
+
+def set_mtime(parent: int, name: str, uid: int, when_ns: int, *,
+              create: bytes | None = None) -> bool:
+    """Set the modification time of the user's file *name* (judged on its descriptor like a
+    file read); missing: made with *create* as content (0600), or False without it."""
+    try:
+        fd, _ = open_regular(parent, name, uid)
+    except FileNotFoundError:
+        if create is None:
+            return False
+        try:
+            place_file(parent, name, create)
+        except FileExistsError:
+            pass  # made meanwhile: judged below like any other
+        fd, _ = open_regular(parent, name, uid)
+    try:
+        os.utime(fd, ns=(when_ns, when_ns))
+    finally:
+        os.close(fd)
+    return True
 
 
 def check_entry(parent: int, name: str, uid: int) -> bool:

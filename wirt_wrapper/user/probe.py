@@ -3,13 +3,15 @@
 Runs in :class:`privsep.Prober` with the user's *filesystem* identity
 (fsuid, fsgid and groups: the kernel checks every step as the user, as it
 does for knfsd and Samba).  It only walks folders with :mod:`userfs`, lists
-them and lstats ``status.xml``: it never opens a file, never reads content,
-never writes (the settings file ``config`` is judged by its listing's lstat
-too).  Root starts a full user side (dropped for good) only when something
-could need doing: a command file, anything unexpected, a new VM folder, a
-settings file that is not the one root last handled, or a status that is not
-the one the last full pass wrote (see
-``wirt_wrapper.root.scheduler.Pass.needs_turn``).
+them and lstats ``status.xml``: it never reads content and never writes (the
+settings file ``config`` is judged by its listing's lstat too), with one
+exception, :func:`mark`: after root found every status.xml of the user
+current, it sets the time of the user's existing ``~/wirt/info/status-checked``
+(never creates it; opened on the one safe path, as the user).  Root starts a
+full user side (dropped for good) only when something could need doing: a
+command file, anything unexpected, a new VM folder, a settings file that is
+not the one root last handled, or a status that is not the one the last full
+pass wrote (see ``wirt_wrapper.root.scheduler.Pass.needs_turn``).
 """
 
 from __future__ import annotations
@@ -18,12 +20,12 @@ import os
 from typing import Any
 
 from wirt_wrapper.rules import spool as spool_rules
-from wirt_wrapper.rules.layouts import LAYOUTS, STATUS_FILE, Layout
+from wirt_wrapper.rules.layouts import CHECKED_FILE, LAYOUTS, STATUS_FILE, Layout
 from wirt_wrapper.rules.settings import FILE as SETTINGS_FILE
 from wirt_wrapper.user import fs as userfs
 from wirt_wrapper.user.fs import Unsafe
 
-__all__ = ["BUSY", "look", "signature"]
+__all__ = ["BUSY", "look", "mark", "signature"]
 
 BUSY = {"spool": "busy"}  # something to do, or something to look at closely
 
@@ -143,5 +145,24 @@ def look(job: dict[str, Any]) -> dict[str, Any]:
     try:
         return {name: _look_safely(home, LAYOUTS[name], job["uid"], job["limit"])
                 for name in job["layouts"]}
+    finally:
+        os.close(home)
+
+
+def mark(job: dict[str, Any]) -> bool:
+    """An idle pass confirmed the user's status.xml files: ``status-checked`` gets root's read
+    time (``job["ns"]``); False if the file is missing or unusable (a full turn makes it)."""
+    info = LAYOUTS[job["layout"]].info
+    if info is None:
+        return False
+    try:
+        home = os.open(job["home"], os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        with userfs.opened(home, info[:-1], job["uid"]) as folder:
+            return userfs.set_mtime(folder, CHECKED_FILE, job["uid"], int(job["ns"]))
+    except (Unsafe, OSError):
+        return False
     finally:
         os.close(home)

@@ -29,7 +29,7 @@ from wirt_wrapper.rules import settings as settings_rules
 from wirt_wrapper.rules import spool as spool_rules
 from wirt_wrapper.rules import status as status_xml
 from wirt_wrapper.rules.actions import Rejection, parse_command, printable
-from wirt_wrapper.rules.layouts import LAYOUTS, SET_ASIDE, STATUS_FILE, Layout
+from wirt_wrapper.rules.layouts import CHECKED_FILE, LAYOUTS, SET_ASIDE, STATUS_FILE, Layout
 from wirt_wrapper.rules.protocol import UserJob
 from wirt_wrapper.user import fs as userfs
 from wirt_wrapper.user import logs as userlogs
@@ -41,6 +41,8 @@ __all__ = ["user_main"]
 STATUS_LIMIT = 64 * 1024
 ISOS_FILE = "isos.txt"  # in ~/wirt/info: the admin's ISO catalogue, for the user
 PENDING = "pending"  # a settings file still to be handled (libvirt unreachable)
+CHECKED_TEXT = (b"wirt: this file's modification time is when a pass last read your VMs' states "
+                b"and found every status.xml current\n")
 SETTINGS_HINT = 'a settings file holds one small JSON object such as {"vcpus": 2}'
 # What one turn tells root (rules.protocol bounds every request; these stay inside them).
 MAX_NOTICES = 2000
@@ -64,6 +66,9 @@ class UserSide:
         self.statuses: dict[str, dict[str, list[Any]]] = {}
         self.last_config: dict[tuple[str, str], dict[str, str]] = {}
         self.isos_written = ""  # the listing's digest once isos.txt holds it
+        # when root read the states it handed over: the inventory's, or a command's read-back
+        self.inventory_read = 0.0
+        self.read_at: dict[tuple[str, str], float] = {}
 
     def folder(self, parts: tuple[str, ...], *, create: bool = True) -> int:
         """An output folder, walked safely once per pass and then kept open (pinned)."""
@@ -197,8 +202,10 @@ class UserSide:
             old = b""
         last = self.last.get((layout.name, vm)) or status_xml.last_command(old)
         config = self.last_config.get((layout.name, vm)) or status_xml.last_config(old)
-        new = status_xml.render(vm, info, last, config)
-        if new != old:
+        # the same state and details keep the time they were first read: the file stays
+        if status_xml.render(vm, info, last, config, status_xml.read_at(old)) != old:
+            read = self.read_at.get((layout.name, vm), self.inventory_read) or time.time()
+            new = status_xml.render(vm, info, last, config, status_xml.stamp(read))
             userfs.replace_file(vm_fd, STATUS_FILE, new)
         # what lets the next pass's probe tell that nothing changed (user.probe)
         st = os.stat(STATUS_FILE, dir_fd=vm_fd, follow_symlinks=False)
@@ -336,6 +343,8 @@ class UserSide:
             return  # libvirt unreachable: leave everything as it is
         infos: dict[str, Any] = reply["status"]
         handled: dict[str, str] = reply.get("configs", {})
+        self.inventory_read = float(reply.get("read_at") or time.time())
+        current = bool(vms)  # every status.xml now shows the state root read
         if layout.info is not None:
             self.write_isos(layout)
         for vm, folder in vms:
@@ -350,6 +359,7 @@ class UserSide:
             finally:
                 os.close(vm_fd)
             status = self.write_status(layout, vm, info)
+            current = current and status is not None
             if config is not PENDING and not self.job.dry_run \
                     and (status is not None or layout.info is None):
                 # what the next pass's look compares (user.probe): None where there is none
@@ -357,7 +367,23 @@ class UserSide:
                                                                  config]
             if self.stopped:
                 return
+        if current and layout.info is not None and not self.job.dry_run:
+            self.mark_checked(layout)
 
+    def mark_checked(self, layout: Layout) -> None:
+        """~/wirt/info/status-checked: its time is when root read the states that every
+        status.xml now shows (SPEC 2c), so `wirt status` can tell their age; idle passes
+        set it through the prober (user.probe.mark)."""
+        if layout.info is None:
+            return
+        try:
+            userfs.set_mtime(self.folder(layout.info[:-1]), CHECKED_FILE, self.uid,
+                             int(self.inventory_read * 1e9), create=CHECKED_TEXT)
+        except (Unsafe, OSError) as exc:
+            where = layout.shown(*layout.info[:-1], CHECKED_FILE)
+            self.notice(layout, "checked", f"{where}: cannot be updated: {_why(exc)}; "
+                        "remove or rename what is in the way (wirt status cannot tell how "
+                        "old the state is without it)")
     def _vm_folder(self, layout: Layout, vm: str, folder: str, vm_fd: int,
                    info: dict[str, Any] | None,
                    handled: str | None) -> tuple[dict[str, Any] | None, Any]:
@@ -373,6 +399,7 @@ class UserSide:
         seen, result = self.settings(layout, vm, folder, vm_fd, config, handled)
         if result is not None and result.get("status"):
             info = result["status"]
+            self.read_at[(layout.name, vm)] = float(result.get("read_at") or time.time())
         return self._commands(layout, vm, folder, vm_fd, entries, info), seen
 
     def settings(self, layout: Layout, vm: str, folder: str, vm_fd: int,
@@ -457,6 +484,7 @@ class UserSide:
             result = self._one(layout, vm, folder, vm_fd, name, st)
             if result is not None and result.get("status"):
                 info = result["status"]
+                self.read_at[(layout.name, vm)] = float(result.get("read_at") or time.time())
         return info
 
     def _one(self, layout: Layout, vm: str, folder: str, vm_fd: int, name: str,
