@@ -27,6 +27,7 @@ from wirt_wrapper.rules.actions import (
     parse_command,
     parse_params,
     with_defaults,
+    settled,
 )
 
 LIMIT = 4096
@@ -159,6 +160,20 @@ class TestAsked:
     def test_state_not_read_back(self) -> None:
         assert asked(lookup_action("shutdown"), None) == \
             "asked the guest to power off; its state could not be read back"
+
+    def test_settled(self) -> None:
+        """What `wirt shutdown|reboot --wait` waits for."""
+        shutdown, reboot = lookup_action("shutdown"), lookup_action("reboot")
+        assert settled(shutdown, "shut off", read_later=False)  # the read-back may show it
+        assert not settled(shutdown, "running", read_later=True)
+        assert not settled(shutdown, "paused", read_later=True)
+        # running is also the state before the request: only a later pass's read counts
+        assert not settled(reboot, "running", read_later=False)
+        assert settled(reboot, "running", read_later=True)
+        assert not settled(reboot, "shut off", read_later=True)
+        assert not settled(lookup_action("destroy"), "shut off", read_later=True)
+        assert (shutdown.forced_by, reboot.forced_by) == (("destroy", "forces it off"),
+                                                           ("reset", "resets it hard"))
 
     def test_only_the_requests_ask(self) -> None:
         assert {a.name: (a.asks, a.settles_in) for a in ACTIONS if a.asks} == {

@@ -169,6 +169,77 @@ def test_exit_status_per_outcome(site: Host) -> None:
     assert again.returncode == 5 and "already waiting" in again.stderr
 
 
+def started(user: User, *args: str) -> subprocess.Popen[str]:
+    """``wirt`` as *user*, in the background (to run passes while it waits)."""
+    return subprocess.Popen(
+        ["/usr/sbin/runuser", "-u", user.name, "--", WIRT, "--config", SITE_CONFIG[-1], *args],
+        cwd=user.home, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={"HOME": str(user.home), "PATH": "/usr/bin:/bin"},
+    )
+
+
+def appears(path: Path, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert path.exists(), path
+
+
+# -- issue 15.4: shutdown and reboot --wait wait for the state, not only for done ----------
+def test_shutdown_wait_ends_when_status_says_shut_off(site: Host) -> None:
+    """The test driver powers off at once: done says so, and the wait ends with it (exit 0)."""
+    alice = site.users[0]
+    wirt(alice, "create", "web")
+    waiting = started(alice, "shutdown", "web", "--wait", "--timeout", "60")
+    appears(spool(alice, "web") / "shutdown")
+    site.run()  # one pass: nothing else rewrites status.xml (the driver would boot it again)
+    out, err = waiting.communicate(timeout=60)
+    assert waiting.returncode == 0, err
+    lines = out.splitlines()
+    assert lines[0] == "web: shutdown: done: asked the guest to power off; it is shut off"
+    assert lines[1].startswith("web: the guest powered off: it is shut off (as of "), out
+
+
+def test_reboot_wait_needs_a_later_pass(site: Host) -> None:
+    """A reboot inside QEMU shows libvirt no other state: --wait ends only when a pass after
+    the request read the guest running again; without one it says so and exits 4."""
+    alice = site.users[0]
+    wirt(alice, "create", "web")
+    waiting = started(alice, "reboot", "web", "--wait", "--timeout", "4")
+    appears(spool(alice, "web") / "reboot")
+    site.run()
+    out, err = waiting.communicate(timeout=60)
+    assert waiting.returncode == 4, err
+    assert out == "web: reboot: done: asked the guest to reboot; it is running\n"
+    assert err.startswith("wirt: web: no pass saw the guest running again after the reboot "
+                          "request within 4 s; it is running (booted), as of "), err
+    assert err.rstrip().endswith("`wirt reset web` resets it hard"), err
+
+    waiting = started(alice, "reboot", "web", "--wait", "--timeout", "60")
+    appears(spool(alice, "web") / "reboot")
+    site.run()
+    time.sleep(1.2)  # the log line's time has whole seconds: the next pass reads later
+    site.run()
+    out, err = waiting.communicate(timeout=60)
+    assert waiting.returncode == 0, err
+    assert out.splitlines()[1].startswith("web: the guest is running again (a pass read it "
+                                          "after the reboot request"), out
+
+
+def test_shutdown_wait_json_says_whether_it_settled(site: Host) -> None:
+    alice = site.users[0]
+    wirt(alice, "create", "web")
+    waiting = started(alice, "stop", "web", "--wait", "--json", "--timeout", "60")
+    appears(spool(alice, "web") / "shutdown")
+    site.run()
+    out, err = waiting.communicate(timeout=60)
+    assert waiting.returncode == 0, err
+    data = json.loads(out)
+    assert (data["outcome"], data["settled"], data["state"], data["stale"]) == (
+        "done", True, "shut off", False)
+    assert data["message"] == "asked the guest to power off; it is shut off"
+
+
 # -- issue 15.5: the state with its age ------------------------------------------------------
 def test_status_and_list_show_the_age_and_stale(site: Host) -> None:
     """status.xml's read time and the per-user status-checked time give "as of"; older than

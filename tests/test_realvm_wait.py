@@ -1,8 +1,9 @@
-"""Issue 15.5 on the real guest (qemu:///system): a state changed outside wirt shows its
-age until a pass reads it again.
+"""Issue 15.4 and 15.5 on the real guest (qemu:///system): `wirt shutdown --wait` waits for
+the state, a guest that ignores the request gets exit 4, and a state changed outside wirt
+shows its age until a pass reads it again.
 
-Everything runs through the real executables: passes of ``virsh_wrapper`` (the
-``wirt_pass`` fixture) and ``wirt`` as the real user.
+Everything runs through the real executables: passes of ``virsh_wrapper`` (conftest's
+``passes`` loop or the ``wirt_pass`` fixture) and ``wirt`` as the real user.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import time
 
 import libvirt
 import pytest
-from conftest import BIN, Host, User, readable_config
-from guest.fixtures import Guests, WirtPass
+from conftest import BIN, Host, User, passes, readable_config
+from guest import realvm
+from guest.fixtures import Guest, Guests, WirtPass
 
 from wirt_wrapper.rules import status as status_xml
 
@@ -30,6 +32,56 @@ def wirt(user: User, config: str, *args: str) -> subprocess.CompletedProcess[str
 
 def state_line(text: str) -> str:
     return next(line for line in text.splitlines() if line.startswith("state:"))
+
+
+def deaf_guest(guests: Guests, user: User, vm: str) -> Guest:
+    """A real domain with no OS (SeaBIOS finds nothing to boot): it ignores ACPI."""
+    guest = Guest(guests.lv, user, vm, guests.folder / f"{user.name}-{vm}.console")
+    xml = realvm.domain_xml(guest.name, guests.kernel, guests.initrd, guest.console)
+    xml = re.sub(r"\s*<(kernel|initrd|cmdline)>[^<]*</\1>", "", xml)
+    guests.made.append(guest)
+    guests.lv.conn.defineXML(xml)
+    return guest
+
+
+def test_shutdown_wait_ends_with_the_guest_shut_off(realhost: Host, guests: Guests,
+                                                     wirt_pass: WirtPass) -> None:
+    alice = realhost.add_user("alice")
+    guest = guests.define(alice, "web")
+    guest.command("start")
+    wirt_pass()
+    guest.wait_boots(1)  # its init listens for the power button from here on
+    with readable_config(realhost) as config, passes(realhost, interval=0.5):
+        proc = wirt(alice, config, "shutdown", "web", "--wait", "--timeout", "120")
+    assert proc.returncode == 0, proc.stderr
+    first, second = proc.stdout.splitlines()
+    # the pass reads the state right after asking: the guest takes a second or two
+    assert first in ("web: shutdown: done: asked the guest to power off; it is still running",
+                     "web: shutdown: done: asked the guest to power off; it is shut off")
+    assert second.startswith("web: the guest powered off: it is shut off (as of "), second
+    assert guest.state() == libvirt.VIR_DOMAIN_SHUTOFF and guest.presses() == 1
+
+
+def test_a_guest_that_ignores_shutdown_gets_exit_4(realhost: Host, guests: Guests,
+                                                   wirt_pass: WirtPass) -> None:
+    alice = realhost.add_user("alice")
+    guest = deaf_guest(guests, alice, "deaf")
+    guest.command("start")
+    wirt_pass()
+    assert guest.state() == libvirt.VIR_DOMAIN_RUNNING
+    with readable_config(realhost) as config, passes(realhost, interval=0.5):
+        started = time.monotonic()
+        proc = wirt(alice, config, "shutdown", "deaf", "--wait", "--timeout", "10")
+        took = time.monotonic() - started
+    assert proc.returncode == 4, (proc.stdout, proc.stderr)
+    assert proc.stdout == ("deaf: shutdown: done: asked the guest to power off; it is still "
+                           "running\n")
+    assert re.fullmatch(
+        r"wirt: deaf: the guest did not power off within 10 s; it is still running "
+        r"\(booted\), as of \d\d:\d\d:\d\d, \d+ s ago; `wirt destroy deaf` forces it off\n",
+        proc.stderr), proc.stderr
+    assert 10 <= took < 30  # it honoured --timeout
+    assert guest.state() == libvirt.VIR_DOMAIN_RUNNING  # nothing forced it
 
 
 def test_a_state_changed_outside_wirt_shows_its_age(realhost: Host, guests: Guests,

@@ -39,6 +39,7 @@ from wirt_wrapper.rules.actions import (
     domain_for,
     lookup_action,
     parse_params,
+    settled,
 )
 from wirt_wrapper.rules.config import DEFAULT_PATH, Config, Limits, PassConfig, load_config
 from wirt_wrapper.rules.errors import (
@@ -140,8 +141,13 @@ def _action_parser(sub: Any, name: str, action: Action, aliases: list[str],
         else:
             parser.add_argument(option.name, dest=_dest(option.name), action="store_true",
                                 help=option.help)
-    parser.add_argument("-w", "--wait", action="store_true",
-                        help="wait for the outcome; the exit status tells it")
+    if action.settles_in is None:
+        wait_help = "wait for the outcome; the exit status tells it"
+    else:  # done only means the guest was asked: wait until it did it
+        wait_help = (f"wait for the outcome, then until a pass reads the guest "
+                     f"{action.settles_in}{' again' if action.settles_later else ''} "
+                     f"(exit 4 if not within --timeout)")
+    parser.add_argument("-w", "--wait", action="store_true", help=wait_help)
     parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                         help=f"give up waiting after this long (default {DEFAULT_TIMEOUT:g})")
     parser.set_defaults(command="action", action=action.name, subcommand=name)
@@ -602,12 +608,83 @@ def cmd_action(home: Home, args: argparse.Namespace, out: Out, config: Config | 
             f"Follow with: wirt log {vm} -f (or use --wait)"])
         return EXIT_OK
     timeout = DEFAULT_TIMEOUT if args.timeout is None else args.timeout
+    started = time.monotonic()
     progress = Progress(f"{vm}: {shown}")
     try:
         result = home.wait(written, timeout, progress.tick)
     finally:
         progress.clear()
+    if result.outcome == "done" and action.settles_in is not None and ref.layout.info:
+        return settle(home, ref, action, out, base, shown, result, timeout,
+                      started + timeout, pass_interval(config))
     return report(out, base, vm, shown, result, timeout)
+
+
+def settle(home: Home, ref: VmRef, action: Action, out: Out, base: dict[str, Any], shown: str,
+           result: Outcome, timeout: float, deadline: float, interval: float,
+           poll: float = 0.5) -> int:
+    """After a ``done`` that only asked the guest: wait, within the same --timeout, until
+    status.xml shows the guest did it (shutdown: shut off; reboot: running, read by a later
+    pass).  status.xml changes only when a pass reads the new state: with cron that is the
+    next pass, so the wait spans passes; nothing more is written to the spool meanwhile."""
+    vm = ref.vm
+    data = {**base, "stage": result.stage, "outcome": result.outcome,
+            "message": result.message, "history": result.history, "log": result.line}
+    if not out.as_json:  # what the pass said, while the wait goes on
+        print(f"{vm}: {shown}: done: {result.message}", flush=True)
+    record = logline.parse(result.line or "") or {}
+    since = logline.seconds(record.get("time", "")) or time.time()
+    progress = Progress(f"{vm}: {shown}")
+    progress.STAGES = {"settling": f"waiting for the guest to {action.asks} (a pass reads "
+                       "its state; passes run from cron)"}
+    status: dict[str, Any] | None = None
+    as_of: float | None = None
+    try:
+        while True:
+            status = home.status(ref)
+            as_of = home.as_of(ref, status)
+            state = str((status or {}).get("state", ""))
+            later = as_of is not None and as_of >= int(since) + 1
+            if status is not None and settled(action, state, later):
+                break
+            left = deadline - time.monotonic()
+            if left <= 0:
+                status = status or {}
+                return not_settled(out, data, ref, action, status, as_of, timeout, interval)
+            progress.tick("settling", timeout - left)
+            time.sleep(min(poll, left))
+    finally:
+        progress.clear()
+    fresh = freshness(as_of, interval)
+    data.update(settled=True, state=state, **{k: v for k, v in fresh.items() if k != "text"})
+    what = (f"the guest powered off: it is {state}" if not action.settles_later else
+            f"the guest is {state} again (a pass read it after the {action.name} request; "
+            "a reboot inside the guest shows libvirt no other state)")
+    out.emit(data, lambda: [f"{vm}: {what} ({fresh['text']})"])
+    return EXIT_OK
+
+
+def not_settled(out: Out, data: dict[str, Any], ref: VmRef, action: Action,
+                status: dict[str, Any], as_of: float | None, timeout: float,
+                interval: float) -> int:
+    """The guest did not do it within --timeout: say so, and what forces it (exit 4)."""
+    vm = ref.vm
+    state = describe_state(status) if status else "unknown (no status yet)"
+    fresh = freshness(as_of, interval)
+    data.update(settled=False, state=status.get("state"),
+                **{k: v for k, v in fresh.items() if k != "text"})
+    if out.as_json:
+        out.emit(data, list)
+    if action.settles_later:
+        what = (f"no pass saw the guest {action.settles_in} again after the {action.name} "
+                f"request within {timeout:g} s")
+    else:
+        what = f"the guest did not {action.asks} within {timeout:g} s"
+    still = "still " if status.get("state") == "running" != action.settles_in else ""
+    forced, does = action.forced_by
+    print(f"wirt: {vm}: {what}; it is {still}{state}, {fresh['text']}; "
+          f"`wirt {forced} {vm}` {does}", file=sys.stderr)
+    return EXIT_TIMEOUT
 
 
 def report(out: Out, base: dict[str, Any], vm: str, shown: str, result: Outcome,

@@ -40,6 +40,7 @@ __all__ = [
     "parse_command",
     "parse_params",
     "printable",
+    "settled",
     "with_defaults",
 ]
 
@@ -164,10 +165,13 @@ class Action:
     touches: frozenset[str] = frozenset({"state", "devices"})
     # what a call that succeeded is known to have set (no need to ask libvirt)
     sets: Callable[[Params], dict[str, bool]] | None = None
-    # the request only asks the guest (SPEC 3): what it is asked to do ("power off"), and
-    # the state that shows it did, which `wirt ACTION --wait` waits for
+    # the request only asks the guest (SPEC 3): what it is asked to do ("power off"); the
+    # state that shows it did, which `wirt ACTION --wait` waits for (see settled); the
+    # action that forces it when the guest does not comply, and what that does
     asks: str = ""
     settles_in: str | None = None
+    settles_later: bool = False  # the state must be read by a later pass than the request's
+    forced_by: tuple[str, str] = ("", "")
 
     def option(self, name: str) -> Option | None:
         return next((o for o in self.options if o.name == name), None)
@@ -201,7 +205,8 @@ ACTIONS: tuple[Action, ...] = (
     Action("shutdown", ("stop",), (_MODE,),
            Call("shutdownFlags", _mode_flag("VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN",
                                             "VIR_DOMAIN_SHUTDOWN_GUEST_AGENT")),
-           "ask the guest to power off", asks="power off", settles_in="shut off"),
+           "ask the guest to power off", asks="power off", settles_in="shut off",
+           forced_by=("destroy", "forces it off")),
     Action("destroy", ("kill",),
            (Option("--graceful", help="end QEMU with SIGTERM only, so it can flush its disk "
                    "writes; never SIGKILL (fails if QEMU does not end)"),),
@@ -210,7 +215,8 @@ ACTIONS: tuple[Action, ...] = (
     Action("reboot", (), (_MODE,),
            Call("reboot", _mode_flag("VIR_DOMAIN_REBOOT_ACPI_POWER_BTN",
                                      "VIR_DOMAIN_REBOOT_GUEST_AGENT")),
-           "ask the guest to reboot", _STATE, asks="reboot", settles_in="running"),
+           "ask the guest to reboot", _STATE, asks="reboot", settles_in="running", settles_later=True,
+           forced_by=("reset", "resets it hard")),
     Action("reset", (), (), Call("reset", value=lambda p: 0), "hard reset", _STATE),
     Action("suspend", (), (), Call("suspend"), "pause the vCPUs", _STATE),
     Action("resume", (), (), Call("resume"), "continue the paused vCPUs", _STATE),
@@ -257,6 +263,15 @@ def asked(action: Action, state: str | None) -> str:
         return f"asked the guest to {action.asks}; its state could not be read back"
     still = "still " if state == "running" and action.settles_in != "running" else ""
     return f"asked the guest to {action.asks}; it is {still}{state}"
+
+
+def settled(action: Action, state: str, read_later: bool) -> bool:
+    """Whether *state* shows that the guest did what *action* asked: ``shutdown``: shut off;
+    ``reboot``: running, read by a pass after the one that asked (*read_later*): a reboot
+    inside QEMU shows libvirt no other state, so "running again" is all wirt can see."""
+    if action.settles_in is None or state != action.settles_in:
+        return False
+    return read_later or not action.settles_later
 
 
 def printable(text: str, limit: int = 255) -> str:

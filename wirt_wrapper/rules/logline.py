@@ -12,13 +12,14 @@ One definition, so the writer and the reader cannot drift::
 
 from __future__ import annotations
 
+import datetime
 import re
 import time
 from typing import Any
 
 from wirt_wrapper.rules.actions import printable
 
-__all__ = ["CANCELLED", "now_text", "parse", "render", "state_line"]
+__all__ = ["CANCELLED", "now_text", "parse", "render", "seconds", "state_line"]
 
 CANCELLED = "cancelled"  # a command its user took back with `wirt cancel` (not run)
 
@@ -30,8 +31,19 @@ LINE = re.compile(
 )
 
 
+STAMP = "%Y-%m-%dT%H:%M:%S%z"
+
+
 def now_text() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    return time.strftime(STAMP)
+
+
+def seconds(stamp: str) -> float | None:
+    """A line's time (:func:`now_text`) in seconds since the epoch; None if it is not one."""
+    try:
+        return datetime.datetime.strptime(stamp, STAMP).timestamp()
+    except ValueError:
+        return None
 
 
 def render(*, stamp: str, vm: str, action: str, params: str, outcome: str, message: str,
