@@ -84,6 +84,26 @@ def test_a_guest_that_ignores_shutdown_gets_exit_4(realhost: Host, guests: Guest
     assert guest.state() == libvirt.VIR_DOMAIN_RUNNING  # nothing forced it
 
 
+def test_reboot_wait_ends_when_a_later_pass_reads_it_running(realhost: Host, guests: Guests,
+                                                             wirt_pass: WirtPass) -> None:
+    """The guest reboots inside the same QEMU (libvirt shows no other state): --wait ends
+    once a pass after the request read it running; the console shows the second boot."""
+    alice = realhost.add_user("alice")
+    guest = guests.define(alice, "rb")
+    guest.command("start")
+    wirt_pass()
+    guest.wait_boots(1)
+    with readable_config(realhost) as config, passes(realhost, interval=0.5):
+        proc = wirt(alice, config, "reboot", "rb", "--wait", "--timeout", "120")
+    assert proc.returncode == 0, proc.stderr
+    first, second = proc.stdout.splitlines()
+    assert first == "rb: reboot: done: asked the guest to reboot; it is running"
+    assert second.startswith("rb: the guest is running again (a pass read it after the "
+                             "reboot request"), second
+    guest.wait_boots(2)
+    assert guest.state() == libvirt.VIR_DOMAIN_RUNNING and guest.presses() == 1
+
+
 def test_a_state_changed_outside_wirt_shows_its_age(realhost: Host, guests: Guests,
                                                     wirt_pass: WirtPass) -> None:
     """After `virsh destroy` (not through wirt) status.xml still says running, with its age;
