@@ -26,8 +26,8 @@ from wirt_wrapper.rules.actions import (
     lookup_action,
     parse_command,
     parse_params,
-    with_defaults,
     settled,
+    with_defaults,
 )
 
 LIMIT = 4096

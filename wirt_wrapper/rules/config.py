@@ -82,6 +82,9 @@ class SnapshotsConfig:
     @property
     def enabled(self) -> bool:
         return self.per_vm > 0 and self.per_user > 0
+
+
+@dataclass(frozen=True)
 class PassConfig:
     """How often passes run (cron, or watch mode's safety net): ``wirt status`` calls a
     state stale when no pass confirmed it for twice this long."""
