@@ -133,7 +133,7 @@ def _action_parser(sub: Any, name: str, action: Action, aliases: list[str],
             parser.add_argument("value_arg", nargs="?", metavar=option.value.what,
                                 help=f"{option.help} ({option.value.rule})")
             parser.add_argument(option.name, dest=_dest(option.name), metavar=option.value.what,
-                                help=f"the same as {option.value.what}")
+                                help=option.help)
             parser.set_defaults(value_option=option.name)
         elif option.values:
             parser.add_argument(option.name, dest=_dest(option.name), choices=option.values,
