@@ -452,3 +452,51 @@ class TestSettings:
         assert set(data["settings"]) == {"enabled", "max_memory_mib", "max_vcpus", "iso_dir"}
         assert set(data["quota"]) == {"memory_mib", "vcpus"}
         assert parse_config(data, "x") == Config(path="x")
+
+
+class TestHosts:
+    """[[hosts]] (SPEC 13): each entry's name and uri, the entry and key named."""
+
+    @staticmethod
+    def toml(text: str) -> dict[str, Any]:
+        import tomllib
+
+        return tomllib.loads(text)
+
+    def test_uri_alone_is_one_host_named_local(self) -> None:
+        config = parse_config({"uri": "test:///default"}, "/x.toml")
+        assert config.hosts == ()
+        assert [(h.name, h.uri) for h in config.host_list()] == [("local", "test:///default")]
+
+    def test_entries_in_order(self) -> None:
+        config = parse_config(self.toml(
+            '[[hosts]]\nname = "node1"\nuri = "qemu:///system"\n'
+            '[[hosts]]\nname = "node2"\nuri = "qemu+ssh://wirt@node2/system?keyfile=/k"\n'),
+            "/x.toml")
+        assert [(h.name, h.uri) for h in config.host_list()] == [
+            ("node1", "qemu:///system"), ("node2", "qemu+ssh://wirt@node2/system?keyfile=/k")]
+
+    def test_uri_with_hosts_is_an_error(self) -> None:
+        message = bad(self.toml('uri = "qemu:///system"\n'
+                                '[[hosts]]\nname = "a"\nuri = "qemu:///system"\n'))
+        assert message.startswith("uri: not together with [[hosts]]")
+
+    @pytest.mark.parametrize(("text", "expected"), [
+        ('[[hosts]]\nname = "a"\nuri = "test:///default"\n[[hosts]]\nname = "-b"\nuri = "x://"\n',
+         "hosts[2].name: must be 1 to 63 letters"),
+        ('[[hosts]]\nname = "a"\nuri = "test:///default"\n[[hosts]]\nname = "a"\nuri = "x://"\n',
+         "hosts[2].name: 'a' is the name of an earlier entry too"),
+        ('[[hosts]]\nname = "a"\n', "hosts[1].uri: missing"),
+        ('[[hosts]]\nuri = "test:///default"\n', "hosts[1].name: missing"),
+        ('[[hosts]]\nname = "a"\nuri = "qemu system"\n', "hosts[1].uri: must be a libvirt URI"),
+        ('[[hosts]]\nname = "a"\nuri = 5\n', "hosts[1].uri: must be a non-empty string"),
+        ('[[hosts]]\nname = "a"\nuri = "test:///default"\nport = 1\n',
+         "hosts[1].port: unknown key"),
+        (f'[[hosts]]\nname = "{"a" * 64}"\nuri = "test:///default"\n',
+         "hosts[1].name: must be 1 to 63"),
+        ('hosts = "node1"\n', "hosts: must be one or more [[hosts]] tables"),
+        ('hosts = []\n', "hosts: must be one or more [[hosts]] tables"),
+        ('hosts = ["node1"]\n', "hosts[1]: must be a table"),
+    ])
+    def test_bad_entries_are_named(self, text: str, expected: str) -> None:
+        assert bad(self.toml(text)).startswith(expected)

@@ -338,14 +338,21 @@ def test_default_config_is_the_built_in_defaults() -> None:
     import tomllib
     from dataclasses import fields
 
-    from wirt_wrapper.rules.config import Config, Limits, MailConfig, parse_config
+    from wirt_wrapper.rules.config import Config, HostConfig, Limits, MailConfig, parse_config
 
-    data = tomllib.loads((REPO / "deploy/wirt.toml").read_text())
+    text = (REPO / "deploy/wirt.toml").read_text()
+    data = tomllib.loads(text)
     assert parse_config(data, "x") == Config(path="x")
     # and it lists every key, so that a new one is not missing from the admin's file
-    # (the [pass] table is the field 'passes': 'pass' is a Python keyword)
+    # (the [pass] table is the field 'passes': 'pass' is a Python keyword);
+    # [[hosts]] (an array of tables, none by default) is a commented example, which
+    # parses when uncommented (without uri, which it replaces)
     assert set(data) == {"pass" if f.name == "passes" else f.name
-                         for f in fields(Config)} - {"path"}
+                         for f in fields(Config)} - {"path", "hosts"}
+    example = "\n".join(line[2:] for line in text.splitlines()
+                        if line == "# [[hosts]]" or re.match(r"# \w+ = ", line))
+    hosts = parse_config(tomllib.loads(example), "x").hosts
+    assert len(hosts) == 2 and {f.name for f in fields(HostConfig)} == {"name", "uri"}
     assert set(data["limits"]) == {f.name for f in fields(Limits)}
     assert set(data["mail"]) == {f.name for f in fields(MailConfig)}
 

@@ -23,8 +23,9 @@ from typing import Any
 from wirt_wrapper.rules.errors import ConfigError
 from wirt_wrapper.rules.settings import MIN_MEMORY_MIB
 
-__all__ = ["Config", "Limits", "MailConfig", "PassConfig", "QuotaConfig", "SettingsConfig",
-           "SnapshotsConfig", "check_root_owned", "load_config", "DEFAULT_PATH"]
+__all__ = ["Config", "HostConfig", "Limits", "MailConfig", "PassConfig", "QuotaConfig",
+           "SettingsConfig", "SnapshotsConfig", "check_root_owned", "load_config",
+           "DEFAULT_PATH"]
 
 DEFAULT_PATH = "/etc/wirt/wirt.toml"
 LAYOUT_NAMES = ("wirt", "legacy")
@@ -93,9 +94,23 @@ class PassConfig:
 
 
 @dataclass(frozen=True)
+class HostConfig:
+    """One ``[[hosts]]`` entry (SPEC section 13): a hypervisor host and its libvirt URI."""
+
+    name: str
+    uri: str
+
+
+# The name of the one host when the config has ``uri`` and no ``[[hosts]]``.
+SINGLE_HOST = "local"
+HOST_NAME_RULE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+
+
+@dataclass(frozen=True)
 class Config:
     group: str = "vmguests"
     uri: str = "qemu:///system"
+    hosts: tuple[HostConfig, ...] = ()  # [[hosts]]; empty: the one host "local" at uri
     layouts: tuple[str, ...] = ("wirt", "legacy")
     domain_name: str = "{user}-{vm}"
     pam_service: str = "wirt"
@@ -110,6 +125,10 @@ class Config:
     snapshots: SnapshotsConfig = field(default_factory=SnapshotsConfig)
     passes: PassConfig = field(default_factory=PassConfig)  # the [pass] table
     path: str = "(built-in defaults)"
+
+    def host_list(self) -> tuple[HostConfig, ...]:
+        """The hosts a pass drives: the ``[[hosts]]`` entries, or ``local`` at ``uri``."""
+        return self.hosts or (HostConfig(SINGLE_HOST, self.uri),)
 
 
 def _positive(key: str, value: Any, kind: type, *, zero_ok: bool = False) -> Any:
@@ -246,15 +265,49 @@ def _check_quota(quota: QuotaConfig) -> QuotaConfig:
     return quota
 
 
+def _check_hosts(raw: Any) -> tuple[HostConfig, ...]:
+    """``[[hosts]]``: a non-empty array of tables, each with a unique name and a URI."""
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError("hosts: must be one or more [[hosts]] tables, each with name and uri")
+    hosts: list[HostConfig] = []
+    for number, entry in enumerate(raw, 1):
+        where = f"hosts[{number}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where}: must be a table ([[hosts]]) with name and uri")
+        for key in entry:
+            if key not in ("name", "uri"):
+                raise ConfigError(f"{where}.{key}: unknown key (known: name, uri)")
+        for key in ("name", "uri"):
+            if key not in entry:
+                raise ConfigError(f"{where}.{key}: missing (every [[hosts]] entry has name "
+                                  "and uri)")
+        name = _string(f"{where}.name", entry["name"])
+        if not HOST_NAME_RULE.fullmatch(name):
+            raise ConfigError(f"{where}.name: must be 1 to 63 letters, digits, '_', '.', '-', "
+                              f"starting with a letter or digit, got {name!r}")
+        if any(h.name == name for h in hosts):
+            raise ConfigError(f"{where}.name: {name!r} is the name of an earlier entry too; "
+                              "host names are unique")
+        uri = _string(f"{where}.uri", entry["uri"])
+        if any(c.isspace() for c in uri) or "://" not in uri:
+            raise ConfigError(f"{where}.uri: must be a libvirt URI such as "
+                              f"qemu+ssh://wirt@node2/system, got {uri!r}")
+        hosts.append(HostConfig(name, uri))
+    return tuple(hosts)
+
+
 def parse_config(data: dict[str, Any], path: str) -> Config:
     """Build a Config from parsed TOML, naming the key of the first problem."""
     known = {
-        "group", "uri", "layouts", "domain_name", "pam_service", "audit_log",
+        "group", "uri", "hosts", "layouts", "domain_name", "pam_service", "audit_log",
         "lock_file", "state_dir", "syslog_socket", "limits", "mail", "settings", "quota",
         "snapshots",
         "pass",
     }
     values: dict[str, Any] = {"path": path}
+    if "uri" in data and "hosts" in data:
+        raise ConfigError("uri: not together with [[hosts]]; give every host, this one too, "
+                          "its own [[hosts]] entry with name and uri")
     for key, value in data.items():
         if key not in known:
             raise ConfigError(f"{key}: unknown key (known: {', '.join(sorted(known))})")
@@ -282,6 +335,8 @@ def parse_config(data: dict[str, Any], path: str) -> Config:
             values[key] = found
         elif key == "pass":  # a keyword in Python: the field is 'passes'
             values["passes"] = _sub_table(key, value, PassConfig, {"interval_seconds": float})
+        elif key == "hosts":
+            values[key] = _check_hosts(value)
         elif key == "layouts":
             if (not isinstance(value, list) or not value
                     or any(v not in LAYOUT_NAMES for v in value)):
