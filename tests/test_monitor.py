@@ -36,6 +36,21 @@ class StandInHypervisor:
         self.domains = {"alice-web": DomainInfo("alice-web", "shut off", "shutdown", False,
                                                 True, 65536, 1, None)}
 
+    # one unnamed host, as root.hosts.Hosts is without [[hosts]]
+    named = False
+
+    def ambiguous(self, name: str) -> str | None:
+        return None
+
+    def pending(self, name: str) -> str | None:
+        return self.down
+
+    def host_of(self, name: str) -> str | None:
+        return "local"
+
+    def problems(self) -> dict[str, str]:
+        return {"local": self.down} if self.down else {}
+
     def prefetch(self, names: list[str]) -> None:
         pass
 

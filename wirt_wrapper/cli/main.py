@@ -392,7 +392,8 @@ def describe_state(status: dict[str, Any] | None) -> str:
     if status is None:
         return "unknown (no status yet)"
     if status.get("problem"):
-        return {"missing": "no domain", "not-yours": "not yours"}.get(
+        return {"missing": "no domain", "not-yours": "not yours",
+                "ambiguous": "on two hosts", "unreachable": "host unreachable"}.get(
             status.get("problem_kind", ""), "problem")
     state, reason = status.get("state", "?"), status.get("reason", "")
     return f"{state} ({reason})" if reason and reason != "unknown" else state
@@ -436,6 +437,9 @@ def cmd_list(home: Home, args: argparse.Namespace, out: Out, config: Config | No
     interval = pass_interval(config)
     items = [vm_summary(home, ref, interval) for ref in refs]
 
+    # the HOST column only where a pass named hosts ([[hosts]] in the site config)
+    hosts = any((item["status"] or {}).get("host") for item in items)
+
     def text() -> list[str]:
         rows = []
         for item in items:
@@ -443,6 +447,7 @@ def cmd_list(home: Home, args: argparse.Namespace, out: Out, config: Config | No
             auto = status.get("autostart")
             rows.append([
                 item["vm"] + ("" if item["layout"] == "wirt" else " (legacy)"),
+                *([status.get("host") or "-"] if hosts else []),
                 item["state"],
                 "-" if auto is None else ("yes" if auto else "no"),
                 " ".join(filter(None, [last.get("action", "-"), last.get("params", "")])),
@@ -451,8 +456,8 @@ def cmd_list(home: Home, args: argparse.Namespace, out: Out, config: Config | No
                 ", ".join(item["pending"]) or "-",
                 (item["state_age"] or "-").removeprefix("as of "),
             ])
-        header = ["VM", "STATE", "AUTOSTART", "LAST COMMAND", "OUTCOME", "AT", "PENDING",
-                  "STATE AS OF"]
+        header = ["VM", *(["HOST"] if hosts else []), "STATE", "AUTOSTART", "LAST COMMAND",
+                  "OUTCOME", "AT", "PENDING", "STATE AS OF"]
         return table(rows, header) if rows else []
 
     out.emit(items, text)
@@ -477,6 +482,8 @@ def cmd_status(home: Home, args: argparse.Namespace, out: Out, config: Config | 
             age = item["state_age"]
             if item["stale"]:
                 age = f"{age}: {stale_hint(interval)}; wirt refresh {ref.vm} --wait asks again"
+            if status.get("host"):
+                lines.append(("host", status["host"]))
             if status.get("problem"):
                 lines.append(("problem", f"{status['problem']} ({age})"))
             else:

@@ -76,9 +76,13 @@ def build_parser() -> Parser:
                          help="make USER the owner of DOMAIN (libvirt owner metadata)")
     p.add_argument("domain", metavar="DOMAIN")
     p.add_argument("user", metavar="USER")
+    p.add_argument("--host", metavar="NAME",
+                   help="the [[hosts]] entry DOMAIN is on (needed when several have it)")
     p = verbs.add_parser("unassign", parents=[common],
                          help="remove DOMAIN's owner metadata (its name decides again)")
     p.add_argument("domain", metavar="DOMAIN")
+    p.add_argument("--host", metavar="NAME",
+                   help="the [[hosts]] entry DOMAIN is on (needed when several have it)")
     p = verbs.add_parser("run", parents=[common], help="run a pass now (virsh_wrapper --verbose)")
     p.add_argument("--user", metavar="NAME", help="serve only this member")
     p.add_argument("--dry-run", action="store_true", help="judge everything, change nothing")
@@ -154,16 +158,8 @@ def assign(args: argparse.Namespace, config: Config, out: Out) -> int:
     if user is not None:
         _owner_user(user, config)
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    host, conn, dom = _find_domain(config, args.domain, getattr(args, "host", None))
     try:
-        conn = libvirt.open(config.uri)
-    except libvirt.libvirtError as exc:
-        raise Unavailable(f"cannot connect to {config.uri}: {exc.get_error_message()}") from None
-    try:
-        try:
-            dom = conn.lookupByName(args.domain)
-        except libvirt.libvirtError as exc:
-            raise NotFound(f"no domain '{args.domain}' on {config.uri}: "
-                           f"{exc.get_error_message()}") from None
         persistent, active = bool(dom.isPersistent()), bool(dom.isActive())
         flags = (libvirt.VIR_DOMAIN_AFFECT_CONFIG if persistent else 0) | (
             libvirt.VIR_DOMAIN_AFFECT_LIVE if active else 0)
@@ -185,13 +181,71 @@ def assign(args: argparse.Namespace, config: Config, out: Out) -> int:
     finally:
         conn.close()
     where = " and ".join(w for w, on in (("persistent", persistent), ("live", active)) if on)
-    data = {"domain": args.domain, "owner": user, "previous": before, "changed": where}
+    data = {"domain": args.domain, "owner": user, "previous": before, "changed": where,
+            "host": host}
+    on = f" on host {host}" if config.hosts else ""
     if user is not None:
-        text = f"{args.domain}: assigned to {user} ({where} definition; was: {before or 'none'})"
+        text = (f"{args.domain}: assigned to {user}{on} ({where} definition; "
+                f"was: {before or 'none'})")
     else:
-        text = f"{args.domain}: no owner metadata any more ({where}; was: {before or 'none'})"
+        text = (f"{args.domain}: no owner metadata any more{on} ({where}; "
+                f"was: {before or 'none'})")
     out.emit(data, lambda: [text])
     return EXIT_OK
+
+
+def _open(uri: str) -> Any:
+    import libvirt
+
+    try:
+        return libvirt.open(uri)
+    except libvirt.libvirtError as exc:
+        raise Unavailable(f"cannot connect to {uri}: {exc.get_error_message()}") from None
+
+
+def _find_domain(config: Config, domain: str, host: str | None) -> tuple[str, Any, Any]:
+    """(host name, its open connection, the domain) for *domain*: on *host*, or on the one
+    host that has it (SPEC 13).  Refused when several have it, naming them."""
+    import libvirt
+
+    from wirt_wrapper.rules.actions import ambiguous_domain
+
+    hosts = config.host_list()
+    if host is not None:
+        hosts = tuple(h for h in hosts if h.name == host)
+        if not hosts:
+            known = ", ".join(h.name for h in config.host_list())
+            raise UsageError(f"--host {host}: no such host in {config.path} (hosts: {known})")
+    found: list[tuple[str, Any, Any]] = []
+    missing: list[str] = []
+    down: list[str] = []
+    try:
+        for entry in hosts:
+            try:
+                conn = _open(entry.uri)
+            except Unavailable as exc:
+                if len(hosts) == 1:
+                    raise
+                down.append(f"host {entry.name}: {exc}")
+                continue
+            try:
+                found.append((entry.name, conn, conn.lookupByName(domain)))
+            except libvirt.libvirtError as exc:
+                conn.close()
+                missing.append(f"on {entry.uri}: {exc.get_error_message()}")
+        if len(found) > 1:
+            raise UsageError(f"{ambiguous_domain(domain, [f[0] for f in found])}, or name "
+                             "the host: --host NAME")
+    except BaseException:
+        for _, conn, _ in found:
+            conn.close()
+        raise
+    if not found:
+        raise NotFound(f"no domain '{domain}' " + "; ".join(missing + down))
+    if down:
+        print(f"wirt: warning: {'; '.join(down)} (not looked at: '{domain}' may be there "
+              "too)", file=sys.stderr)
+    return found[0]
 
 
 def run_pass(args: argparse.Namespace) -> int:
@@ -274,22 +328,20 @@ def quota(args: argparse.Namespace, config: Config, out: Out) -> int:
     quota_memory, quota_vcpus = config.quota.memory_mib, config.quota.vcpus  # 0: none
 
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
-    try:
-        conn = libvirt.open(config.uri)
-    except libvirt.libvirtError as exc:
-        raise Unavailable(f"cannot connect to {config.uri}: {exc.get_error_message()}") from None
     domains: list[tuple[str, str | None, int, int, bool]] = []
-    try:
-        for dom in conn.listAllDomains(0):
-            try:
-                persistent = bool(dom.isPersistent())
-                xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE if persistent else 0)
-            except libvirt.libvirtError:
-                continue  # undefined meanwhile
-            owner, memory, vcpus = domain_use(xml)
-            domains.append((dom.name(), owner, memory, vcpus, persistent))
-    finally:
-        conn.close()
+    for entry in config.host_list():  # a quota sums over every host (SPEC 13)
+        conn = _open(entry.uri)
+        try:
+            for dom in conn.listAllDomains(0):
+                try:
+                    persistent = bool(dom.isPersistent())
+                    xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE if persistent else 0)
+                except libvirt.libvirtError:
+                    continue  # undefined meanwhile
+                owner, memory, vcpus = domain_use(xml)
+                domains.append((dom.name(), owner, memory, vcpus, persistent))
+        finally:
+            conn.close()
 
     rows: list[dict[str, Any]] = []
     for user in users:

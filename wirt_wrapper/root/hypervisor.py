@@ -133,6 +133,8 @@ class DomainInfo:
     settings: dict[str, Any] | None = None
     # Every snapshot (SPEC 11), when read (read_snapshots); else None.
     snapshots: list[dict[str, Any]] | None = None
+    host: str | None = None  # the [[hosts]] name, with several hosts (SPEC 13); else None
+
 
     def as_status(self) -> dict[str, Any]:
         status = {
@@ -144,6 +146,8 @@ class DomainInfo:
             status["settings"] = self.settings
         if self.snapshots is not None:
             status["snapshots"] = self.snapshots
+        if self.host is not None:
+            status["host"] = self.host
         return status
 
 
@@ -263,8 +267,9 @@ def state_names(state: int, reason: int) -> tuple[str, str]:
 class Hypervisor:
     """One libvirt connection for one pass, with a bulk snapshot for the idle path."""
 
-    def __init__(self, uri: str, timeout: float, iso_dir: str = "") -> None:
+    def __init__(self, uri: str, timeout: float, iso_dir: str = "", host: str = "local") -> None:
         self.uri = uri
+        self.host = host  # its [[hosts]] name (SPEC 13); root.hosts routes domains to it
         self.timeout = timeout
         self.iso_dir = iso_dir  # settings.iso_dir: a CD from elsewhere shows as not catalogued
         self.conn: Any = None
@@ -335,6 +340,10 @@ class Hypervisor:
         pers = self._call(lambda: conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_PERSISTENT))
         self._persistent = {d.name() for d in pers}
         self._fetch_all()
+
+    def names(self) -> frozenset[str]:
+        """The names of the domains the bulk listing found (connect), without a libvirt call."""
+        return frozenset(self._doms)
 
     def close(self) -> None:
         if self.conn is not None and not self.down:
@@ -457,10 +466,6 @@ class Hypervisor:
         spread = zlib.crc32(name.encode()) / 2**32  # per domain, fixed
         again = time.time() + SNAPSHOT_RECHECK_S * (0.5 + spread / 2)
         self.snapshot_cache[name] = [_signature(info), snapshots, round(again)]
-
-    def domain_names(self) -> list[str]:
-        """Every domain on the host, from the pass's listing (no call to libvirt)."""
-        return list(self._doms)
 
     def info(self, name: str) -> DomainInfo | None:
         """What the snapshot says of *name* (idle path); None if there is no such domain."""

@@ -24,10 +24,10 @@ import libvirt
 
 from wirt_wrapper.root import catalogue
 from wirt_wrapper.root.audit import AuditLog, Journal
+from wirt_wrapper.root.hosts import Hosts
 from wirt_wrapper.root.hypervisor import (
     ADMIN,
     DomainInfo,
-    Hypervisor,
     Interrupted,
     Unreachable,
 )
@@ -103,7 +103,7 @@ class UserContext:
 class Monitor:
     """Answers one request at a time; raises ProtocolError to end that user's turn only."""
 
-    def __init__(self, config: Config, options: Options, hv: Hypervisor, audit: AuditLog,
+    def __init__(self, config: Config, options: Options, hv: Hosts, audit: AuditLog,
                  journal: Journal, records: Records, report: Report, summary: Summary) -> None:
         self.config = config
         self.options = options
@@ -160,6 +160,14 @@ class Monitor:
 
     def status_for(self, user: pwd.struct_passwd, vm: str) -> dict[str, Any]:
         domain = domain_for(self.config.domain_name, user.pw_name, vm)
+        refusal = self.hv.ambiguous(domain)
+        if refusal:
+            return {"domain": domain, "problem_kind": "ambiguous", "problem": refusal}
+        waits = self.hv.pending(domain)
+        if waits and not self.hv.named:
+            raise Unreachable(waits)  # the one host: nothing is written (on_inventory)
+        if waits:  # its host is down (or may be: it is on none of the others)
+            return {"domain": domain, "problem_kind": "unreachable", "problem": waits}
         info = self.hv.info(domain)
         if info is None:
             return {"domain": domain, "problem_kind": "missing",
@@ -199,8 +207,9 @@ class Monitor:
                 f"run {entry['action']} {' '.join(entry['tokens'])} on {entry['domain']}")
             self.say(f"{ctx.user.pw_name} {vm} {printable(file_name)}: would {verdict}")
             return {}
-        if self.hv.down and "rejected" not in entry:
-            return {"pending": self.hv.down}
+        waits = None if "rejected" in entry else self.hv.pending(entry["domain"])
+        if waits:  # only this VM's commands wait: its host is down, or may be
+            return {"pending": waits, **({"scope": "vm"} if self.hv.named else {})}
         hist = msg.get("hist")
         if not isinstance(hist, str) or not LAYOUTS[layout].fits_history(hist):
             raise ProtocolError("bad history name")
@@ -264,7 +273,7 @@ class Monitor:
         if call.op == "create":
             # per_user sums over the domains the user's VM folders could name (from the
             # pass's listing: no call per host domain), read fresh, this one apart
-            theirs = [name for name in self.hv.domain_names() if name != domain and
+            theirs = [name for name in self.hv.names() if name != domain and
                       any(member == user for member, _ in self.claimants.find(name))]
             try:
                 others = self.hv.snapshots_of(theirs) if theirs else {}
@@ -329,7 +338,8 @@ class Monitor:
         self.summary.counts[outcome] += 1
         self.audit.write(
             "command", id=cid, user=entry["user"], uid=entry["uid"], layout=entry["layout"],
-            vm=entry["vm"], domain=entry["domain"], file=printable(entry["file"], FILE_LIMIT),
+            vm=entry["vm"], domain=entry["domain"], host=self.hv.host_of(entry["domain"]),
+            file=printable(entry["file"], FILE_LIMIT),
             action=entry.get("action"), params=entry.get("tokens", []), outcome=outcome,
             reason=message[:TEXT_LIMIT], duration=round(seconds, 4),
         )
@@ -394,8 +404,13 @@ class Monitor:
                 self.say(f"{ctx.user.pw_name} {vm} config: would apply "
                          f"{' '.join(entry['tokens']) or 'nothing'} to {domain}")
                 return {"unchanged": True}
-            if self.hv.down:
-                return {"pending": self.hv.down}
+            waits = self.hv.pending(domain)
+            if not waits and self._quota_counted(wanted):
+                down = self.hv.problems()  # a quota sums over every host (SPEC 13)
+                waits = ("the quota sums over every host, and "
+                         f"{'; '.join(down.values())}") if down else None
+            if waits:
+                return {"pending": waits}
             outcome, message, status = self.configure(ctx, domain, wanted)
         if outcome != "interrupted":  # not known to be applied: the next pass tries again
             self.records.set_config(uid, layout, vm, msg["digest"])
@@ -415,6 +430,11 @@ class Monitor:
         except UnicodeEncodeError:
             raise ProtocolError("settings content is not bytes") from None
         return settings_rules.parse(content, self.config.limits.max_file_bytes)
+
+    def _quota_counted(self, wanted: dict[str, Any]) -> bool:
+        quota = self.config.quota
+        return bool(quota.memory_mib and "memory_mib" in wanted
+                    or quota.vcpus and "vcpus" in wanted)
 
     def configure(self, ctx: UserContext, domain: str,
                   wanted: dict[str, Any]) -> tuple[str, str, dict[str, Any] | None]:

@@ -23,7 +23,8 @@ from wirt_wrapper.boundary.channel import Timeout
 from wirt_wrapper.root import notify
 from wirt_wrapper.root.accounts import AccountChecker, group_lists, members
 from wirt_wrapper.root.audit import AuditLog, Journal
-from wirt_wrapper.root.hypervisor import Hypervisor, Unreachable
+from wirt_wrapper.root.hosts import Hosts
+from wirt_wrapper.root.hypervisor import Unreachable
 from wirt_wrapper.root.monitor import Monitor, Options, Summary, UserContext
 from wirt_wrapper.root.records import Records, notice_key
 from wirt_wrapper.root.state import prepare_state
@@ -58,7 +59,8 @@ class Pass:
         self.options = options
         self.summary = Summary()
         iso_dir = os.path.realpath(config.settings.iso_dir) if config.settings.iso_dir else ""
-        self.hv = Hypervisor(config.uri, config.limits.libvirt_timeout, iso_dir)
+        self.hv = Hosts.from_config(config, iso_dir)
+        self.told_down: set[str] = set()  # the hosts whose being down is audited
         self.audit = AuditLog(config.audit_log, dry_run=options.dry_run)
         self.journal = Journal(config.state_dir, dry_run=options.dry_run)
         self.records = Records(None if options.dry_run else config.state_dir)
@@ -82,8 +84,12 @@ class Pass:
             self.hv.connect()
         except Unreachable as exc:
             self.summary.libvirt_down = str(exc)
-            self.audit.write("libvirt-unreachable", reason=str(exc))
-            print(f"wirt: libvirt unreachable, commands stay pending: {exc}", file=sys.stderr)
+            if not self.hv.named:
+                self.told_down = set(self.hv.problems())
+                self.audit.write("libvirt-unreachable", reason=str(exc))
+                print(f"wirt: libvirt unreachable, commands stay pending: {exc}",
+                      file=sys.stderr)
+        self.tell_hosts_down("unreachable, its commands stay pending")
         try:
             group = members(self.config.group)
         except KeyError:
@@ -101,11 +107,12 @@ class Pass:
         with AccountChecker(self.config.pam_service) as accounts:
             self.serve_all(group, accounts)
         self.journal.compact()
-        if self.hv.conn is not None and not self.hv.down:
-            self.records.keep_snapshots(set(self.hv.domain_names()))
+        if self.hv.all_listed():  # else a host that is down keeps its domains' lists
+            self.records.keep_snapshots(set(self.hv.names()))
         self.records.save()
         self.hv.close()
         self.summary.seconds = time.monotonic() - started
+        self.tell_hosts_down("went away during the pass, its remaining commands stay pending")
         if self.hv.down and not self.summary.libvirt_down:  # lost during the pass
             self.summary.libvirt_down = self.hv.down
             self.audit.write("libvirt-unreachable", reason=self.hv.down)
@@ -119,6 +126,20 @@ class Pass:
             notify.after_pass(self.config, self.summary, self.report, self.audit)
         self.audit.close()
         return self.summary
+
+    def tell_hosts_down(self, what: str) -> None:
+        """With [[hosts]]: one audit record (and stderr line) for each host newly down;
+        the pass summary names them all."""
+        if not self.hv.named:
+            return
+        problems = self.hv.problems()
+        for host, why in problems.items():
+            if host not in self.told_down:
+                self.told_down.add(host)
+                self.audit.write("libvirt-unreachable", host=host, reason=why)
+                print(f"wirt: host {host} {what}: {why}", file=sys.stderr)
+        if problems:
+            self.summary.libvirt_down = "; ".join(problems.values())
 
     def serve_all(self, users: list[pwd.struct_passwd], accounts: AccountChecker) -> None:
         """Serve every user: a quick look first (the prober), a full turn if there is work.

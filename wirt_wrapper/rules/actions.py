@@ -30,11 +30,13 @@ __all__ = [
     "Value",
     "VM_NAME",
     "asked",
+    "ambiguous_domain",
     "canonical",
     "check_vm_name",
     "domain_for",
     "lookup_action",
     "no_domain",
+    "on_a_host_down",
     "owner_problem",
     "owns",
     "parse_command",
@@ -398,6 +400,21 @@ def no_domain(domain: str) -> str:
     """The words for a VM folder whose domain does not exist."""
     return (f"there is no domain named '{domain}'; check the VM folder's name, "
             "or ask the admin to create the VM")
+
+
+def ambiguous_domain(domain: str, hosts: list[str]) -> str:
+    """The words for a domain defined on more than one host (SPEC 13): nothing is run."""
+    listed = ", ".join(hosts[:-1]) + f" and {hosts[-1]}"
+    return (f"the domain '{domain}' is defined on the hosts {listed}; wirt drives a domain "
+            "only when exactly one host has it: ask the admin to remove all but one")
+
+
+def on_a_host_down(domain: str, down: dict[str, str]) -> str:
+    """The words for a domain on no reachable host while some host is down (SPEC 13)."""
+    names = ", ".join(sorted(down))
+    return (f"the domain '{domain}' is on none of the reachable hosts, and host "
+            f"{names} cannot be reached ({'; '.join(down[n] for n in sorted(down))}): it may "
+            "be there, so its commands wait for the next pass")
 
 
 def check_vm_name(name: str) -> str:

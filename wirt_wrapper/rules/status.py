@@ -102,6 +102,8 @@ def render(vm: str, info: dict[str, Any], last: dict[str, str] | None,
     root = etree.Element("status", version=VERSION)
     _text(root, "vm", vm)
     _text(root, "domain", info.get("domain", ""))
+    if info.get("host"):  # with [[hosts]] only (SPEC 13): the host the domain is on
+        _text(root, "host", info["host"])
     if read:
         _text(root, "read-at", read)
     problem = info.get("problem")
@@ -192,6 +194,9 @@ def parse(document: bytes) -> dict[str, Any]:
         "vm": root.findtext("vm") or "", "domain": root.findtext("domain") or "",
         "read_at": unstamp(root.findtext("read-at") or ""),
     }
+    host = root.findtext("host")
+    if host is not None:
+        found["host"] = host
     problem = root.find("problem")
     if problem is not None:
         found["problem"] = problem.text or ""

@@ -62,6 +62,7 @@ class UserSide:
         self.last: dict[tuple[str, str], dict[str, str]] = {}
         self.budget = job.max_files
         self.stopped = False  # root said: leave the rest pending
+        self.held: set[tuple[str, str]] = set()  # (layout, vm): root said its host is down
         self.dirs: dict[tuple[str, ...], int] = {}
         self.statuses: dict[str, dict[str, list[Any]]] = {}
         self.last_config: dict[tuple[str, str], dict[str, str]] = {}
@@ -473,7 +474,7 @@ class UserSide:
                 files.append((st.st_mtime_ns, name, st))
         files.sort()
         for _, name, st in files:
-            if self.stopped:
+            if self.stopped or (layout.name, vm) in self.held:
                 break
             if self.budget <= 0:
                 self.notice(layout, "budget", f"more than {self.job.max_files} command files: "
@@ -531,7 +532,10 @@ class UserSide:
         # point leaves nothing in history that the next pass cannot account for.
         reply = self.ask(protocol.INTEND, hist=hist, **request)
         if reply.get("pending"):
-            self.stopped = True
+            if reply.get("scope") == "vm":  # only this VM's host is down (SPEC 13)
+                self.held.add((layout.name, request["vm"]))
+            else:
+                self.stopped = True
             return None
         placed: os.stat_result | None = None
         try:
