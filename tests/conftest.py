@@ -87,6 +87,7 @@ class Host:
     domains: list[str] = field(default_factory=list)
     extra_config: str = ""
     uri: str | None = None
+    hosts: dict[str, str] | None = None  # {name: uri}: [[hosts]] instead of uri (SPEC 13)
 
     @property
     def config(self) -> Path:
@@ -129,10 +130,13 @@ class Host:
         # No mail unless the test asks for it: the host's real MTA would deliver it.
         extra = self.extra_config if "[mail]" in self.extra_config else (
             f"{self.extra_config}\n[mail]\nenabled = false\n")
+        where = f'uri = "{uri}"\n' if self.hosts is None else ""
+        hosts = "".join(f'\n[[hosts]]\nname = "{name}"\nuri = "{at}"\n'
+                        for name, at in (self.hosts or {}).items())
         self.config.write_text(
-            f'group = "{self.group}"\nuri = "{uri}"\npam_service = "wirt"\n'
+            f'group = "{self.group}"\n{where}pam_service = "wirt"\n'
             f'audit_log = "{self.audit}"\nlock_file = "{self.root}/state/lock"\n'
-            f'state_dir = "{self.root}/state"\n{extra}'
+            f'state_dir = "{self.root}/state"\n{extra}{hosts}'
         )
         self.config.chmod(0o600)
 

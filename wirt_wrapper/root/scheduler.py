@@ -89,7 +89,7 @@ class Pass:
                 self.audit.write("libvirt-unreachable", reason=str(exc))
                 print(f"wirt: libvirt unreachable, commands stay pending: {exc}",
                       file=sys.stderr)
-        self.tell_hosts_down("unreachable, its commands stay pending")
+        self.tell_hosts_down("its commands stay pending")
         try:
             group = members(self.config.group)
         except KeyError:
@@ -112,7 +112,7 @@ class Pass:
         self.records.save()
         self.hv.close()
         self.summary.seconds = time.monotonic() - started
-        self.tell_hosts_down("went away during the pass, its remaining commands stay pending")
+        self.tell_hosts_down("lost during the pass; its remaining commands stay pending")
         if self.hv.down and not self.summary.libvirt_down:  # lost during the pass
             self.summary.libvirt_down = self.hv.down
             self.audit.write("libvirt-unreachable", reason=self.hv.down)
@@ -137,7 +137,7 @@ class Pass:
             if host not in self.told_down:
                 self.told_down.add(host)
                 self.audit.write("libvirt-unreachable", host=host, reason=why)
-                print(f"wirt: host {host} {what}: {why}", file=sys.stderr)
+                print(f"wirt: {why} ({what})", file=sys.stderr)
         if problems:
             self.summary.libvirt_down = "; ".join(problems.values())
 
