@@ -4,6 +4,7 @@ Run as root on a host prepared by tests/setup-host.sh:
 
     /opt/wirt-test/bin/python bench/bench_pass.py [--users 200] [--vms 5] [--runs 5] [--keep]
                                                   [--layout wirt|legacy] [--against VENV]
+                                                  [--hosts 2]
 
 It creates real users (prefix ``wb``) in a real group, defines one domain per
 VM folder on the real libvirtd (``qemu:///system``; libvirt's test driver when
@@ -13,6 +14,14 @@ that is unreachable), and measures with the real executable:
 * busy pass: one ``autostart`` file in each VM folder;
 * floor: the same libvirt calls in a bare libvirt-python loop (one
   ``setAutostart`` per domain) plus a bare listing of every VM folder.
+
+With ``--hosts 2`` (SPEC 13) a second group of as many users (prefix
+PREFIX + ``h``) gets the same folders, its domains split over two hosts:
+every other one on ``--uri`` (node1), the rest on a second libvirtd, a
+session daemon of a throw-away system user (tests/second_libvirtd.py), both
+named in ``[[hosts]]``.  Its idle and busy passes run interleaved with the
+single-host ones; the ratios (target <= 1.5x) and the domain counts per host
+are printed.
 
 Medians over ``--runs`` runs; peak memory is the largest resident set of any
 process of the pass.  The machine is shared and noisy: read the ratios.
@@ -30,13 +39,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import libvirt
 import psutil
 
 PREFIX = "wb"
 EXE = str(Path(sys.executable).parent / "virsh_wrapper")
-TARGETS = {"idle": 0.5, "busy": 2.5, "memory_mb": 100.0}
+TARGETS = {"idle": 0.5, "busy": 2.5, "memory_mb": 100.0, "hosts_ratio": 1.5}
 LEGACY = {"idle": 12.7, "busy": 49.7}
 
 
@@ -177,6 +187,70 @@ def floor(uri: str, names: list[str], folders: list[Path]) -> float:
     return seconds
 
 
+class TwoHosts:
+    """The --hosts 2 fixture: its own users and folders, domains split over two hosts."""
+
+    def __init__(self, users: list[tuple[str, int, int, Path]], folders: list[Path],
+                 owners: dict[Path, tuple[int, int]], on1: list[str], node: Any,
+                 config: Path, counts: dict[str, int]) -> None:
+        self.users, self.folders, self.owners = users, folders, owners
+        self.on1, self.node, self.config, self.counts = on1, node, config, counts
+        self.idle: list[float] = []
+        self.busy: list[float] = []
+        self.group = ""
+
+    def remove(self, uri: str) -> None:
+        undefine(uri, self.on1)
+        self.node.remove()  # its domains, the daemon, its user
+        for name, *_ in self.users:
+            subprocess.run(["userdel", "-r", "-f", name], capture_output=True)
+        subprocess.run(["groupdel", self.group], capture_output=True)
+
+
+def setup_two_hosts(args: argparse.Namespace, uri: str, work: Path) -> TwoHosts:
+    """A second group (prefix + 'h'), every other domain on *uri*, the rest on a session
+    libvirtd of its own system user, and a [[hosts]] config naming both."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from second_libvirtd import SessionDaemon
+
+    if not uri.startswith("qemu"):
+        raise SystemExit("--hosts 2 needs a real libvirtd at --uri")
+    prefix = args.prefix + "h"
+    users = make_users(args.users, prefix)
+    folders = make_folders(users, args.vms, args.layout)
+    spool, folder_prefix = SPOOLS[args.layout]
+    owners, names = {}, []
+    for name, uid, gid, home in users:
+        for k in range(args.vms):
+            owners[home.joinpath(*spool) / f"{folder_prefix}vm{k}"] = (uid, gid)
+            names.append(f"{name}-vm{k}")
+    on1, on2 = names[::2], names[1::2]
+    define_domains(uri, on1, work)
+    node = SessionDaemon()
+    node.start()
+    for name in on2:
+        node.conn.defineXML(domain_xml(name, "qemu"))
+    conn = libvirt.open(uri)
+    counts = {"node1": len(conn.listAllDomains()), "node2": len(node.conn.listAllDomains())}
+    conn.close()
+    config = work / "wirt-hosts.toml"
+    config.write_text(
+        f'group = "{prefix}guests"\naudit_log = "{work}/state2/audit.log"\n'
+        f'lock_file = "{work}/state2/lock"\nstate_dir = "{work}/state2"\n'
+        f'layouts = ["{args.layout}"]\n'
+        "[limits]\nseconds_per_user = 30\n"
+        f'[[hosts]]\nname = "node1"\nuri = "{uri}"\n'
+        f'[[hosts]]\nname = "node2"\nuri = "{node.uri}"\n'
+    )
+    config.chmod(0o600)
+    print(f"two hosts: {len(users)} more users ({prefix}*), {len(on1)} of their domains on "
+          f"node1 ({uri}, {counts['node1']} in all), {len(on2)} on node2 ({node.uri})",
+          flush=True)
+    two = TwoHosts(users, folders, owners, on1, node, config, counts)
+    two.group = f"{prefix}guests"
+    return two
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--users", type=int, default=200)
@@ -192,6 +266,10 @@ def main() -> None:
     parser.add_argument("--configs", action="store_true",
                         help="then put an applied settings file (config) in every VM folder "
                         "and measure the idle pass again: issue 10's budget is 1.1x")
+    parser.add_argument("--hosts", type=int, choices=(1, 2), default=1,
+                        help="2: also a second group whose domains are split over two hosts "
+                        "([[hosts]]: --uri and a session libvirtd), measured interleaved "
+                        "with the single-host passes (target <= 1.5x)")
     parser.add_argument("--against", metavar="VENV",
                         help="another install (a virtualenv with virsh_wrapper in bin/, e.g. "
                         "of an earlier commit): its idle and busy passes run interleaved "
@@ -228,8 +306,11 @@ def main() -> None:
     print(f"setup: {len(users)} users, {len(folders)} VM folders ({args.layout}), {uri} "
           f"holding {held} domains, {time.perf_counter() - t0:.1f} s", flush=True)
 
+    two = setup_two_hosts(args, uri, work) if args.hosts == 2 else None
     other = str(Path(args.against) / "bin" / "virsh_wrapper") if args.against else None
     run_pass(config)  # warm-up: writes every status.xml once
+    if two is not None:
+        run_pass(two.config)
     idle, busy, floors, peaks, idle_cpu, busy_cpu = [], [], [], [], [], []
     their_idle: list[float] = []
     their_busy: list[float] = []
@@ -243,11 +324,16 @@ def main() -> None:
         if other:
             drop_commands(folders, owners)
             their_busy.append(run_pass(config, other)[0])
+        if two is not None:
+            two.idle.append(run_pass(two.config)[0])
         drop_commands(folders, owners)
         seconds, peak = run_pass(config)
         busy.append(seconds)
         busy_cpu.append(CPU[-1])
         peaks.append(peak)
+        if two is not None:
+            drop_commands(two.folders, two.owners)
+            two.busy.append(run_pass(two.config)[0])
         floors.append(floor(uri, names, folders))
     with_configs: list[float] = []
     if args.configs:
@@ -293,11 +379,28 @@ def main() -> None:
               f"busy {result['busy_s'] / result['their_busy_s']:.2f}x (interleaved, same fixture)")
     ok = (result["idle_s"] <= TARGETS["idle"] and result["busy_s"] <= TARGETS["busy"]
           and result["peak_rss_mb"] <= TARGETS["memory_mb"])
+    if two is not None:
+        result["hosts"] = two.counts
+        result["two_hosts_idle_s"] = statistics.median(two.idle)
+        result["two_hosts_busy_s"] = statistics.median(two.busy)
+        idle_ratio = result["two_hosts_idle_s"] / result["idle_s"]
+        busy_ratio = result["two_hosts_busy_s"] / result["busy_s"]
+        result["two_hosts_idle_ratio"], result["two_hosts_busy_ratio"] = idle_ratio, busy_ratio
+        counts = ", ".join(f"{where} {n}" for where, n in two.counts.items())
+        print(f"two hosts  {len(two.folders)} VM folders, domains on the hosts: {counts}")
+        print(f"two hosts  idle median {result['two_hosts_idle_s']:.3f} s runs "
+              f"{[round(x, 3) for x in two.idle]}, busy median "
+              f"{result['two_hosts_busy_s']:.3f} s runs {[round(x, 3) for x in two.busy]}")
+        print(f"           two hosts / one: idle {idle_ratio:.2f}x, busy {busy_ratio:.2f}x "
+              f"(target <= {TARGETS['hosts_ratio']}x; interleaved, same run)")
+        ok = ok and max(idle_ratio, busy_ratio) <= TARGETS["hosts_ratio"]
     print("targets:", "met" if ok else "NOT met")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     if not args.keep:
         undefine(uri, names)
+        if two is not None:
+            two.remove(uri)
         for name, *_ in users:
             subprocess.run(["userdel", "-r", "-f", name], capture_output=True)
         subprocess.run(["groupdel", args.prefix + "guests"], capture_output=True)
