@@ -190,7 +190,12 @@ class Hosts:
         found = self._on(name)
         if len(found) != 1:
             return None
-        return self._label(found[0].info(name), found[0])
+        try:
+            return self._label(found[0].info(name), found[0])
+        except Unreachable:
+            if not self.named:
+                raise
+            raise Unreachable(self._why(found[0])) from None
 
     def _route(self, name: str, trip: Callable[[Hypervisor], Outcome]) -> Outcome:
         refusal = self.ambiguous(name)

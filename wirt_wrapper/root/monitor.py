@@ -168,7 +168,12 @@ class Monitor:
             raise Unreachable(waits)  # the one host: nothing is written (on_inventory)
         if waits:  # its host is down (or may be: it is on none of the others)
             return {"domain": domain, "problem_kind": "unreachable", "problem": waits}
-        info = self.hv.info(domain)
+        try:
+            info = self.hv.info(domain)
+        except Unreachable as exc:  # its host went down just now
+            if not self.hv.named:
+                raise
+            return {"domain": domain, "problem_kind": "unreachable", "problem": str(exc)}
         if info is None:
             return {"domain": domain, "problem_kind": "missing",
                     "problem": no_domain(domain)}
