@@ -308,3 +308,20 @@ def test_the_quota_sums_over_both_hosts(hosts: Host, node2: SessionDaemon, tmp_p
         assert memory_mib(here) == 200
     finally:
         here.undefine()
+
+
+def test_owner_metadata_holds_on_the_second_host(hosts: Host, node2: SessionDaemon,
+                                                 wirt_pass: WirtPass) -> None:
+    """alice-x on node2 is pinned to bob by metadata: alice's command is refused there,
+    as it would be on node1 (SPEC 4 and 13), and node2 is not touched."""
+    alice, bob = hosts.add_user("alice"), hosts.add_user("bob")
+    dom = node2.conn.defineXML(plain_xml(f"{alice.name}-x", node2.folder("consoles") / "x.c",
+                                         owner=bob.name))
+    alice.write("wirt/service/vm/x/autostart")
+    wirt_pass()
+    [(action, outcome, where)] = host_records(hosts, "x")
+    assert (action, outcome, where) == ("autostart", "rejected", "node2")
+    assert "assigned to another user" in alice.vm_log("x")
+    assert not dom.autostart()
+    problem = status_of(alice, "x").find("problem")
+    assert problem is not None and problem.get("kind") == "not-yours"

@@ -81,6 +81,15 @@ class TestRender:
         assert root.find("problem").get("kind") == "missing"
         assert root.find("state") is None and root.find("last-command") is None
 
+    def test_host_only_when_root_names_one(self) -> None:
+        """SPEC 13: ``<host>`` after ``<domain>`` with [[hosts]]; none with one host."""
+        root = parse(render("web", dict(INFO, host="node2"), None))
+        assert [child.tag for child in root][:3] == ["vm", "domain", "host"]
+        assert root.findtext("host") == "node2"
+        assert read_back(render("web", dict(INFO, host="node2"), None))["host"] == "node2"
+        assert parse(render("web", INFO, None)).find("host") is None
+        assert "host" not in read_back(render("web", INFO, None))
+
     def test_deterministic(self) -> None:
         last = {"action": "reset", "outcome": "failed", "message": "m", "time": "t"}
         assert render("web", INFO, last) == render("web", dict(INFO), dict(last))
