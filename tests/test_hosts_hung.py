@@ -9,14 +9,16 @@ daemon case is in tests/test_hosts.py.  The pass is the real executable.
 
 from __future__ import annotations
 
+import json
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Host
+from conftest import BIN, Host
 from lxml import etree
 
 TIMEOUT = 4  # [limits] libvirt_timeout
@@ -88,3 +90,16 @@ def test_two_hung_hosts_cost_one_timeout_and_only_their_commands_wait(
                   if r["event"] == "libvirt-unreachable")
     assert down == ["hungA", "hungB"]
     assert "hungA" in proc.stderr and "hungB" in proc.stderr
+
+    # wirt-audit finds them by host
+    def audit(*args: str) -> list[dict[str, object]]:
+        proc = subprocess.run([str(BIN / "wirt-audit"), "--log", str(host.audit), "--json",
+                               *args], capture_output=True, text=True,
+                              env={"PATH": "/usr/bin:/bin"})
+        assert proc.returncode == 0, proc.stderr
+        return [json.loads(line) for line in proc.stdout.splitlines()]
+
+    assert [r["vm"] for r in audit("--host", "node1")] == ["web"]
+    assert audit("--host", "hungA") == []
+    assert [r["host"] for r in audit("--host", "hungB", "--event", "libvirt-unreachable")] == [
+        "hungB"]

@@ -202,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="read this audit log (and its generations) instead")
     parser.add_argument("--user", action="append", default=[], help="user name")
     parser.add_argument("--vm", action="append", default=[], help="VM folder name")
+    parser.add_argument("--host", action="append", default=[],
+                        help="[[hosts]] name the domain was on ('local' with uri alone)")
     parser.add_argument("--action", action="append", default=[],
                         help="action (aliases such as stop count as their action)")
     parser.add_argument("--outcome", action="append", default=[],
@@ -266,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         files = log_files(path)
         actions = [_names(name)[0] for name in args.action]
         event = None if args.event == "all" else args.event
-        filters = {"user": args.user, "vm": args.vm, "action": actions, "outcome": args.outcome}
+        filters = {"user": args.user, "vm": args.vm, "host": args.host, "action": actions,
+                   "outcome": args.outcome}
         matches = query(files, event=event, filters=filters, since=args.since, until=args.until)
         try:
             if args.json:
