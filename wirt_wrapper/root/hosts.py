@@ -121,10 +121,6 @@ class Hosts:
     def details_ready(self) -> bool:
         return all(hv.down or hv.details_ready() for hv in self.members)
 
-    def counts(self) -> dict[str, int]:
-        """{host name: domains its listing has} (the bench, the verbose summary)."""
-        return {hv.host: len(hv.names()) for hv in self.members}
-
     # -- routing --------------------------------------------------------------
     def _on(self, name: str) -> list[Hypervisor]:
         """The hosts whose listing has *name*; with one host, that host in any case
