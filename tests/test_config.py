@@ -103,7 +103,25 @@ class TestKeys:
                 "pass.interval_seconds:")
         assert "unknown key" in bad({"pass": {"every": 2}})
 
-    @pytest.mark.parametrize("key", ["limits", "mail", "settings", "quota", "pass"])
+    @pytest.mark.parametrize("key,value,rule", [
+        ("full_pass_seconds", 0, "positive"), ("full_pass_seconds", 0.5, "at least 1"),
+        ("full_pass_seconds", float("inf"), "positive"), ("full_pass_seconds", "120", "positive"),
+        ("user_turns_per_second", 0, "positive"), ("user_turns_per_second", -1, "positive"),
+        ("user_turns_per_second", 5000, "at most 1000"),
+    ])
+    def test_watch(self, key: str, value: Any, rule: str) -> None:
+        message = bad({"watch": {key: value}})
+        assert message.startswith(f"watch.{key}:") and rule in message, message
+
+    def test_watch_values(self) -> None:
+        config = parse_config({"watch": {"full_pass_seconds": 30, "user_turns_per_second": 0.5}},
+                              "/x.toml")
+        assert (config.watch.full_pass_seconds, config.watch.user_turns_per_second) == (30.0, 0.5)
+        assert isinstance(config.watch.full_pass_seconds, float)
+        assert Config().watch.full_pass_seconds == 120.0
+        assert Config().watch.user_turns_per_second == 2.0
+
+    @pytest.mark.parametrize("key", ["limits", "mail", "settings", "quota", "pass", "watch"])
     def test_table_must_be_a_table(self, key: str) -> None:
         assert bad({key: 5}).startswith(f"[{key}]")
 
@@ -115,6 +133,7 @@ class TestKeys:
         ({"settings": {"memory_mib": 1}}, "settings.memory_mib"),
         ({"quota": {"max_vcpus": 1}}, "quota.max_vcpus"),
         ({"quotas": {}}, "quotas"),
+        ({"watch": {"rate": 1}}, "watch.rate"),
     ])
     def test_unknown_key(self, data: dict[str, Any], name: str) -> None:
         message = bad(data)

@@ -84,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
     spawner = Spawner()
     from wirt_wrapper.root.scheduler import Options, Pass
 
-    options = Options(layouts=layouts, user=args.user, dry_run=args.dry_run,
+    options = Options(layouts=layouts, users=None if args.user is None else frozenset([args.user]),
+                      dry_run=args.dry_run,
                       verbose=args.verbose)
     try:
         summary = Pass(config, options, spawner, prober).run()

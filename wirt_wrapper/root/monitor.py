@@ -69,7 +69,7 @@ FILE_LIMIT = 80  # characters of a file name in a record
 @dataclass(frozen=True)
 class Options:
     layouts: tuple[str, ...]
-    user: str | None = None
+    users: frozenset[str] | None = None  # serve only these members (--user, a watch's hints)
     dry_run: bool = False
     verbose: bool = False
 

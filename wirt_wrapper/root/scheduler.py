@@ -44,7 +44,7 @@ LOOK_AHEAD = 32
 
 
 class Pass:
-    """One pass over every member (or one, with --user)."""
+    """One pass over every member (or some: --user, or the users a watch was hinted)."""
 
     def __init__(self, config: Config, options: Options, spawner: privsep.Spawner,
                  prober: privsep.Prober | None = None) -> None:
@@ -99,11 +99,10 @@ class Pass:
         self.monitor.claimants = Claimants(self.config.domain_name, names)
         self.groups = group_lists(group)
         self.records.prune({u.pw_uid for u in group})
-        if self.options.user:
-            if self.options.user not in names:
-                print(f"wirt: {self.options.user} is not a member of {self.config.group}",
-                      file=sys.stderr)
-            group = [u for u in group if u.pw_name == self.options.user]
+        if self.options.users is not None:
+            for name in sorted(self.options.users - set(names)):
+                print(f"wirt: {name} is not a member of {self.config.group}", file=sys.stderr)
+            group = [u for u in group if u.pw_name in self.options.users]
         with AccountChecker(self.config.pam_service) as accounts:
             self.serve_all(group, accounts)
         self.journal.compact()

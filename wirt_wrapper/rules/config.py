@@ -24,7 +24,7 @@ from wirt_wrapper.rules.errors import ConfigError
 from wirt_wrapper.rules.settings import MIN_MEMORY_MIB
 
 __all__ = ["Config", "HostConfig", "Limits", "MailConfig", "PassConfig", "QuotaConfig",
-           "SettingsConfig", "SnapshotsConfig", "check_root_owned", "load_config",
+           "SettingsConfig", "SnapshotsConfig", "WatchConfig", "check_root_owned", "load_config",
            "DEFAULT_PATH"]
 
 DEFAULT_PATH = "/etc/wirt/wirt.toml"
@@ -107,6 +107,14 @@ HOST_NAME_RULE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 
 
 @dataclass(frozen=True)
+class WatchConfig:
+    """``virsh_wrapper --watch`` (SPEC section 12)."""
+
+    full_pass_seconds: float = 120.0  # the safety-net pass over everyone
+    user_turns_per_second: float = 2.0  # per user; hints beyond it wait, never dropped
+
+
+@dataclass(frozen=True)
 class Config:
     group: str = "vmguests"
     uri: str = "qemu:///system"
@@ -124,6 +132,7 @@ class Config:
     quota: QuotaConfig = field(default_factory=QuotaConfig)
     snapshots: SnapshotsConfig = field(default_factory=SnapshotsConfig)
     passes: PassConfig = field(default_factory=PassConfig)  # the [pass] table
+    watch: WatchConfig = field(default_factory=WatchConfig)
     path: str = "(built-in defaults)"
 
     def host_list(self) -> tuple[HostConfig, ...]:
@@ -294,6 +303,19 @@ def _check_hosts(raw: Any) -> tuple[HostConfig, ...]:
                               f"qemu+ssh://wirt@node2/system, got {uri!r}")
         hosts.append(HostConfig(name, uri))
     return tuple(hosts)
+# A turn rate past this is no limit at all; a full pass more often than this is a busy loop.
+MAX_TURNS_PER_SECOND = 1000.0
+MIN_FULL_PASS_SECONDS = 1.0
+
+
+def _check_watch(watch: WatchConfig) -> WatchConfig:
+    if watch.full_pass_seconds < MIN_FULL_PASS_SECONDS:
+        raise ConfigError(f"watch.full_pass_seconds: must be at least {MIN_FULL_PASS_SECONDS:g}, "
+                          f"got {watch.full_pass_seconds:g}")
+    if watch.user_turns_per_second > MAX_TURNS_PER_SECOND:
+        raise ConfigError(f"watch.user_turns_per_second: must be at most "
+                          f"{MAX_TURNS_PER_SECOND:g}, got {watch.user_turns_per_second:g}")
+    return watch
 
 
 def parse_config(data: dict[str, Any], path: str) -> Config:
@@ -303,6 +325,7 @@ def parse_config(data: dict[str, Any], path: str) -> Config:
         "lock_file", "state_dir", "syslog_socket", "limits", "mail", "settings", "quota",
         "snapshots",
         "pass",
+        "watch",
     }
     values: dict[str, Any] = {"path": path}
     if "uri" in data and "hosts" in data:
@@ -337,6 +360,9 @@ def parse_config(data: dict[str, Any], path: str) -> Config:
             values["passes"] = _sub_table(key, value, PassConfig, {"interval_seconds": float})
         elif key == "hosts":
             values[key] = _check_hosts(value)
+        elif key == "watch":
+            kinds = {"full_pass_seconds": float, "user_turns_per_second": float}
+            values[key] = _check_watch(_sub_table(key, value, WatchConfig, kinds))
         elif key == "layouts":
             if (not isinstance(value, list) or not value
                     or any(v not in LAYOUT_NAMES for v in value)):
