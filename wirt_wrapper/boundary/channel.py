@@ -8,6 +8,7 @@ root: it gets :class:`Timeout`.
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 import time
@@ -66,6 +67,48 @@ class Channel:
         if size > MAX_MESSAGE:
             raise ProtocolError(f"message of {size} bytes is too large")
         return protocol.decode(self._read(size))
+
+    def send_fds(self, message: dict[str, Any], fds: list[int]) -> None:
+        """One message with descriptors attached (SCM_RIGHTS, on its first byte)."""
+        data = _HEADER.pack(len(protocol.encode(message))) + protocol.encode(message)
+        self._arm()
+        try:
+            sent = socket.send_fds(self.sock, [data], fds)
+            if sent < len(data):
+                self.sock.sendall(data[sent:])
+        except TimeoutError:
+            raise Timeout() from None
+
+    def recv_fds(self, max_fds: int) -> tuple[dict[str, Any], list[int]]:
+        """One message and the descriptors that came with it (the caller owns them).
+
+        More than *max_fds* descriptors, a truncated control message, or a bad
+        message: every descriptor received is closed, then ProtocolError (or EOFError).
+        """
+        self._arm()
+        try:
+            data, fds, flags, _ = socket.recv_fds(self.sock, 4096, max_fds)
+        except TimeoutError:
+            raise Timeout() from None
+        try:
+            if flags & socket.MSG_CTRUNC:
+                raise ProtocolError("too many descriptors in one message")
+            if not data:
+                raise EOFError("the other side closed the channel")
+            if len(data) < _HEADER.size:
+                data += self._read(_HEADER.size - len(data))
+            (size,) = _HEADER.unpack(data[:_HEADER.size])
+            if size > MAX_MESSAGE:
+                raise ProtocolError(f"message of {size} bytes is too large")
+            body = data[_HEADER.size:]
+            if len(body) > size:
+                raise ProtocolError("more than one message came with descriptors")
+            body += self._read(size - len(body))
+            return protocol.decode(body), fds
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
 
     def request(self, message: dict[str, Any]) -> dict[str, Any]:
         self.send(message)

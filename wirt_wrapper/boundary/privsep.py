@@ -112,11 +112,16 @@ class Spawner:
         self.pid, self.sock = _fork_helper(_serve_spawns, socket.SOCK_SEQPACKET)
         self.count = 0
 
-    def spawn(self, user: Identity, job: dict[str, Any]) -> Child:
-        """Ask for a user side; one-way, so root never waits for a fork."""
+    def spawn(self, user: Identity, job: dict[str, Any], target: str = "side") -> Child:
+        """Ask for a user side; one-way, so root never waits for a fork.
+
+        *target*: what the child runs once dropped: ``side`` (a user's turn,
+        :func:`wirt_wrapper.user.side.user_main`) or ``watch`` (the watch placer,
+        :func:`wirt_wrapper.user.watch.watch_main`).
+        """
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.count += 1
-        request = {"op": "spawn", "number": self.count,
+        request = {"op": "spawn", "number": self.count, "target": target,
                    "user": [user.name, user.uid, user.gid, list(user.groups)], "job": job}
         socket.send_fds(self.sock, [protocol.encode(request)], [theirs.fileno()])
         theirs.close()
@@ -200,6 +205,9 @@ def _serve_looks(sock: socket.socket) -> None:  # pragma: no cover
 
 def _serve_spawns(sock: socket.socket) -> None:  # pragma: no cover
     from wirt_wrapper.user.side import user_main  # and all it imports: before any drop
+    from wirt_wrapper.user.watch import watch_main
+
+    targets: dict[str, Target] = {"side": user_main, "watch": watch_main}
 
     numbers: dict[int, int] = {}  # root's number -> pid, for live children only
     children: set[int] = set()
@@ -210,10 +218,11 @@ def _serve_spawns(sock: socket.socket) -> None:  # pragma: no cover
                 return
             request = protocol.decode(data)
             op = request.get("op")
-            if op == "spawn" and len(fds) == 1:
+            if op == "spawn" and len(fds) == 1 and request.get("target", "side") in targets:
                 name, uid, gid, groups = request["user"]
                 identity = Identity(name, uid, gid, tuple(groups))
-                pid = _fork_user(identity, request["job"], fds[0], user_main)
+                pid = _fork_user(identity, request["job"], fds[0],
+                                 targets[request.get("target", "side")])
                 numbers[request["number"]] = pid
                 children.add(pid)
             elif op == "kill" and numbers.get(int(request["number"]), 0) in children:

@@ -12,9 +12,14 @@ import argparse
 import os
 import sys
 import traceback
+from typing import TYPE_CHECKING
 
 from wirt_wrapper.root import startup
 from wirt_wrapper.rules.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, WirtError
+
+if TYPE_CHECKING:
+    from wirt_wrapper.boundary.privsep import Prober, Spawner
+    from wirt_wrapper.rules.config import Config
 
 __all__ = ["build_parser", "main", "parse_args", "run"]
 
@@ -33,11 +38,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dry-run", action="store_true",
                         help="read and judge everything, print what would happen, change nothing")
     parser.add_argument("--verbose", action="store_true", help="print each command's outcome")
+    parser.add_argument("--watch", action="store_true",
+                        help="stay in the foreground as the watch service: serve a member as "
+                        "soon as their spool changes, and run a full pass every "
+                        "watch.full_pass_seconds (holds the pass lock while it runs)")
     return parser
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    return build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.watch and (args.user or args.dry_run):
+        parser.error("--watch serves every member and changes things: "
+                     "leave out --user and --dry-run")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     from wirt_wrapper.boundary.privsep import Prober, Spawner
     from wirt_wrapper.root.state import acquire_lock, prepare_state
     from wirt_wrapper.rules.config import load_config
-    from wirt_wrapper.rules.errors import ConfigError
+    from wirt_wrapper.rules.errors import ConfigError, LockError
     from wirt_wrapper.rules.layouts import LAYOUTS
 
     config = load_config(args.config)
@@ -76,12 +90,17 @@ def run(args: argparse.Namespace) -> int:
     prepare_state(config)
     lock = acquire_lock(config.lock_file)
     if lock is None:
+        if args.watch:
+            raise LockError("another pass or watch service holds the lock "
+                            f"({config.lock_file}); not watching")
         if args.verbose:
             print("virsh_wrapper: another pass is running; nothing to do")
         return EXIT_OK
     # Forked before libvirt is loaded (see privsep): the prober even before lxml.
     prober = Prober()
     spawner = Spawner()
+    if args.watch:
+        return _watch(config, layouts, spawner, prober, args.verbose, lock)
     from wirt_wrapper.root.scheduler import Options, Pass
 
     options = Options(layouts=layouts, users=None if args.user is None else frozenset([args.user]),
@@ -95,6 +114,23 @@ def run(args: argparse.Namespace) -> int:
     if args.verbose or args.dry_run:
         print(f"virsh_wrapper: {summary.line()}")
     os.close(lock)
+    return EXIT_OK
+
+
+def _watch(config: Config, layouts: tuple[str, ...], spawner: Spawner, prober: Prober,
+           verbose: bool, lock: int) -> int:
+    """The watch service (root.watch), until SIGTERM; the lock is held all along."""
+    from wirt_wrapper.root.events import LifecycleEvents
+    from wirt_wrapper.root.watch import Service
+
+    events = LifecycleEvents(config.uri)  # libvirt's event loop: before any connection
+    try:
+        Service(config, layouts, spawner, prober, verbose=verbose, events=events).run()
+    finally:
+        events.close()
+        spawner.close()
+        prober.close()
+        os.close(lock)
     return EXIT_OK
 
 

@@ -34,8 +34,8 @@ from wirt_wrapper.rules.errors import ProtocolError
 
 __all__ = [
     "BYE", "INTEND", "INVENTORY", "MAX_DEPTH", "MAX_MESSAGE", "MAX_SETTINGS", "NOTICES",
-    "RECOVERED", "REQUESTS", "RUN", "SETTINGS", "UNCLAIMED", "Turn", "UserJob", "check_request",
-    "decode", "encode",
+    "RECOVERED", "REQUESTS", "RUN", "SETTINGS", "UNCLAIMED", "WATCHING", "Turn", "UserJob",
+    "check_request", "check_watching", "decode", "encode",
 ]
 
 MAX_MESSAGE = 4 << 20  # bytes of one framed message, either way
@@ -172,6 +172,21 @@ REQUESTS: dict[str, Check] = {
     BYE: record({"op": text(), "statuses": map_of(NAME, map_of(NAME, _seen))},
                 {"isos": ID, **_LOGGED}),
 }
+
+
+# The watch placer's one message (wirt_wrapper.user.watch): its inotify descriptor rides
+# along as SCM_RIGHTS when 'problem' is absent.
+WATCHING = "watching"
+_WATCHING = record({"op": text(), "watches": integer}, {"problem": text(300)})
+
+
+def check_watching(message: dict[str, Any]) -> str | None:
+    """The placer's problem (None: watching), once the message's shape is checked."""
+    if message.get("op") != WATCHING:
+        raise ProtocolError(f"expected {WATCHING!r}, got {str(message.get('op'))[:40]!r}")
+    _WATCHING(message, WATCHING)
+    problem = message.get("problem")
+    return None if problem is None else str(problem)
 
 
 def check_request(message: dict[str, Any]) -> str:

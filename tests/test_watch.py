@@ -1,0 +1,156 @@
+"""The watch service (SPEC 12): the real ``virsh_wrapper --watch``, real members, test driver.
+
+Each test starts the service as root, acts as a real member (runuser) and
+waits for the outcome in the member's own log: well under a second on an
+idle machine; the tests allow 3 s, for a loaded one.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+from conftest import VIRSH_WRAPPER, Host, User
+from watching import stderr_of, wait_for, watching
+
+QUICK = 3.0  # seconds: the bound for "at once" on a loaded 2-core machine
+
+
+def setup(host: Host, *vms: str, extra: str = "") -> User:
+    alice = host.add_user("alice")
+    host.extra_config = extra
+    host.write_config({f"{alice.name}-{vm}": alice.name for vm in vms})
+    for vm in vms:
+        alice.run(f"mkdir -p wirt/service/vm/{vm}")
+    return alice
+
+
+def command(user: User, vm: str, action: str, content: str = "") -> None:
+    """Write a command the safe way (a dot name, renamed into place), as the user."""
+    folder = f"wirt/service/vm/{vm}"
+    user.run(f'mkdir -p {folder} && printf %s "$1" > {folder}/.{action} && '
+             f'mv {folder}/.{action} {folder}/{action}', content)
+
+
+def outcome(user: User, vm: str, action: str, count: int = 1) -> float:
+    """Seconds until the VM's log holds *count* outcome lines for *action*."""
+    return wait_for(lambda: user.vm_log(vm).count(f" {vm} {action}: ") >= count, QUICK,
+                    f"{user.name}'s {vm} {action} outcome; log: {user.vm_log(vm)!r}")
+
+
+def test_command_served_at_once(host: Host) -> None:
+    alice = setup(host, "web")
+    with watching(host) as proc:
+        assert "watching the spools of 1 members" in stderr_of(proc)
+        command(alice, "web", "suspend")
+        outcome(alice, "web", "suspend")
+        assert "web suspend: done" in alice.vm_log("web")
+        command(alice, "web", "autostart")
+        outcome(alice, "web", "autostart")
+    (record,) = [r for r in host.audit_records() if r["event"] == "command"
+                 and r["action"] == "autostart"]
+    assert record["user"] == alice.name and record["outcome"] == "done"
+
+
+def test_cron_pass_beside_it_exits_at_once(host: Host) -> None:
+    alice = setup(host, "web")
+    with watching(host):
+        started = time.monotonic()
+        proc = host.run("--verbose")
+        assert time.monotonic() - started < QUICK
+        assert proc.returncode == 0 and "another pass is running" in proc.stdout
+        second = subprocess.run([VIRSH_WRAPPER, "--config", str(host.config), "--watch"],
+                                capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"},
+                                timeout=30)
+        assert second.returncode != 0 and "holds the lock" in second.stderr, second.stderr
+    # stopped: the lock is free again, and a pass serves what is there
+    alice.write("wirt/service/vm/web/suspend")
+    assert "1 done" in host.run("--verbose").stdout
+
+
+def test_deleted_and_recreated_folders_are_watched_again(host: Host) -> None:
+    alice = setup(host, "web")
+    with watching(host):
+        alice.run("rm -rf wirt/service/vm/web && mkdir wirt/service/vm/web")
+        time.sleep(0.5)  # the new folder is seen and watched (a re-arm), then:
+        command(alice, "web", "suspend")
+        outcome(alice, "web", "suspend")
+        # the whole spool replaced
+        alice.run("mv wirt/service wirt/service.old && mkdir -p wirt/service/vm/web")
+        time.sleep(0.5)
+        command(alice, "web", "autostart")
+        outcome(alice, "web", "autostart")
+
+
+def test_spool_made_after_the_start_is_watched(host: Host) -> None:
+    """Only ~/wirt at the start: it is watched (never the home), and the spool made later."""
+    alice = host.add_user("alice")
+    host.write_config({f"{alice.name}-web": alice.name})
+    alice.run("mkdir wirt")
+    with watching(host):
+        command(alice, "web", "suspend")  # mkdir -p service/vm/web, then the file
+        outcome(alice, "web", "suspend")
+
+
+def test_new_vm_folder_is_watched(host: Host) -> None:
+    alice = setup(host, "web", "db")
+    alice.run("rmdir wirt/service/vm/db")
+    with watching(host):
+        command(alice, "db", "suspend")
+        outcome(alice, "db", "suspend")
+        command(alice, "db", "autostart")  # a watch on the new folder itself
+        outcome(alice, "db", "autostart")
+
+
+def test_sigterm_stops_it_and_a_restart_serves(host: Host) -> None:
+    alice = setup(host, "web")
+    with watching(host) as proc:
+        pass
+    assert proc.returncode == 0 and "watch stopped" in stderr_of(proc)
+    alice.write("wirt/service/vm/web/suspend")  # written while nothing runs
+    with watching(host):  # the first full pass serves it
+        outcome(alice, "web", "suspend")
+
+
+def test_no_hints_falls_back_to_the_full_pass_and_says_so_once(host: Host) -> None:
+    """The member has used up their own inotify instances: the placer gets EMFILE.  Their
+    commands are served by the full pass; the admin is told once; others are unaffected."""
+    alice = setup(host, "web", extra="[watch]\nfull_pass_seconds = 2\n")
+    bob = host.add_user("bob")
+    host.write_config({f"{alice.name}-web": alice.name, f"{bob.name}-web": bob.name})
+    hog = subprocess.Popen(
+        ["/usr/sbin/runuser", "-u", alice.name, "--", "/usr/bin/python3", "-c",
+         "import ctypes, sys, time\n"
+         "libc = ctypes.CDLL(None, use_errno=True)\n"
+         "fds = []\n"
+         "while (fd := libc.inotify_init1(0)) >= 0: fds.append(fd)\n"
+         "import os\n"
+         "print(len(fds), os.getpid(), flush=True)\n"
+         "time.sleep(600)\n"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert hog.stdout is not None
+        count, holder = map(int, hog.stdout.readline().split())
+        assert count > 0
+        with watching(host) as proc:
+            wait_for(lambda: "no change hints" in stderr_of(proc), QUICK, "the fallback")
+            assert "EMFILE" in stderr_of(proc) and "max_user_instances" in stderr_of(proc)
+            command(bob, "web", "suspend")  # bob has hints
+            outcome(bob, "web", "suspend")
+            command(alice, "web", "suspend")  # alice waits for the full pass (2 s)
+            wait_for(lambda: " web suspend: " in alice.vm_log("web"), 10, "the full pass")
+            time.sleep(4.5)  # two more full passes: placing fails again, not told again
+            assert stderr_of(proc).count("no change hints") == 1
+            os.kill(holder, signal.SIGKILL)  # the member's own process: its instances go
+            hog.wait()
+            wait_for(lambda: "change hints work again" in stderr_of(proc), 10, "a new try")
+            command(alice, "web", "autostart")
+            outcome(alice, "web", "autostart")
+        fallbacks = [r for r in host.audit_records() if r["event"] == "watch-fallback"]
+        assert [r["user"] for r in fallbacks] == [alice.name]
+    finally:
+        if hog.poll() is None:
+            os.kill(hog.pid, signal.SIGKILL)
+            hog.wait()

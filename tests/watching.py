@@ -1,0 +1,83 @@
+"""The watch service as the tests run it: the real ``virsh_wrapper --watch`` in a subprocess.
+
+Started as root with a clean environment (as systemd would), stopped with
+SIGTERM in teardown (it finishes its pass, releases the lock and exits 0).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from conftest import VIRSH_WRAPPER, Host
+
+
+@contextmanager
+def watching(host: Host, *args: str) -> Iterator[subprocess.Popen[str]]:
+    """``virsh_wrapper --watch`` until the block ends; waits until it says it is watching."""
+    err = tempfile.TemporaryFile("w+")  # noqa: SIM115 - kept past the block, for stderr_of
+    proc = subprocess.Popen([VIRSH_WRAPPER, "--config", str(host.config), "--watch", *args],
+                            stdout=subprocess.DEVNULL, stderr=err, text=True,
+                            env={"PATH": "/usr/bin:/bin"}, start_new_session=True)
+    proc.stderr_file = err  # type: ignore[attr-defined]
+    try:
+        wait_for(lambda: "watching the spools" in stderr_of(proc) or proc.poll() is not None,
+                 60, "the service to say it is watching")
+        assert proc.poll() is None, f"the service exited {proc.returncode}: {stderr_of(proc)}"
+        yield proc
+    finally:
+        try:
+            stop(proc)
+        finally:
+            proc.final_stderr = stderr_of(proc)  # type: ignore[attr-defined]
+            err.close()
+
+
+def stderr_of(proc: subprocess.Popen[str]) -> str:
+    if hasattr(proc, "final_stderr"):
+        return str(proc.final_stderr)
+    err = proc.stderr_file
+    err.seek(0)
+    return str(err.read())
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM, and it must exit 0 within a while (its children with it)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise AssertionError("the watch service did not stop on SIGTERM") from None
+        assert proc.returncode == 0, f"exited {proc.returncode}: {stderr_of(proc)}"
+    with_group_gone(proc.pid)
+
+
+def with_group_gone(pgid: int) -> None:
+    """No process of the service's session is left (spawner, prober, placers, user sides)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    os.killpg(pgid, signal.SIGKILL)
+    raise AssertionError("processes of the watch service were left behind")
+
+
+def wait_for(check: Callable[[], object], seconds: float, what: str) -> float:
+    """Poll *check* until true; the seconds it took (AssertionError after *seconds*)."""
+    started = time.monotonic()
+    while not check():
+        if time.monotonic() - started > seconds:
+            raise AssertionError(f"waited {seconds:g} s for {what}")
+        time.sleep(0.01)
+    return time.monotonic() - started
