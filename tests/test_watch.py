@@ -13,6 +13,7 @@ import subprocess
 import time
 
 from conftest import VIRSH_WRAPPER, Host, User
+from outcomes import Identity, check_exactly_once
 from watching import stderr_of, wait_for, watching
 
 QUICK = 3.0  # seconds: the bound for "at once" on a loaded 2-core machine
@@ -154,3 +155,60 @@ def test_no_hints_falls_back_to_the_full_pass_and_says_so_once(host: Host) -> No
         if hog.poll() is None:
             os.kill(hog.pid, signal.SIGKILL)
             hog.wait()
+
+
+KILL_FILES = [("autostart", ""), ("suspend", ""), ("status", ""), ("destroy", "--graceful"),
+              ("reset", "--domain x")]
+
+
+def burst(user: User, vms: list[str], files: list[tuple[str, str]],
+          base: int) -> dict[Identity, tuple[int, bytes]]:
+    """Every file into every VM folder at once, each written under a dot name with its own
+    mtime (1 ms apart) and renamed into place: the fingerprints check_exactly_once wants."""
+    script, made = [], {}
+    millis = 0
+    for vm in vms:
+        for name, content in files:
+            millis += 1
+            path = f"wirt/service/vm/{vm}"
+            script.append(f"printf %s '{content}' > {path}/.{name} && "
+                          f"touch -d @{base}.{millis:03d} {path}/.{name} && "
+                          f"mv {path}/.{name} {path}/{name}")
+            made[(user.name, vm, name)] = (base * 10**9 + millis * 10**6, content.encode())
+    user.run(" && ".join(script))
+    return made
+
+
+def test_killed_during_a_burst_loses_and_repeats_nothing(host: Host) -> None:
+    """kill -9 of the service in the middle of a burst, and again soon after its restart
+    (while it settles the journal): every command has exactly one outcome."""
+    users = [host.add_user(n) for n in ("alice", "bob", "carol")]
+    vms = [f"v{i}" for i in range(4)]
+    host.extra_config = "[limits]\nmax_files_per_user = 3\n"  # many turns: kills land mid-way
+    host.write_config({f"{u.name}-{vm}": u.name for u in users for vm in vms})
+    for user in users:
+        user.run("mkdir -p " + " ".join(f"wirt/service/vm/{vm}" for vm in vms))
+    expected: dict[Identity, tuple[int, bytes]] = {}
+    killed = 0
+    with watching(host) as first:
+        for index, user in enumerate(users):
+            expected |= burst(user, vms, KILL_FILES, 1_600_000_000 + index * 1000)
+        wait_for(lambda: any(u.vm_log(vm) for u in users for vm in vms), QUICK, "the burst")
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+        killed += 1
+    assert first.returncode == -signal.SIGKILL
+    served = sum(u.vm_log(vm).count("\n") for u in users for vm in vms)
+    assert 0 < served < len(expected), f"killed after {served} of {len(expected)}: not mid-burst"
+    with watching(host) as second:  # settles the journal, serves some, killed again
+        time.sleep(0.2)
+        os.kill(second.pid, signal.SIGKILL)
+        second.wait()
+        killed += 1
+    with watching(host):
+        wait_for(lambda: not any(not p.name.startswith(".") for u in users
+                                 for p in (u.home / "wirt/service/vm").glob("*/*")),
+                 30, "the spools to empty")
+    host.run()  # settles anything left open, and must find nothing to do twice
+    counts = check_exactly_once(host, users, expected)
+    assert sum(counts.values()) == len(expected) == 60 and killed == 2

@@ -73,6 +73,9 @@ class Pass:
         # users whose look found every status.xml current: their status-checked gets
         # the snapshot's time at the end (one batch to the prober)
         self.checked: list[tuple[pwd.struct_passwd, str]] = []
+        # members whose turn may have left work (the file limit reached, or cut short):
+        # the watch service serves them again, as no change will hint them
+        self.unfinished: set[str] = set()
 
     def say(self, text: str) -> None:
         self.monitor.say(text)
@@ -308,6 +311,8 @@ class Pass:
 
     def end(self, ctx: UserContext) -> None:
         ctx.child.end(kill=ctx.problem is not None)
+        if ctx.problem or ctx.turn.commands >= self.config.limits.max_files_per_user:
+            self.unfinished.add(ctx.user.pw_name)
         if ctx.problem:
             user = ctx.user
             self.audit.write("user-incomplete", user=user.pw_name, uid=user.pw_uid,

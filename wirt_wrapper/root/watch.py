@@ -203,6 +203,9 @@ class Service:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self.stop)
         self.full_pass()
+        while self.placing and not self.stopping:  # the first watches, before saying so
+            self.wait(max(0.0, min(p.deadline for p in self.placing.values()) - time.monotonic()))
+            self.expire_placers(time.monotonic())
         self.tell(notify.LOG_INFO, f"watching the spools of {len(self.uids)} members of "
                   f"{self.config.group} ({len(self.watched)} with change hints); a full pass "
                   f"every {self.config.watch.full_pass_seconds:g} s")
@@ -308,6 +311,8 @@ class Service:
             run.report.note(note)
         self.notes = []
         summary = run.run()
+        for name in run.unfinished:  # work left that no change will hint
+            self.hint(name)
         if run.prober is None:  # it failed during the pass: full user sides from now on
             self.prober = None
         if self.verbose:
@@ -318,9 +323,9 @@ class Service:
     def full_pass(self) -> None:
         for name in list(self.watched):  # what happened before this pass, it covers
             self.drain_quietly(name)
+        self.pending.clear()
         self.run_pass(None)
         self.stats.passes += 1
-        self.pending.clear()
         self.next_full = time.monotonic() + self.config.watch.full_pass_seconds
         self.sync_members()
 
@@ -430,7 +435,7 @@ class Service:
             with suppress(KeyError, ValueError):
                 self.selector.unregister(old.fd)
             os.close(old.fd)
-            self.hint(name)  # one more turn: what changed before the new watches were in
+        self.hint(name)  # one more look: what changed before the watches were in
         if name in self.told:
             self.told.discard(name)
             self.tell(notify.LOG_INFO, f"{name}: change hints work again")
