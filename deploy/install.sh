@@ -14,12 +14,14 @@
 #   /usr/local/bin/wirt-migrate-legacy; the members' /usr/local/bin/wirt and its
 #   bash completion; /etc/sudoers.d/wirt (checked with
 #   visudo -cf before it is put in place); /etc/cron.d/wirt;
-#   /etc/logrotate.d/wirt; the PAM service /etc/pam.d/wirt and a default
+#   /etc/logrotate.d/wirt; the watch service's unit /etc/systemd/system/wirt-watch.service
+#   (enabled and started when systemd is PID 1; otherwise it says how to start
+#   the service by hand, and the cron passes serve meanwhile); the PAM service /etc/pam.d/wirt and a default
 #   /etc/wirt/wirt.toml when missing (never overwritten); /var/log/wirt and
 #   /var/lib/wirt (root only).
 #
-# --uninstall removes the code, the executables, sudoers, cron and logrotate
-# files; it keeps the config, the audit log, the state and the accounts, as
+# --uninstall stops and removes the watch service and removes the code, the
+# executables, sudoers, cron and logrotate files; it keeps the config, the audit log, the state and the accounts, as
 # apt's "remove" would.  --purge also removes what install created (listed
 # in /var/lib/wirt/installed): config and PAM file unless changed since,
 # logs, state, the wrapper user, and the group if no one is in it any more;
@@ -31,7 +33,7 @@ set -euo pipefail
 umask 022
 export LC_ALL=C
 
-REPO=$(cd "$(dirname "$0")/.." && pwd)
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PREFIX=/opt/wirt
 VENV=$PREFIX/venv
 EXE=/usr/local/sbin/virsh_wrapper
@@ -47,6 +49,9 @@ MANPAGES=(wirt.1 wirt.toml.5 virsh_wrapper.8 wirt-audit.8)
 SUDOERS=/etc/sudoers.d/wirt
 CRON=/etc/cron.d/wirt
 LOGROTATE=/etc/logrotate.d/wirt
+UNIT_NAME=wirt-watch.service
+UNIT=/etc/systemd/system/$UNIT_NAME
+SYSTEMD_RUNNING=/run/systemd/system  # exists when systemd is PID 1 (sd_booted)
 PAM=/etc/pam.d/wirt
 ETC=/etc/wirt
 CONFIG=$ETC/wirt.toml
@@ -252,6 +257,33 @@ install_cron_and_rotation() {
   install_file "$REPO/logrotate.d/wirt" "$LOGROTATE" 0644
 }
 
+install_watch_service() {
+  install_file "$REPO/deploy/$UNIT_NAME" "$UNIT" 0644
+  if [ -d "$SYSTEMD_RUNNING" ]; then
+    systemctl daemon-reload
+    systemctl enable "$UNIT_NAME"
+    systemctl restart "$UNIT_NAME"  # the new code, on an update
+    say "enabled and started $UNIT_NAME (the watch service; cron passes exit at once beside it)"
+  else
+    say "no systemd here (PID 1 is $(cat /proc/1/comm 2>/dev/null || echo unknown)):" \
+        "$UNIT is installed but not started;"
+    say "  start the watch service as root: $EXE --watch (it stays in the foreground," \
+        "e.g. nohup $EXE --watch >>$LOGDIR/watch.log 2>&1 &)"
+    say "  until then the cron passes serve every 2 minutes"
+  fi
+}
+
+uninstall_watch_service() {
+  if [ -d "$SYSTEMD_RUNNING" ] && [ -e "$UNIT" ]; then
+    systemctl disable --now "$UNIT_NAME" || say "could not stop $UNIT_NAME; going on"
+  fi
+  if [ -e "$UNIT" ]; then
+    rm -f "$UNIT"
+    [ ! -d "$SYSTEMD_RUNNING" ] || systemctl daemon-reload
+    say "removed $UNIT"
+  fi
+}
+
 install_config() {
   if [ ! -e "$PAM" ]; then
     install_file "$REPO/pam.d/wirt" "$PAM" 0644
@@ -296,6 +328,7 @@ install_all() {
   install_config
   install_cron_and_rotation
   install_sudoers
+  install_watch_service
   if ! command -v libvirtd >/dev/null; then
     say "note: no libvirtd on this host; passes will report libvirt unreachable"
   fi
@@ -309,6 +342,7 @@ install_all() {
 uninstall_all() {
   local path name page
   # first what lets a pass start, then (once a running pass is done) what it runs
+  uninstall_watch_service
   rm -f "$SUDOERS" "$CRON" "$LOGROTATE"
   if [ -f "$LOCK" ]; then
     exec 9<"$LOCK"  # read-only: never create it (the pass wants it root-only, 0600)
@@ -431,4 +465,7 @@ purge_all() {
   fi
 }
 
-if [ "$MODE" = install ]; then install_all; else uninstall_all; fi
+# sourced (the tests call single steps): define everything, run nothing
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+  if [ "$MODE" = install ]; then install_all; else uninstall_all; fi
+fi

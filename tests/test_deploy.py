@@ -37,7 +37,7 @@ PATHS = ["/opt/wirt", "/usr/local/sbin/virsh_wrapper", "/usr/local/sbin/wirt-aud
          "/usr/local/bin/virsh_wrapper",
          "/usr/local/bin/wirt-migrate-legacy", "/usr/local/bin/wirt",
          "/usr/share/bash-completion/completions/wirt", "/etc/sudoers.d/wirt", "/etc/cron.d/wirt",
-         "/etc/logrotate.d/wirt", "/etc/wirt/wirt.toml",
+         "/etc/logrotate.d/wirt", "/etc/wirt/wirt.toml", "/etc/systemd/system/wirt-watch.service",
          "/usr/local/share/man/man1/wirt.1", "/usr/local/share/man/man5/wirt.toml.5",
          "/usr/local/share/man/man8/virsh_wrapper.8", "/usr/local/share/man/man8/wirt-audit.8"]
 
@@ -322,6 +322,77 @@ def test_purge_removes_an_unchanged_config(names: tuple[str, str]) -> None:
     assert not os.path.lexists("/etc/wirt/wirt.toml"), proc.stdout
     assert "  /etc/wirt/wirt.toml: " not in proc.stdout, proc.stdout
     assert [p for p in PATHS if os.path.lexists(p)] in ([], [OLD_TOP])
+
+
+def install_step(step: str, tmp_path: Path, systemd: bool) -> tuple[str, list[str]]:
+    """One step of install.sh (sourced: it then runs nothing by itself), with the unit's
+    path in *tmp_path*; (its output, the systemctl calls it made).
+
+    systemctl is a stand-in that records its arguments: this machine has no systemd
+    as PID 1 to enable anything with (the real unit file is checked by
+    systemd-analyze below)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    calls = tmp_path / "systemctl.calls"
+    fake = bin_dir / "systemctl"
+    fake.write_text(f'#!/bin/sh\necho "$*" >> {calls}\n')
+    fake.chmod(0o755)
+    running = tmp_path / "run-systemd-system"
+    if systemd:
+        running.mkdir(exist_ok=True)
+    script = (f'source {REPO}/deploy/install.sh; UNIT={tmp_path}/wirt-watch.service; '
+              f'SYSTEMD_RUNNING={running}; {step}')
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True,
+                          env={"PATH": f"{bin_dir}:/usr/sbin:/usr/bin:/sbin:/bin"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    made = calls.read_text().splitlines() if calls.exists() else []
+    calls.unlink(missing_ok=True)
+    return proc.stdout, made
+
+
+def test_watch_unit_without_systemd(tmp_path: Path) -> None:
+    """No systemd as PID 1 (this machine): the unit is installed, not enabled, and the
+    installer says how to start the service by hand; cron passes keep serving."""
+    assert not Path("/run/systemd/system").exists(), "this test assumes no systemd as PID 1"
+    out, calls = install_step("install_watch_service", tmp_path, systemd=False)
+    unit = tmp_path / "wirt-watch.service"
+    assert unit.read_bytes() == (REPO / "deploy/wirt-watch.service").read_bytes()
+    st = unit.stat()
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o644)
+    assert calls == []
+    pid1 = Path("/proc/1/comm").read_text().strip()
+    assert f"no systemd here (PID 1 is {pid1})" in out, out
+    assert "/usr/local/sbin/virsh_wrapper --watch" in out and "cron passes serve" in out
+    out, calls = install_step("uninstall_watch_service", tmp_path, systemd=False)
+    assert not unit.exists() and calls == [] and "removed" in out
+
+
+def test_watch_unit_enabled_when_systemd_runs(tmp_path: Path) -> None:
+    out, calls = install_step("install_watch_service", tmp_path, systemd=True)
+    assert calls == ["daemon-reload", "enable wirt-watch.service",
+                     "restart wirt-watch.service"]
+    assert "enabled and started wirt-watch.service" in out
+    out, calls = install_step("uninstall_watch_service", tmp_path, systemd=True)
+    assert calls == ["disable --now wirt-watch.service", "daemon-reload"]
+    assert not (tmp_path / "wirt-watch.service").exists()
+
+
+def test_watch_unit_verifies(tmp_path: Path) -> None:
+    """systemd-analyze verify (Debian's systemd package; no PID 1 needed): no unknown key,
+    no bad value.  The copy runs this checkout's virsh_wrapper (verify wants it to exist)."""
+    import shutil
+
+    from conftest import VIRSH_WRAPPER
+
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed (apt-get install systemd)")
+    text = (REPO / "deploy/wirt-watch.service").read_text()
+    assert "ExecStart=/usr/local/sbin/virsh_wrapper --watch\n" in text
+    unit = tmp_path / "wirt-watch.service"
+    unit.write_text(text.replace("/usr/local/sbin/virsh_wrapper", VIRSH_WRAPPER))
+    proc = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
+                          text=True)
+    assert proc.returncode == 0 and proc.stdout + proc.stderr == "", proc.stdout + proc.stderr
 
 
 def test_install_refuses_non_root_and_bad_names() -> None:
