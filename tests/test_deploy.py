@@ -181,6 +181,10 @@ def test_install_cron_as_wrapper_then_uninstall(names: tuple[str, str], tmp_path
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"created user {wrapper}" in proc.stdout and f"created group {group}" in proc.stdout
+    # the watch service's unit, installed; not started without systemd as PID 1 (here)
+    assert Path("/etc/systemd/system/wirt-watch.service").read_bytes() == (
+        REPO / "deploy/wirt-watch.service").read_bytes()
+    assert "no systemd here" in proc.stdout and "virsh_wrapper --watch" in proc.stdout
     config = Path("/etc/wirt/wirt.toml")
     first = os.stat(config)
     assert f'group = "{group}"' in config.read_text()

@@ -229,3 +229,32 @@ def test_libvirtd_frozen_during_a_pass(realhost: Host, guests: Guests, libvirtd:
     wirt_pass()
     assert [(r["action"], r["outcome"]) for r in realhost.commands()] == [("autostart", "done")]
     assert web.dom.autostart() == 1
+
+
+def test_watch_service_survives_a_libvirtd_restart(realhost: Host, guests: Guests,
+                                                   libvirtd: Libvirtd) -> None:
+    """The watch service keeps running while libvirtd is stopped and started again: a
+    command written meanwhile waits, and is served once libvirt is back (the reconnect's
+    full pass); lifecycle events work again on the new connection."""
+    from test_realvm import status
+    from watching import stderr_of, wait_for, watching
+
+    alice = realhost.add_user("alice")
+    web = guests.define(alice, "web")
+    alice.run("mkdir -p wirt/service/vm/web")
+    with watching(realhost) as service:
+        libvirtd.stop()
+        web.command("autostart")
+        wait_for(lambda: "libvirt unreachable" in stderr_of(service), 10, "the mini pass")
+        assert web.spool() == ["autostart"] and service.poll() is None
+        libvirtd.start()
+        wait_for(lambda: web.spool() == [], 60, "the command, once libvirtd is back")
+        assert [(r["action"], r["outcome"]) for r in realhost.commands()] == [
+            ("autostart", "done")]
+        assert web.dom.autostart() == 1
+        time.sleep(1)  # the event connection is back (it came first: the full pass followed)
+        web.dom.create()  # behind wirt's back
+        wait_for(lambda: status(web).get("state") == "running", 5,
+                 f"status.xml from the event after the restart: {status(web)}")
+        assert service.poll() is None
+    assert len(realhost.commands()) == 1

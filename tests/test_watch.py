@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 from conftest import VIRSH_WRAPPER, Host, User
 from outcomes import Identity, check_exactly_once
@@ -53,6 +54,10 @@ def test_command_served_at_once(host: Host) -> None:
     (record,) = [r for r in host.audit_records() if r["event"] == "command"
                  and r["action"] == "autostart"]
     assert record["user"] == alice.name and record["outcome"] == "done"
+    # the first full pass, then one record per mini pass that did something: the idle
+    # looks (after each turn's own moves, after the watches were placed) leave none
+    passes = [r for r in host.audit_records() if r["event"] == "pass"]
+    assert [r["done"] for r in passes] == [0, 1, 1], passes
 
 
 def test_cron_pass_beside_it_exits_at_once(host: Host) -> None:
@@ -65,7 +70,7 @@ def test_cron_pass_beside_it_exits_at_once(host: Host) -> None:
         second = subprocess.run([VIRSH_WRAPPER, "--config", str(host.config), "--watch"],
                                 capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"},
                                 timeout=30)
-        assert second.returncode != 0 and "holds the lock" in second.stderr, second.stderr
+        assert second.returncode == 4 and "holds the lock" in second.stderr, second.stderr
     # stopped: the lock is free again, and a pass serves what is there
     alice.write("wirt/service/vm/web/suspend")
     assert "1 done" in host.run("--verbose").stdout
@@ -212,3 +217,92 @@ def test_killed_during_a_burst_loses_and_repeats_nothing(host: Host) -> None:
     host.run()  # settles anything left open, and must find nothing to do twice
     counts = check_exactly_once(host, users, expected)
     assert sum(counts.values()) == len(expected) == 60 and killed == 2
+
+
+def test_a_pass_for_some_users_serves_as_a_full_pass_does(host: Host) -> None:
+    """``--user`` (and a watch's mini pass) takes no snapshot of the host's domains: each
+    domain asked about is looked up alone.  The outcomes, status.xml and settings are
+    the same as a full pass's."""
+    alice, bob = host.add_user("alice"), host.add_user("bob")
+    host.write_config({f"{alice.name}-web": alice.name, f"{bob.name}-web": bob.name,
+                       f"{alice.name}-gone": None})
+    alice.write("wirt/service/vm/web/suspend")
+    alice.write("wirt/service/vm/web/config", '{"memory_mib": 128}')
+    alice.write("wirt/service/vm/nosuch/autostart")
+    bob.write("wirt/service/vm/web/suspend")
+    proc = host.run("--verbose", "--user", alice.name)
+    assert "1 users served" in proc.stdout and "2 done, 1 failed" in proc.stdout, proc.stdout
+    assert "web suspend: done" in alice.vm_log("web")
+    assert f"there is no domain named '{alice.name}-nosuch'" in alice.vm_log("nosuch")
+    assert "<state" in alice.status("web") and "paused" in alice.status("web")
+    assert [(r["action"], r["outcome"]) for r in host.commands()
+            if r["action"] == "config"] == [("config", "done")]
+    assert (bob.home / "wirt/service/vm/web/suspend").exists()  # not served
+
+
+def test_event_masks_decide_the_re_arm(tmp_path: Path) -> None:
+    """Root's reading of a real inotify instance: masks only; a folder made, moved or gone,
+    or a watched folder itself removed, means placing the watches again; files do not."""
+    import ctypes
+
+    from wirt_wrapper.root.watch import is_inotify, needs_rearm, read_masks
+    from wirt_wrapper.user.watch import FOLDER_EVENTS, IN_CLOEXEC, IN_NONBLOCK
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.inotify_init1(IN_CLOEXEC | IN_NONBLOCK)
+    assert fd >= 0 and is_inotify(fd) and not is_inotify(0)
+    try:
+        folder = tmp_path / "vm"
+        folder.mkdir()
+        assert libc.inotify_add_watch(fd, str(folder).encode(), FOLDER_EVENTS) >= 0
+        assert read_masks(fd) == []
+        (folder / "start").write_text("")
+        (folder / "start").rename(folder / "stop")
+        (folder / "stop").unlink()
+        masks = read_masks(fd)
+        assert masks and not any(needs_rearm(m) for m in masks), masks
+        (folder / "sub").mkdir()
+        assert any(needs_rearm(m) for m in read_masks(fd) or [])
+        (folder / "sub").rmdir()
+        folder.rmdir()  # the watched folder itself: DELETE_SELF, then IGNORED
+        assert any(needs_rearm(m) for m in read_masks(fd) or [])
+    finally:
+        os.close(fd)
+
+
+def test_says_so_in_syslog_and_an_idle_look_stays_quiet(host: Host, tmp_path: Path) -> None:
+    """'watching' and 'stopped' reach syslog (a real datagram socket the test binds); the
+    idle looks (each turn's own moves, the first placement) send no pass summary."""
+    import socket
+
+    alice = host.add_user("alice")
+    path = tmp_path / "log.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.setblocking(False)
+    host.extra_config = f'syslog_socket = "{path}"\n'
+    host.write_config({f"{alice.name}-web": alice.name})
+    alice.run("mkdir -p wirt/service/vm/web")
+    lines: list[str] = []
+
+    def received() -> list[str]:
+        while True:
+            try:
+                lines.append(sock.recv(4096).decode())
+            except BlockingIOError:
+                return lines
+
+    try:
+        with watching(host):
+            wait_for(lambda: any("watch: watching the spools of 1 members" in x
+                                 for x in received()), QUICK, f"syslog: {lines}")
+            command(alice, "web", "suspend")
+            outcome(alice, "web", "suspend")
+            time.sleep(1)  # the idle look after the turn's own move
+        received()
+    finally:
+        sock.close()
+    summaries = [x for x in lines if ": pass: " in x]
+    assert len(summaries) == 2, lines  # the first full pass, the mini pass that ran it
+    assert "done=1" in summaries[1]
+    assert any("watch: watch stopped" in x for x in lines), lines

@@ -19,10 +19,12 @@ from conftest import VIRSH_WRAPPER, Host
 
 @contextmanager
 def watching(host: Host, *args: str) -> Iterator[subprocess.Popen[str]]:
-    """``virsh_wrapper --watch`` until the block ends; waits until it says it is watching."""
+    """``virsh_wrapper --watch`` until the block ends; waits until it says it is watching.
+
+    Its stdout (with --verbose: every pass's summary) and stderr go to one file: stderr_of."""
     err = tempfile.TemporaryFile("w+")  # noqa: SIM115 - kept past the block, for stderr_of
     proc = subprocess.Popen([VIRSH_WRAPPER, "--config", str(host.config), "--watch", *args],
-                            stdout=subprocess.DEVNULL, stderr=err, text=True,
+                            stdout=err, stderr=err, text=True,
                             env={"PATH": "/usr/bin:/bin"}, start_new_session=True)
     proc.stderr_file = err  # type: ignore[attr-defined]
     try:

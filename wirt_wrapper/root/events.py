@@ -102,8 +102,8 @@ class LifecycleEvents:
                 continue
             self.conn = conn
             self.connected.set()
-            if not first:  # events were missed while it was away: a full pass
-                self.reconnected.set()
+            if not first or attempt:  # it was away (or not there at the start): a full
+                self.reconnected.set()  # pass serves what waited meanwhile
                 self._wake()
             first, attempt = False, 0
             while not self.stopping.is_set():

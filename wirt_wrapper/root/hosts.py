@@ -34,15 +34,18 @@ class Hosts:
     """The hosts of one pass; *named*: the config has ``[[hosts]]`` (host names are shown)."""
 
     def __init__(self, hosts: Sequence[HostConfig], timeout: float, iso_dir: str = "",
-                 named: bool = False) -> None:
+                 named: bool = False, bulk: bool = True) -> None:
         self.named = named
-        self.members = [Hypervisor(h.uri, timeout, iso_dir, host=h.name) for h in hosts]
+        # routing needs every host's listing: only a single host may skip it (bulk False)
+        bulk = bulk or len(hosts) > 1
+        self.members = [Hypervisor(h.uri, timeout, iso_dir, host=h.name, bulk=bulk)
+                        for h in hosts]
         self._where: dict[str, list[Hypervisor]] = {}
 
     @classmethod
-    def from_config(cls, config: Config, iso_dir: str = "") -> Hosts:
+    def from_config(cls, config: Config, iso_dir: str = "", bulk: bool = True) -> Hosts:
         return cls(config.host_list(), config.limits.libvirt_timeout, iso_dir,
-                   named=bool(config.hosts))
+                   named=bool(config.hosts), bulk=bulk)
 
     # -- the hosts' state --------------------------------------------------------
     def _why(self, hv: Hypervisor) -> str:
@@ -95,8 +98,9 @@ class Hosts:
             hv.close()
 
     def all_listed(self) -> bool:
-        """Whether every host was reached and listed (so :meth:`names` is the whole truth)."""
-        return all(hv.conn is not None and not hv.down for hv in self.members)
+        """Whether every host was reached and listed in bulk (so :meth:`names` is the whole
+        truth, not only the domains a pass for a few users looked up)."""
+        return all(hv.bulk and hv.conn is not None and not hv.down for hv in self.members)
 
     def names(self) -> frozenset[str]:
         """The domains of every reachable host's listing (no call to libvirt)."""

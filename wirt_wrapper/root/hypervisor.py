@@ -267,9 +267,14 @@ def state_names(state: int, reason: int) -> tuple[str, str]:
 class Hypervisor:
     """One libvirt connection for one pass, with a bulk snapshot for the idle path."""
 
-    def __init__(self, uri: str, timeout: float, iso_dir: str = "", host: str = "local") -> None:
+    def __init__(self, uri: str, timeout: float, iso_dir: str = "", host: str = "local", *,
+                 bulk: bool = True) -> None:
         self.uri = uri
         self.host = host  # its [[hosts]] name (SPEC 13); root.hosts routes domains to it
+        # True: the host's domains' states and XML in bulk (a pass for everyone, or many);
+        # False: each domain asked about looked up alone (a pass for a few users)
+        self.bulk = bulk
+        self._looked: set[str] = set()  # names looked up one by one (bulk False)
         self.timeout = timeout
         self.iso_dir = iso_dir  # settings.iso_dir: a CD from elsewhere shows as not catalogued
         self.conn: Any = None
@@ -327,6 +332,8 @@ class Hypervisor:
             raise Unreachable(self.down) from None
 
     def _snapshot(self) -> None:
+        if not self.bulk:
+            return  # _look_up, for the names asked about
         conn = self.conn
         flags = libvirt.VIR_DOMAIN_STATS_STATE
         self.read_at = time.time()
@@ -377,8 +384,46 @@ class Hypervisor:
         """Whether the bulk read of domain details is done (prefetch will not wait)."""
         return self._xml_job is None or self._xml_job.done()
 
+    def _look_up(self, names: list[str]) -> None:
+        """Without the bulk snapshot: what it would hold for *names*, in one trip."""
+        new = [n for n in dict.fromkeys(names) if n not in self._looked]
+        if not new:
+            return
+        conn = self.conn
+        self.read_at = self.read_at or time.time()  # the states are read now
+
+        def look() -> list[tuple[str, Any, tuple[int, int], bool, bool, str]]:
+            found = []
+            for name in new:
+                try:
+                    dom = conn.lookupByName(name)
+                    state = dom.state()
+                    found.append((name, dom, (state[0], state[1]), bool(dom.autostart()),
+                                  bool(dom.isPersistent()), dom.XMLDesc(0)))
+                except libvirt.libvirtError as exc:
+                    if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN and not self._alive():
+                        raise
+            return found
+
+        try:
+            found = self._call(look)
+        except libvirt.libvirtError as exc:
+            self.down = f"lost the connection to libvirt ({exc.get_error_message()})"
+            raise Unreachable(self.down) from None
+        self._looked.update(new)
+        for name, dom, state, autostart, persistent, xml in found:
+            self._doms[name] = dom
+            self._states[name] = state
+            self._xml[name] = xml
+            if autostart:
+                self._autostart.add(name)
+            if persistent:
+                self._persistent.add(name)
+
     def prefetch(self, names: list[str]) -> None:
         """Fill the snapshot for *names* from the bulk XML read (idle path)."""
+        if not self.bulk:
+            self._look_up(names)
         if self._xml_job is not None:
             job, self._xml_job = self._xml_job, None
             try:

@@ -72,6 +72,9 @@ class Options:
     users: frozenset[str] | None = None  # serve only these members (--user, a watch's hints)
     dry_run: bool = False
     verbose: bool = False
+    # a watch's mini pass: when it had nothing to do or tell, no 'pass' audit record and
+    # no syslog summary (a member's events would otherwise grow both at their turn rate)
+    quiet_idle: bool = False
 
 
 @dataclass

@@ -35,12 +35,24 @@ from wirt_wrapper.rules.layouts import LAYOUTS
 from wirt_wrapper.rules.protocol import UserJob
 from wirt_wrapper.rules.status import info_digest
 
-__all__ = ["Options", "Pass", "Summary"]
+__all__ = ["Options", "Pass", "Summary", "bulk_for"]
 
 # Users served at the same time: their children read homes while root answers.
 PARALLEL_USERS = 16
 # Questions the prober may owe at once (answers are read as they come).
 LOOK_AHEAD = 32
+
+
+# A pass for at most this many users looks up each of their domains alone (a watch's
+# mini pass for one user: 0.02 s idle, 0.11 s busy, against 0.4-0.7 s with the bulk read of
+# 1,100 domains here); for more, the bulk read pays (80 users' 400 commands: 4.2-4.9 s in
+# bulk, 5.6 s with only the states in bulk and each user's domains read on the way).
+FEW_USERS = 8
+
+
+def bulk_for(users: frozenset[str] | None) -> bool:
+    """Whether a pass reads the host's domains in bulk when it connects (Hypervisor.bulk)."""
+    return users is None or len(users) > FEW_USERS
 
 
 class Pass:
@@ -59,7 +71,7 @@ class Pass:
         self.options = options
         self.summary = Summary()
         iso_dir = os.path.realpath(config.settings.iso_dir) if config.settings.iso_dir else ""
-        self.hv = Hosts.from_config(config, iso_dir)
+        self.hv = Hosts.from_config(config, iso_dir, bulk=bulk_for(options.users))
         self.told_down: set[str] = set()  # the hosts whose being down is audited
         self.audit = AuditLog(config.audit_log, dry_run=options.dry_run)
         self.journal = Journal(config.state_dir, dry_run=options.dry_run)
@@ -120,10 +132,14 @@ class Pass:
             self.audit.write("libvirt-unreachable", reason=self.hv.down)
             print(f"wirt: libvirt went away during the pass, the remaining commands stay "
                   f"pending: {self.hv.down}", file=sys.stderr)
-        self.audit.write("pass", summary=self.summary.line(), **self.summary.counts)
         if self.summary.libvirt_down:
             self.report.note(f"libvirt unreachable, commands stay pending: "
                              f"{self.summary.libvirt_down}")
+        if self.options.quiet_idle and not any(self.summary.counts.values()) \
+                and not self.report.problems and not self.report.notes:
+            self.audit.close()
+            return self.summary
+        self.audit.write("pass", summary=self.summary.line(), **self.summary.counts)
         if not self.options.dry_run:
             notify.after_pass(self.config, self.summary, self.report, self.audit)
         self.audit.close()

@@ -144,7 +144,7 @@ class Watched:
 
 @dataclass
 class Placing:
-    """A placer at work: its channel, and the instance it replaces (if any)."""
+    """A placer at work: its channel, and when it is given up."""
 
     name: str
     child: privsep.Child
@@ -305,7 +305,8 @@ class Service:
 
     # -- passes -----------------------------------------------------------------------
     def run_pass(self, users: frozenset[str] | None) -> Summary:
-        options = Options(layouts=self.layouts, users=users, verbose=self.verbose)
+        options = Options(layouts=self.layouts, users=users, verbose=self.verbose,
+                          quiet_idle=users is not None)
         run = Pass(self.config, options, self.spawner, self.prober)
         for note in self.notes:
             run.report.note(note)
