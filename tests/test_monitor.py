@@ -54,12 +54,15 @@ class StandInHypervisor:
     def prefetch(self, names: list[str]) -> None:
         pass
 
+    def exists(self, name: str) -> bool:
+        return name in self.domains
+
     def info(self, name: str) -> DomainInfo | None:
         return self.domains.get(name)
 
     def act(self, name: str, action: Action, params: dict[str, str],
             decide: Any) -> tuple[str, str, DomainInfo | None]:
-        problem = decide(self.domains[name].owner)
+        problem = decide(self.domains[name].owner, self.domains[name].owner_vm)
         if problem:
             return "rejected", problem, None
         self.acted.append((name, action.name, params))

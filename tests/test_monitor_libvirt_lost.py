@@ -54,7 +54,7 @@ def action(act: Any) -> Action:
     return Action("destroy", (), (), StandIn(act), "a stand-in action")
 
 
-def mine(_owner: str | None) -> None:
+def mine(_owner: str | None, _vm: str | None) -> None:
     return None
 
 
@@ -65,7 +65,7 @@ def test_hung_after_the_call_was_sent_is_interrupted(hv: Any) -> None:
 
 
 def test_hung_before_the_call_is_not_interrupted(hv: Any) -> None:
-    def slow_owner_check(_owner: str | None) -> None:
+    def slow_owner_check(_owner: str | None, _vm: str | None) -> None:
         time.sleep(3)  # stand-in: stuck before anything was sent
 
     with pytest.raises(Unreachable) as caught:

@@ -93,7 +93,7 @@ def lab(guest_image: tuple[Path, Path], tmp_path: Path) -> Iterator[Lab]:
         shutil.rmtree(isos)
 
 
-def alice(owner: str | None) -> str | None:
+def alice(owner: str | None, _vm: str | None) -> str | None:
     return None if owner == "alice" else f"owner is {owner!r}, not alice"
 
 
@@ -180,7 +180,7 @@ def test_refusals_leave_the_domain_unchanged(lab: Lab) -> None:
         assert info.settings["memory_mib"] == 96
 
         outcome, message, info = hv.configure(dom.name(), {"vcpus": 2}, None,
-                                              lambda owner: "not yours", allow)
+                                              lambda _owner, _vm: "not yours", allow)
         assert (outcome, message, info) == ("rejected", "not yours", None)
 
         outcome, message, _ = hv.configure(plain.name(), {"cdrom": None}, None, alice, allow)

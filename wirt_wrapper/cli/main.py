@@ -430,12 +430,29 @@ def vm_summary(home: Home, ref: VmRef, interval: float) -> dict[str, Any]:
     }
 
 
+def without_folder(home: Home, refs: list[VmRef]) -> list[dict[str, Any]]:
+    """The domains ~/wirt/info/vms.json lists (the user's, by the last pass) that no VM
+    folder of the user's drives yet, as items of ``wirt list``."""
+    have = {ref.vm for ref in refs}
+    return [{"vm": entry["vm"], "layout": None, "folder": None, "domain": entry["domain"],
+             "state": entry["state"], "status": None, "last": None, "pending": []}
+            for entry in home.owned() or [] if entry["vm"] not in have]
+
+
+def no_folder_note(item: dict[str, Any]) -> str:
+    if item["vm"] is None:
+        return (f"{item['domain']}  (yours, but no folder reaches it: ask the admin to "
+                f"assign it to one: wirt admin assign {item['domain']} USER --as VM)")
+    return f"{item['vm']}  (no folder yet: wirt create {item['vm']})"
+
+
 def cmd_list(home: Home, args: argparse.Namespace, out: Out, config: Config | None) -> int:
     refs = home.vms()
-    if not refs and not home.has_spool():
+    extra = without_folder(home, refs)
+    if not refs and not home.has_spool() and not extra:
         print("You have no VM folders yet. Create one with: wirt create VM", file=sys.stderr)
     interval = pass_interval(config)
-    items = [vm_summary(home, ref, interval) for ref in refs]
+    items = [vm_summary(home, ref, interval) for ref in refs] + extra
 
     # the HOST column only where a pass named hosts ([[hosts]] in the site config)
     hosts = any((item["status"] or {}).get("host") for item in items)
@@ -443,6 +460,8 @@ def cmd_list(home: Home, args: argparse.Namespace, out: Out, config: Config | No
     def text() -> list[str]:
         rows = []
         for item in items:
+            if item["layout"] is None:
+                continue  # below the table
             status, last = item["status"] or {}, item["last"] or {}
             auto = status.get("autostart")
             rows.append([
@@ -458,7 +477,11 @@ def cmd_list(home: Home, args: argparse.Namespace, out: Out, config: Config | No
             ])
         header = ["VM", *(["HOST"] if hosts else []), "STATE", "AUTOSTART", "LAST COMMAND",
                   "OUTCOME", "AT", "PENDING", "STATE AS OF"]
-        return table(rows, header) if rows else []
+        lines = table(rows, header) if rows else []
+        if extra:
+            lines += ["", "Yours without a folder (as of the last pass):"]
+            lines += [f"  {no_folder_note(item)}" for item in extra]
+        return lines
 
     out.emit(items, text)
     return EXIT_OK
@@ -561,10 +584,20 @@ def cmd_create(home: Home, args: argparse.Namespace, out: Out, config: Config | 
     if problem:
         warn(problem)
     domain = domain_for((config or Config()).domain_name, home.user, vm)
+    owned = home.owned()
+    mine = [e for e in owned or [] if e["vm"] == vm]
+    if mine:
+        domain = mine[0]["domain"]
+    elif owned is not None:
+        listed = ", ".join(sorted({e["vm"] for e in owned if e["vm"]})) or "none"
+        warn(f"no domain of yours is known for VM '{vm}' as of the last pass "
+             f"(~/wirt/info/vms.json lists: {listed}); the folder drives '{domain}' once "
+             "the admin defines it")
 
     def text() -> list[str]:
         head = f"created {ref.shown()} (mode 0700)" if created else f"{ref.shown()} exists already"
-        return [head, f"It drives the libvirt domain '{domain}' (the admin must define it). "
+        defined = "" if mine else " (the admin must define it)"
+        return [head, f"It drives the libvirt domain '{domain}'{defined}. "
                 f"Try: wirt refresh {vm} --wait"]
 
     out.emit({"vm": vm, "layout": ref.layout.name, "folder": ref.shown(), "created": created,

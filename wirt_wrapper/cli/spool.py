@@ -31,6 +31,7 @@ from typing import Any
 from wirt_wrapper.rules import logline
 from wirt_wrapper.rules import settings as settings_rules
 from wirt_wrapper.rules import status as status_xml
+from wirt_wrapper.rules import vms as vms_rules
 from wirt_wrapper.rules.actions import Rejection, check_vm_name
 from wirt_wrapper.rules.errors import NotAllowed, NotFound, Pending, UsageError
 from wirt_wrapper.rules.layouts import CHECKED_FILE, LEGACY, STATUS_FILE, WIRT, Layout, safe_token
@@ -497,6 +498,22 @@ class Home:
                 userfs.replace_file(fd, settings_rules.FILE, data, 0o600)
             except Unsafe as exc:
                 raise _unsafe(exc, f"{ref.shown(settings_rules.FILE)} ") from None
+
+    def owned(self) -> list[dict[str, Any]] | None:
+        """The domains ~/wirt/info/vms.json says the user owns (a pass writes it), with
+        their VM folder and state; None if there is none (yet) or it is unreadable."""
+        try:
+            data = self.read_small(ISOS_PARTS, vms_rules.FILE, vms_rules.MAX_BYTES)
+        except FileNotFoundError:
+            return None
+        except NotAllowed as exc:
+            self.warnings.append(str(exc))
+            return None
+        try:
+            return vms_rules.parse(data)
+        except ValueError as exc:
+            self.warnings.append(f"~/{'/'.join(ISOS_PARTS)}/{vms_rules.FILE}: ignored: {exc}")
+            return None
 
     def isos(self) -> list[str] | None:
         """The ISO names of ~/wirt/info/isos.txt (a pass writes it); None if not published."""

@@ -1,9 +1,12 @@
 """``wirt admin``: the admin's verbs (runs as root; refuses anyone else).
 
-* ``assign DOMAIN USER`` / ``unassign DOMAIN``: write or remove the owner
-  metadata (SPEC section 4) in the domain's persistent and live definitions
-  through libvirt-python, then read it back the way the pass does
-  (:func:`hypervisor.parse_domain_xml`);
+* ``assign DOMAIN USER [--as VM]`` / ``unassign DOMAIN``: write or remove the
+  owner metadata (SPEC section 4; ``--as``: the user's VM folder that drives it)
+  in the domain's persistent and live definitions through libvirt-python, read
+  it back the way the pass does, update the pass's owner index
+  (:mod:`wirt_wrapper.root.owners`) at once, and warn when no folder of the
+  user's reaches the domain, by the folders the last pass saw (root never looks
+  in a user's home);
 * ``run``: a pass now (``virsh_wrapper --verbose``'s code, in this process);
 * ``audit USER``: that user's records in the audit log (all events, rotated
   generations too), through ``wirt-audit``'s reader, which escapes every value;
@@ -78,6 +81,9 @@ def build_parser() -> Parser:
     p.add_argument("user", metavar="USER")
     p.add_argument("--host", metavar="NAME",
                    help="the [[hosts]] entry DOMAIN is on (needed when several have it)")
+    p.add_argument("--as", dest="vm", metavar="VM",
+                   help="the user's VM folder that drives DOMAIN, whatever it is called "
+                   "(default: the folder its name gives, per domain_name)")
     p = verbs.add_parser("unassign", parents=[common],
                          help="remove DOMAIN's owner metadata (its name decides again)")
     p.add_argument("domain", metavar="DOMAIN")
@@ -153,8 +159,15 @@ def assign(args: argparse.Namespace, config: Config, out: Out) -> int:
     import libvirt
 
     from wirt_wrapper.root.hypervisor import OWNER_NS, parse_domain_xml
+    from wirt_wrapper.rules.actions import Rejection, check_vm_name, domain_for
 
     user: str | None = getattr(args, "user", None) if args.admin_command == "assign" else None
+    vm: str | None = getattr(args, "vm", None) if user is not None else None
+    if vm is not None:
+        try:
+            check_vm_name(vm)
+        except Rejection as exc:
+            raise UsageError(f"--as: {exc}") from None
     if user is not None:
         _owner_user(user, config)
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
@@ -164,7 +177,8 @@ def assign(args: argparse.Namespace, config: Config, out: Out) -> int:
         flags = (libvirt.VIR_DOMAIN_AFFECT_CONFIG if persistent else 0) | (
             libvirt.VIR_DOMAIN_AFFECT_LIVE if active else 0)
         before = parse_domain_xml(dom.XMLDesc(0))[0]
-        element = f"<owner>{escape(user)}</owner>" if user is not None else None
+        folder = f' vm="{vm}"' if vm is not None else ""  # VM_NAME: nothing to escape
+        element = f"<owner{folder}>{escape(user)}</owner>" if user is not None else None
         try:
             dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, element,
                             OWNER_KEY if user is not None else None, OWNER_NS, flags)
@@ -174,18 +188,36 @@ def assign(args: argparse.Namespace, config: Config, out: Out) -> int:
         views = [dom.XMLDesc(0)]
         if persistent:
             views.append(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
-        seen = {parse_domain_xml(xml)[0] for xml in views}
-        if seen != {user}:
+        seen = {(parse_domain_xml(xml)[0], _folder_of(xml)) for xml in views}
+        if seen != {(user, vm)}:
             raise CliError(f"the owner read back from '{args.domain}' is {sorted(map(str, seen))},"
-                           f" not {user!r}")
+                           f" not {(user, vm)!r}")
+        uuid = dom.UUIDString()
+        named_other = None
+        if user is not None and vm is not None:
+            named = domain_for(config.domain_name, user, vm)
+            if named != args.domain:
+                try:
+                    other = conn.lookupByName(named)
+                    if parse_domain_xml(other.XMLDesc(0))[0] in (None, user) and \
+                            _folder_of(other.XMLDesc(0)) in (None, vm):
+                        named_other = named
+                except libvirt.libvirtError:
+                    pass
     finally:
         conn.close()
+    _update_index(config, uuid, (user, vm) if user is not None else None)
+    warnings = _reach_warnings(config, args.domain, user, vm, named_other) \
+        if user is not None else []
+    for warning in warnings:
+        print(f"wirt: warning: {warning}", file=sys.stderr)
     where = " and ".join(w for w, on in (("persistent", persistent), ("live", active)) if on)
-    data = {"domain": args.domain, "owner": user, "previous": before, "changed": where,
-            "host": host}
+    data = {"domain": args.domain, "owner": user, "vm": vm, "previous": before,
+            "changed": where, "host": host, "warnings": warnings}
     on = f" on host {host}" if config.hosts else ""
     if user is not None:
-        text = (f"{args.domain}: assigned to {user}{on} ({where} definition; "
+        whose = f"{user}'s VM folder '{vm}'" if vm is not None else user
+        text = (f"{args.domain}: assigned to {whose}{on} ({where} definition; "
                 f"was: {before or 'none'})")
     else:
         text = (f"{args.domain}: no owner metadata any more{on} ({where}; "
@@ -246,6 +278,61 @@ def _find_domain(config: Config, domain: str, host: str | None) -> tuple[str, An
         print(f"wirt: warning: {'; '.join(down)} (not looked at: '{domain}' may be there "
               "too)", file=sys.stderr)
     return found[0]
+
+
+def _folder_of(xml: str) -> str | None:
+    """The VM folder a domain XML's owner metadata names, read as the pass reads it."""
+    from lxml import etree
+
+    from wirt_wrapper.root.hypervisor import owner_vm_of
+
+    return owner_vm_of(etree.fromstring(xml.encode()))
+
+
+def _update_index(config: Config, uuid: str, claim: tuple[str, str | None] | None) -> None:
+    """Tell the pass's owner index at once (it reads only new domains' metadata)."""
+    from wirt_wrapper.root.owners import OwnerIndex
+    from wirt_wrapper.root.state import secure_folder
+
+    secure_folder(config.state_dir, "state_dir")
+    index = OwnerIndex(config.state_dir)
+    index.learn(uuid, claim)
+    index.save()
+
+
+def _reach_warnings(config: Config, domain: str, user: str, vm: str | None,
+                    named_other: str | None) -> list[str]:
+    """Why the assignment may not help yet: no folder of *user*'s reaches *domain*.
+
+    The folders are those the last pass saw (root never looks in a user's home):
+    what the user's last full turn reported, in root's records.
+    """
+    from wirt_wrapper.root.records import Records
+    from wirt_wrapper.rules.actions import Claimants
+
+    if vm is None:
+        found = Claimants(config.domain_name, [user]).find(domain)
+        if not found:
+            example = config.domain_name.format(user=user, vm="VM")
+            return [f"no VM folder of {user}'s reaches '{domain}' by its name (their "
+                    f"folders drive the domains named {example}); give it a folder: "
+                    f"wirt admin assign {domain} {user} --as VM"]
+        vm = found[0][1]
+    warnings = []
+    if named_other is not None:
+        warnings.append(f"{user}'s VM folder '{vm}' also names the domain '{named_other}': "
+                        f"the pass refuses that folder as ambiguous until '{named_other}' is "
+                        f"assigned to another folder (wirt admin assign {named_other} {user} "
+                        "--as OTHER) or renamed")
+    try:
+        uid = pwd.getpwnam(user).pw_uid
+    except KeyError:
+        return warnings
+    folders = {name for vms in Records(config.state_dir).idle_of(uid).values() for name in vms}
+    if vm not in folders:
+        warnings.append(f"{user} has no VM folder '{vm}' yet as of the last pass (they "
+                        f"create it with: wirt create {vm})")
+    return warnings
 
 
 def run_pass(args: argparse.Namespace) -> int:

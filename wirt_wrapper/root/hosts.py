@@ -17,11 +17,11 @@ goes to it, as before there were several.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from wirt_wrapper.root.hypervisor import DomainInfo, Hypervisor, Unreachable
+from wirt_wrapper.root.hypervisor import Decide, DomainInfo, Hypervisor, Unreachable
 from wirt_wrapper.rules.actions import Action, ambiguous_domain, no_domain, on_a_host_down
 from wirt_wrapper.rules.config import Config, HostConfig
 
@@ -34,18 +34,15 @@ class Hosts:
     """The hosts of one pass; *named*: the config has ``[[hosts]]`` (host names are shown)."""
 
     def __init__(self, hosts: Sequence[HostConfig], timeout: float, iso_dir: str = "",
-                 named: bool = False, bulk: bool = True) -> None:
+                 named: bool = False) -> None:
         self.named = named
-        # routing needs every host's listing: only a single host may skip it (bulk False)
-        bulk = bulk or len(hosts) > 1
-        self.members = [Hypervisor(h.uri, timeout, iso_dir, host=h.name, bulk=bulk)
-                        for h in hosts]
+        self.members = [Hypervisor(h.uri, timeout, iso_dir, host=h.name) for h in hosts]
         self._where: dict[str, list[Hypervisor]] = {}
 
     @classmethod
-    def from_config(cls, config: Config, iso_dir: str = "", bulk: bool = True) -> Hosts:
+    def from_config(cls, config: Config, iso_dir: str = "") -> Hosts:
         return cls(config.host_list(), config.limits.libvirt_timeout, iso_dir,
-                   named=bool(config.hosts), bulk=bulk)
+                   named=bool(config.hosts))
 
     # -- the hosts' state --------------------------------------------------------
     def _why(self, hv: Hypervisor) -> str:
@@ -98,9 +95,8 @@ class Hosts:
             hv.close()
 
     def all_listed(self) -> bool:
-        """Whether every host was reached and listed in bulk (so :meth:`names` is the whole
-        truth, not only the domains a pass for a few users looked up)."""
-        return all(hv.bulk and hv.conn is not None and not hv.down for hv in self.members)
+        """Whether every host was reached and listed (so :meth:`names` is the whole truth)."""
+        return all(hv.conn is not None and not hv.down for hv in self.members)
 
     def names(self) -> frozenset[str]:
         """The domains of every reachable host's listing (no call to libvirt)."""
@@ -122,8 +118,51 @@ class Hosts:
         for hv in self.members:
             hv.snapshot_cache = cache
 
-    def details_ready(self) -> bool:
-        return all(hv.down or hv.details_ready() for hv in self.members)
+    def _split(self, names: Iterable[str]) -> list[tuple[Hypervisor, list[str]]]:
+        """*names* grouped by the one host that has each (ambiguous or unknown: left out)."""
+        per_host: dict[int, list[str]] = {}
+        for name in names:
+            found = self._on(name)
+            if len(found) == 1:
+                per_host.setdefault(id(found[0]), []).append(name)
+        return [(hv, per_host[id(hv)]) for hv in self.members if id(hv) in per_host]
+
+    def request(self, names: Iterable[str]) -> None:
+        """Each host starts reading the details of its own domains among *names*."""
+        for hv, mine in self._split(names):
+            hv.request(mine)
+
+    def details_ready(self, names: Iterable[str] = ()) -> bool:
+        return all(hv.down or hv.details_ready(mine) for hv, mine in self._split(names))
+
+    # -- the owner index's questions (root.owners), over every host ----------------
+    def uuids(self) -> dict[str, str]:
+        """{UUID: domain name} of every reachable host's listing."""
+        found: dict[str, str] = {}
+        for hv in self.members:
+            found.update(hv.uuids())
+        return found
+
+    def owner_claims(self, uuids: list[str]) -> dict[str, tuple[str, str | None] | None]:
+        """:meth:`Hypervisor.owner_claims`, each UUID asked of the host that lists it."""
+        found: dict[str, tuple[str, str | None] | None] = {}
+        for hv in self.members:
+            listed = hv.uuids()
+            mine = [u for u in uuids if u in listed]
+            if mine and not hv.down:
+                found.update(hv.owner_claims(mine))
+        return found
+
+    def exists(self, name: str) -> bool:
+        return any(hv.exists(name) for hv in self.members)
+
+    def names_from(self, prefix: str) -> list[str]:
+        return sorted({n for hv in self.members for n in hv.names_from(prefix)})
+
+    def state_of(self, name: str) -> str:
+        """The state of *name* on the one host that has it ("" if none, or several, do)."""
+        found = self._on(name)
+        return found[0].state_of(name) if len(found) == 1 and not found[0].down else ""
 
     # -- routing --------------------------------------------------------------
     def _on(self, name: str) -> list[Hypervisor]:
@@ -171,15 +210,10 @@ class Hosts:
         if len(self.members) == 1:
             self.members[0].prefetch(names)
             return
-        per_host: dict[int, list[str]] = {}
-        for name in names:
-            found = self._on(name)
-            if len(found) == 1:
-                per_host.setdefault(id(found[0]), []).append(name)
-        for hv in self.members:
-            if id(hv) in per_host and not hv.down:
+        for hv, mine in self._split(names):
+            if not hv.down:
                 try:
-                    hv.prefetch(per_host[id(hv)])
+                    hv.prefetch(mine)
                 except Unreachable:
                     pass  # hv.down says why; its domains wait
 
@@ -219,18 +253,18 @@ class Hosts:
         return outcome, message, self._label(info, hv)
 
     def act(self, name: str, action: Action, params: dict[str, str],
-            decide: Callable[[str | None], str | None]) -> Outcome:
+            decide: Decide) -> Outcome:
         """:meth:`Hypervisor.act` on the host that has *name*; ``rejected`` when two have it."""
         return self._route(name, lambda hv: hv.act(name, action, params, decide))
 
     def configure(self, name: str, wanted: dict[str, Any], iso_path: str | None,
-                  decide: Callable[[str | None], str | None],
+                  decide: Decide,
                   check: Callable[[dict[str, Any]], None]) -> Outcome:
         """:meth:`Hypervisor.configure` on the host that has *name*."""
         return self._route(name, lambda hv: hv.configure(name, wanted, iso_path, decide, check))
 
     def snapshot(self, name: str, op: str, snap: str, user: str,
-                 decide: Callable[[str | None], str | None],
+                 decide: Decide,
                  check: Callable[[list[dict[str, Any]]], None]) -> Outcome:
         """:meth:`Hypervisor.snapshot` on the host that has *name*."""
         return self._route(name, lambda hv: hv.snapshot(name, op, snap, user, decide, check))

@@ -27,14 +27,17 @@ from wirt_wrapper.root.audit import AuditLog, Journal
 from wirt_wrapper.root.hosts import Hosts
 from wirt_wrapper.root.hypervisor import (
     ADMIN,
+    Decide,
     DomainInfo,
     Interrupted,
     Unreachable,
 )
 from wirt_wrapper.root.notify import Report
+from wirt_wrapper.root.owners import Claim, OwnerIndex
 from wirt_wrapper.root.records import Records, notice_key
 from wirt_wrapper.rules import protocol
 from wirt_wrapper.rules import settings as settings_rules
+from wirt_wrapper.rules import vms as vms_rules
 from wirt_wrapper.rules.actions import (
     Action,
     Claimants,
@@ -44,6 +47,7 @@ from wirt_wrapper.rules.actions import (
     canonical,
     check_vm_name,
     domain_for,
+    folder_domain,
     lookup_action,
     no_domain,
     owner_problem,
@@ -117,6 +121,12 @@ class Monitor:
         self.report = report
         self.summary = summary
         self.claimants = Claimants(config.domain_name, [])
+        self.owners = OwnerIndex(None)  # the pass gives it root's file (learn_owners)
+        self._uuid_of: dict[str, str] = {}  # domain name -> UUID, from the snapshot
+        self._by_folder: dict[Claim, list[str]] = {}  # (owner, folder) -> domains
+        self._mapped: dict[tuple[str, str], tuple[str, str | None]] = {}
+        self._by_owner: dict[str, list[tuple[str, str | None]]] = {}  # owner -> domains
+        self._vms: dict[str, tuple[str, str]] = {}  # user -> vms.json text and digest
         self.pass_id = f"{time.time_ns():x}"
         self.counter = 0
         self._catalogue: catalogue.Catalogue | None = None
@@ -150,9 +160,8 @@ class Monitor:
         if self.hv.down:
             return {"down": self.hv.down}
         vms = [check_vm_name(vm) for vm in msg["vms"]]
-        name = ctx.user.pw_name
         try:
-            self.hv.prefetch([domain_for(self.config.domain_name, name, vm) for vm in vms])
+            self.hv.prefetch([self.domain_of(ctx.user, vm) for vm in vms])
             status = {vm: self.status_for(ctx.user, vm) for vm in vms}
         except Unreachable as exc:  # libvirt went away during the pass
             return {"down": str(exc)}
@@ -161,8 +170,94 @@ class Monitor:
         return {"status": status, "configs": {vm: handled[vm] for vm in vms if vm in handled},
                 "read_at": self.hv.read_at}
 
+    def learn_owners(self, index: OwnerIndex) -> None:
+        """Bring the owner index up to date with the snapshot: forget domains that are
+        gone, read the owner metadata of the new ones (all, once a day), and keep the
+        mapping (owner, folder) -> domains for this pass.  libvirt unreachable: names
+        decide alone (nothing acts then anyway)."""
+        self.owners = index
+        if self.hv.down:
+            return
+        names = self.hv.uuids()
+        index.keep_only(names)
+        for uuid, claim in self.hv.owner_claims(index.to_read(names)).items():
+            index.learn(uuid, claim)
+        self._uuid_of = {name: uuid for uuid, name in names.items()}
+        self._by_folder = index.by_folder(names)
+        self._by_owner = index.by_owner(names)
+
+    def mapping(self, user: str, vm: str) -> tuple[str, str | None]:
+        """The domain *user*'s VM folder *vm* drives (SPEC 4: the one the owner metadata
+        assigns to it, else the one named for it), and why it cannot, if it cannot
+        (ambiguous).  A hint from the owner index: acting checks the metadata fresh."""
+        key = (user, vm)
+        if key not in self._mapped:
+            named = domain_for(self.config.domain_name, user, vm)
+            uuid = self._uuid_of.get(named)
+            self._mapped[key] = folder_domain(
+                user, vm, self.config.domain_name, self._by_folder.get(key, ()),
+                self.hv.exists(named), self.owners.claim_of(uuid) if uuid else None)
+        return self._mapped[key]
+
+    def named_for(self, user: str) -> list[tuple[str, str]]:
+        """(domain, folder) of the domains named per domain_name for *user* and for no
+        other member (the listing's names from the template's prefix: no XML)."""
+        prefix = self.config.domain_name.format(user=user, vm="\0").partition("\0")[0]
+        if not prefix or self.hv.down:
+            return []
+        found = []
+        for domain in self.hv.names_from(prefix):
+            claims = self.claimants.find(domain)
+            mine = [vm for member, vm in claims if member == user]
+            if len(mine) == 1 and len(claims) == 1:
+                found.append((domain, mine[0]))
+        return found
+
+    def owned_candidates(self, user: str) -> list[str]:
+        """The domains whose details deciding *user*'s vms.json needs (few: the user's)."""
+        return ([domain for domain, _ in self._by_owner.get(user, ())]
+                + [domain for domain, _ in self.named_for(user)])
+
+    def owned(self, user: str) -> list[dict[str, Any]]:
+        """Every domain *user* owns, with the VM folder that drives it and its state
+        (~/wirt/info/vms.json): those whose owner metadata names the user (the owner
+        index), and those named for one of the user's folders whose metadata (read
+        now, for those names only) names no other owner, unless that folder means
+        another domain (one assigned to it)."""
+        found: dict[str, str | None] = {}
+        for domain, vm in self._by_owner.get(user, ()):
+            if vm is None:  # by its name, if it is named for one of the user's folders
+                vm = next((v for m, v in self.claimants.find(domain) if m == user), None)
+            found[domain] = vm
+        named = self.named_for(user)
+        self.hv.prefetch(self.owned_candidates(user))
+        for domain, vm in named:
+            info = self.hv.info(domain)
+            if domain in found or info is None or info.owner not in (None, user):
+                continue
+            if self.mapping(user, vm)[0] == domain:
+                found[domain] = info.owner_vm or vm
+        return [{"vm": vm, "domain": domain, "state": self.hv.state_of(domain)}
+                for domain, vm in found.items()]
+
+    def vms_listing(self, user: str) -> tuple[str, str]:
+        """The text of *user*'s vms.json this pass, and its digest; ("", "") when libvirt
+        is unreachable (then nothing is written)."""
+        if self.hv.down:
+            return "", ""
+        if user not in self._vms:
+            text = vms_rules.render(self.owned(user))
+            self._vms[user] = text, vms_rules.digest(text)
+        return self._vms[user]
+
+    def domain_of(self, user: pwd.struct_passwd, vm: str) -> str:
+        """The domain *user*'s VM folder *vm* drives (SPEC 4)."""
+        return self.mapping(user.pw_name, vm)[0]
+
     def status_for(self, user: pwd.struct_passwd, vm: str) -> dict[str, Any]:
-        domain = domain_for(self.config.domain_name, user.pw_name, vm)
+        domain, ambiguous = self.mapping(user.pw_name, vm)
+        if ambiguous:
+            return {"domain": domain, "problem_kind": "ambiguous", "problem": ambiguous}
         refusal = self.hv.ambiguous(domain)
         if refusal:
             return {"domain": domain, "problem_kind": "ambiguous", "problem": refusal}
@@ -180,8 +275,10 @@ class Monitor:
         if info is None:
             return {"domain": domain, "problem_kind": "missing",
                     "problem": no_domain(domain)}
-        problem = owner_problem(user.pw_name, domain, info.owner,
-                                self.claimants.find(domain, besides=user.pw_name))
+        problem = owner_problem(
+            user.pw_name, domain, info.owner, self.claimants.find(domain, besides=user.pw_name),
+            vm=vm, meta_vm=info.owner_vm,
+            by_name=domain == domain_for(self.config.domain_name, user.pw_name, vm))
         if problem:
             return {"domain": domain, "problem_kind": "not-yours", "problem": problem}
         return info.as_status()
@@ -195,11 +292,14 @@ class Monitor:
         entry: dict[str, Any] = {
             "uid": ctx.user.pw_uid, "user": ctx.user.pw_name, "layout": layout, "vm": vm,
             "file": file_name, "ino": msg["ino"], "action": None, "tokens": [],
-            "domain": domain_for(self.config.domain_name, ctx.user.pw_name, vm),
+            "domain": self.domain_of(ctx.user, vm),
         }
+        ambiguous = self.mapping(ctx.user.pw_name, vm)[1]
         if "rejected" in msg:
             # escaped here, not trusted to be: a non-ASCII character is 6 bytes in JSON
             entry["rejected"] = printable(msg["rejected"], TEXT_LIMIT)
+        elif ambiguous:
+            entry["rejected"] = f"{printable(file_name)}: {ambiguous}"
         else:
             try:  # re-validate: the user side's word is not enough
                 action = lookup_action(file_name)
@@ -258,10 +358,11 @@ class Monitor:
         params = parse_params(action, entry["tokens"])
         user = ctx.user.pw_name
         if isinstance(action.call, SnapshotCall):
-            return self.snapshot(user, domain, action, action.call, params)
+            return self.snapshot(user, entry["vm"], domain, action, action.call, params)
 
         outcome, message, status = self._outcome(
-            lambda: self.hv.act(domain, action, params, self._decider(user, domain)),
+            lambda: self.hv.act(domain, action, params,
+                                self._decider(user, entry["vm"], domain)),
             interrupted=("while this command ran; it may or may not have taken effect and "
                          "was not repeated: check the VM's state and send it again if needed"),
             not_run="the command was not run: send it again")
@@ -269,7 +370,7 @@ class Monitor:
             message = asked(action, (status or {}).get("state"))
         return outcome, message, status
 
-    def snapshot(self, user: str, domain: str, action: Action, call: SnapshotCall,
+    def snapshot(self, user: str, vm: str, domain: str, action: Action, call: SnapshotCall,
                  params: dict[str, str]) -> tuple[str, str, dict[str, Any] | None]:
         """snapshot, revert, snapshot-delete (SPEC 11), within [snapshots] quotas."""
         limits = self.config.snapshots
@@ -306,15 +407,19 @@ class Monitor:
 
         return self._outcome(
             lambda: self.hv.snapshot(domain, call.op, params["--name"], user,
-                                     self._decider(user, domain), check),
+                                     self._decider(user, vm, domain), check),
             interrupted=("while this command ran; it may or may not have taken effect and "
                          "was not repeated: 'wirt snapshots' shows what is there now"),
             not_run="the command was not run: send it again")
 
-    def _decider(self, user: str, domain: str) -> Callable[[str | None], str | None]:
-        """Why *user* may not drive *domain*, given its owner metadata read fresh."""
-        def decide(owner: str | None) -> str | None:
-            return owner_problem(user, domain, owner, self.claimants.find(domain, besides=user))
+    def _decider(self, user: str, vm: str, domain: str) -> Decide:
+        """Why *user*'s VM folder *vm* may not drive *domain*, given its owner metadata
+        (owner, folder) read fresh: never the owner index's word alone."""
+        by_name = domain == domain_for(self.config.domain_name, user, vm)
+
+        def decide(owner: str | None, owner_vm: str | None) -> str | None:
+            return owner_problem(user, domain, owner, self.claimants.find(domain, besides=user),
+                                 vm=vm, meta_vm=owner_vm, by_name=by_name)
         return decide
 
     @staticmethod
@@ -392,7 +497,7 @@ class Monitor:
         uid = ctx.user.pw_uid
         if self.records.configs_of(uid).get(layout, {}).get(vm) == msg["digest"]:
             return {"unchanged": True}
-        domain = domain_for(self.config.domain_name, ctx.user.pw_name, vm)
+        domain = self.domain_of(ctx.user, vm)
         entry: dict[str, Any] = {
             "uid": uid, "user": ctx.user.pw_name, "layout": layout, "vm": vm,
             "file": settings_rules.FILE, "domain": domain, "action": "config", "tokens": [],
@@ -400,6 +505,9 @@ class Monitor:
         started = time.monotonic()
         status: dict[str, Any] | None = None
         try:
+            ambiguous = self.mapping(ctx.user.pw_name, vm)[1]
+            if ambiguous:
+                raise Rejection(f"config: {ambiguous}")
             wanted = self._wanted(msg)
             entry["tokens"] = [f"{k}={_shown_value(v)}" for k, v in sorted(wanted.items())]
         except Rejection as exc:
@@ -419,7 +527,7 @@ class Monitor:
                          f"{'; '.join(down.values())}") if down else None
             if waits:
                 return {"pending": waits}
-            outcome, message, status = self.configure(ctx, domain, wanted)
+            outcome, message, status = self.configure(ctx, vm, domain, wanted)
         if outcome != "interrupted":  # not known to be applied: the next pass tries again
             self.records.set_config(uid, layout, vm, msg["digest"])
         cid = f"{self.pass_id}-config-{vm}"
@@ -444,7 +552,7 @@ class Monitor:
         return bool(quota.memory_mib and "memory_mib" in wanted
                     or quota.vcpus and "vcpus" in wanted)
 
-    def configure(self, ctx: UserContext, domain: str,
+    def configure(self, ctx: UserContext, vm: str, domain: str,
                   wanted: dict[str, Any]) -> tuple[str, str, dict[str, Any] | None]:
         user = ctx.user.pw_name
         limits, quota = self.config.settings, self.config.quota
@@ -475,7 +583,8 @@ class Monitor:
                                            wanted[key])
 
         return self._outcome(
-            lambda: self.hv.configure(domain, wanted, iso_path, self._decider(user, domain),
+            lambda: self.hv.configure(domain, wanted, iso_path,
+                                      self._decider(user, vm, domain),
                                       check),
             interrupted=("while the settings were applied; they may or may not have taken "
                          "effect: the next pass tries again"),
@@ -538,6 +647,8 @@ class Monitor:
         self.records.set_idle(ctx.user.pw_uid, statuses)
         if msg.get("isos") == self.isos_digest():
             self.records.set_isos(ctx.user.pw_uid, msg["isos"])
+        if msg.get("vms") and msg["vms"] == self.vms_listing(ctx.user.pw_name)[1]:
+            self.records.set_vms(ctx.user.pw_uid, msg["vms"])
         return {}
 
 

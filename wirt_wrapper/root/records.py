@@ -18,7 +18,8 @@ no longer members:
   are gone are dropped.
 * ``settings.json``: per user, layout and VM, the digest of the settings file
   root last handled (applied, or refused), so that each version of the file
-  is applied once; and the digest of the ISO listing the user last got.
+  is applied once; and the digests of the ISO listing and of the vms.json the
+  user last got.
 """
 
 from __future__ import annotations
@@ -120,6 +121,13 @@ class Records:
                 sum(len(v) for v in configs.values()) >= MAX_IDLE_VMS:
             return  # bounded: past this many VM folders a file is handled each pass again
         configs.setdefault(layout, {})[vm] = digest
+
+    def vms_of(self, uid: int) -> str:
+        """The digest of the vms.json root last had written for *uid*."""
+        return str(self.settings.get(str(uid), {}).get("vms", ""))
+
+    def set_vms(self, uid: int, digest: str) -> None:
+        self.settings.setdefault(str(uid), {})["vms"] = digest
 
     def isos_of(self, uid: int) -> str:
         return str(self.settings.get(str(uid), {}).get("isos", ""))

@@ -26,6 +26,7 @@ from wirt_wrapper.root.audit import AuditLog, Journal
 from wirt_wrapper.root.hosts import Hosts
 from wirt_wrapper.root.hypervisor import Unreachable
 from wirt_wrapper.root.monitor import Monitor, Options, Summary, UserContext
+from wirt_wrapper.root.owners import OwnerIndex
 from wirt_wrapper.root.records import Records, notice_key
 from wirt_wrapper.root.state import prepare_state
 from wirt_wrapper.rules.actions import Claimants, Rejection, check_vm_name
@@ -35,24 +36,12 @@ from wirt_wrapper.rules.layouts import LAYOUTS
 from wirt_wrapper.rules.protocol import UserJob
 from wirt_wrapper.rules.status import info_digest
 
-__all__ = ["Options", "Pass", "Summary", "bulk_for"]
+__all__ = ["Options", "Pass", "Summary"]
 
 # Users served at the same time: their children read homes while root answers.
 PARALLEL_USERS = 16
 # Questions the prober may owe at once (answers are read as they come).
 LOOK_AHEAD = 32
-
-
-# A pass for at most this many users looks up each of their domains alone (a watch's
-# mini pass for one user: 0.02 s idle, 0.11 s busy, against 0.4-0.7 s with the bulk read of
-# 1,100 domains here); for more, the bulk read pays (80 users' 400 commands: 4.2-4.9 s in
-# bulk, 5.6 s with only the states in bulk and each user's domains read on the way).
-FEW_USERS = 8
-
-
-def bulk_for(users: frozenset[str] | None) -> bool:
-    """Whether a pass reads the host's domains in bulk when it connects (Hypervisor.bulk)."""
-    return users is None or len(users) > FEW_USERS
 
 
 class Pass:
@@ -71,17 +60,19 @@ class Pass:
         self.options = options
         self.summary = Summary()
         iso_dir = os.path.realpath(config.settings.iso_dir) if config.settings.iso_dir else ""
-        self.hv = Hosts.from_config(config, iso_dir, bulk=bulk_for(options.users))
+        self.hv = Hosts.from_config(config, iso_dir)
         self.told_down: set[str] = set()  # the hosts whose being down is audited
         self.audit = AuditLog(config.audit_log, dry_run=options.dry_run)
         self.journal = Journal(config.state_dir, dry_run=options.dry_run)
         self.records = Records(None if options.dry_run else config.state_dir)
         self.hv.snapshot_cache = self.records.snapshots  # the same dict: saved with the records
+        self.owners = OwnerIndex(None if options.dry_run else config.state_dir)
         self.groups: dict[str, tuple[int, ...]] = {}
         self.report = notify.Report()  # for syslog and mail at the end
         self.monitor = Monitor(config, options, self.hv, self.audit, self.journal,
                                self.records, self.report, self.summary)
-        self.deferred: list[tuple[pwd.struct_passwd, dict[str, Any]]] = []
+        # looks waiting for their domains' details: (user, look, domain names)
+        self.deferred: list[tuple[pwd.struct_passwd, dict[str, Any], list[str]]] = []
         # users whose look found every status.xml current: their status-checked gets
         # the snapshot's time at the end (one batch to the prober)
         self.checked: list[tuple[pwd.struct_passwd, str]] = []
@@ -112,6 +103,11 @@ class Pass:
             group = []
         names = [u.pw_name for u in group]
         self.monitor.claimants = Claimants(self.config.domain_name, names)
+        try:
+            self.monitor.learn_owners(self.owners)
+        except Unreachable as exc:  # lost meanwhile: the pass goes on as for libvirt down
+            print(f"wirt: libvirt went away while reading owner metadata: {exc}",
+                  file=sys.stderr)
         self.groups = group_lists(group)
         self.records.prune({u.pw_uid for u in group})
         if self.options.users is not None:
@@ -124,6 +120,7 @@ class Pass:
         if self.hv.all_listed():  # else a host that is down keeps its domains' lists
             self.records.keep_snapshots(set(self.hv.names()))
         self.records.save()
+        self.owners.save()
         self.hv.close()
         self.summary.seconds = time.monotonic() - started
         self.tell_hosts_down("lost during the pass; its remaining commands stay pending")
@@ -173,11 +170,18 @@ class Pass:
             while self.full and len(active) < PARALLEL_USERS:
                 ctx = self.start_full(self.full.popleft())
                 active[ctx.child.fileno()] = ctx
-            if self.deferred and (self.hv.details_ready() or not (active or self.looking)):
-                for user, report in self.deferred:
-                    self.decide(user, report)
-                self.deferred = []
-                continue
+            if self.deferred:
+                waiting = bool(active or self.looking)  # else nothing to do but wait
+                now_ready: list[tuple[pwd.struct_passwd, dict[str, Any], list[str]]] = []
+                still: list[tuple[pwd.struct_passwd, dict[str, Any], list[str]]] = []
+                for item in self.deferred:
+                    late = waiting and not self.hv.details_ready(item[2])
+                    (still if late else now_ready).append(item)
+                if now_ready:
+                    self.deferred = still
+                    for user, report, _ in now_ready:
+                        self.decide(user, report)
+                    continue
             waits = [c.child.channel.deadline or 0.0 for c in active.values()]
             if self.deferred:  # the details may arrive any moment: look again soon
                 waits.append(time.monotonic() + 0.02)
@@ -275,10 +279,30 @@ class Pass:
         self.look_deadline = time.monotonic() + self.config.limits.seconds_per_user
         if set(report) != set(self.options.layouts):
             self.full.append(user)  # not a look we understand: have a full look
-        elif self.hv.details_ready():
+            return
+        names = self.domains_looked(user, report)
+        self.hv.request(names)  # read on the libvirt thread while other looks come in
+        if self.hv.details_ready(names):
             self.decide(user, report)
         else:  # deciding needs the domains' details, still on their way from libvirt
-            self.deferred.append((user, report))
+            self.deferred.append((user, report, names))
+
+    def domains_looked(self, user: pwd.struct_passwd, report: dict[str, Any]) -> list[str]:
+        """The domains whose details deciding on *report* needs: those of the VM folders
+        of the layouts with a status.xml (the only ones needs_turn compares)."""
+        names = []
+        for layout, look in report.items():
+            vms = look.get("vms") if isinstance(look, dict) else None
+            if LAYOUTS[layout].info is None or not isinstance(vms, dict):
+                continue
+            for vm in vms:
+                try:
+                    names.append(self.monitor.domain_of(user, check_vm_name(vm)))
+                except (Rejection, TypeError):
+                    continue  # needs_turn sees it
+        if any(LAYOUTS[layout].info is not None for layout in report):  # vms.json's
+            names += self.monitor.owned_candidates(user.pw_name)
+        return names
 
     def prober_failed(self, why: str) -> None:
         """Stop asking the prober (a hung home, say); everyone it owes gets a full turn."""
@@ -302,6 +326,11 @@ class Pass:
         )
         job.isos_text, job.isos_digest = self.monitor.isos_listing()
         job.isos_known = self.records.isos_of(user.pw_uid)
+        try:
+            job.vms_text, job.vms_digest = self.monitor.vms_listing(user.pw_name)
+        except Unreachable:
+            pass  # lost meanwhile: not written this turn
+        job.vms_known = self.records.vms_of(user.pw_uid)
         child = self.spawner.spawn(self._identity(user), vars(job))
         child.channel.deadline = time.monotonic() + self.config.limits.seconds_per_user
         return self.monitor.turn(user, child, recovering=bool(recover))
@@ -340,6 +369,13 @@ class Pass:
         """Whether the prober's look shows anything for a full user side to do."""
         cached = self.records.idle_of(user.pw_uid)
         reported = self.records.reported_keys(user.pw_uid)
+        if not self.hv.down and any(LAYOUTS[layout].info is not None for layout in report):
+            try:
+                if self.monitor.vms_listing(user.pw_name)[1] != \
+                        self.records.vms_of(user.pw_uid):
+                    return True  # ~/wirt/info/vms.json is to be written (or rewritten)
+            except Unreachable:
+                return True
         for layout, look in report.items():
             if not isinstance(look, dict):
                 continue

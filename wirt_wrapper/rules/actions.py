@@ -34,6 +34,7 @@ __all__ = [
     "canonical",
     "check_vm_name",
     "domain_for",
+    "folder_domain",
     "lookup_action",
     "no_domain",
     "on_a_host_down",
@@ -467,16 +468,33 @@ def owns(user: str, domain: str, meta_owner: str | None, claimants: Claimants) -
 
 
 def owner_problem(user: str, domain: str, meta_owner: str | None,
-                  others: list[tuple[str, str]]) -> str | None:
+                  others: list[tuple[str, str]], *, vm: str | None = None,
+                  meta_vm: str | None = None, by_name: bool = True) -> str | None:
     """Why *user* may not drive *domain*, or None if they may (SPEC section 4).
 
     *others* are the other members whose VM folder would name the same domain.
+    *vm* is the user's VM folder that asks, *meta_vm* the folder the owner metadata
+    names (``<wirt:owner vm="box">``), and *by_name* whether the folder reaches the
+    domain by its name (``domain_name``) rather than through the owner index: a
+    domain reached through the index must still name this user and folder in its
+    metadata, read fresh, so a stale index never hands anyone a domain.
     """
     if meta_owner is not None:
-        if meta_owner == user:
-            return None
-        return (f"domain '{domain}' is assigned to another user (libvirt owner metadata); "
-                "you can drive only your own VMs: ask the admin if this one should be yours")
+        if meta_owner != user:
+            return (f"domain '{domain}' is assigned to another user (libvirt owner "
+                    "metadata); you can drive only your own VMs: ask the admin if this one "
+                    "should be yours")
+        if vm is not None and meta_vm is not None and meta_vm != vm:
+            return (f"domain '{domain}' is assigned to your VM folder '{meta_vm}' (libvirt "
+                    f"owner metadata), not to '{vm}': send the command from '{meta_vm}'")
+        if vm is not None and meta_vm is None and not by_name:
+            return (f"domain '{domain}' is no longer assigned to your VM folder '{vm}' "
+                    "(its owner metadata names no folder now); ask the admin to assign it "
+                    f"again: wirt admin assign {domain} {user} --as {vm}")
+        return None
+    if not by_name:
+        return (f"domain '{domain}' is not assigned to you (it has no owner metadata now); "
+                "ask the admin if this one should be yours")
     if others:
         who = ", ".join(f"user '{u}' VM '{v}'" for u, v in others)
         return (
@@ -484,3 +502,34 @@ def owner_problem(user: str, domain: str, meta_owner: str | None,
             "ask the admin to assign it to you (owner metadata)"
         )
     return None
+
+
+def folder_domain(user: str, vm: str, template: str, claimed: Iterable[str],
+                  named_exists: bool, named_claim: tuple[str, str | None] | None
+                  ) -> tuple[str, str | None]:
+    """The domain *user*'s VM folder *vm* drives, and why it cannot (None if it can).
+
+    *claimed*: the domains whose owner metadata says (*user*, *vm*) (the owner
+    index); *named_exists*: whether the domain named per *template* exists, and
+    *named_claim*: what its owner metadata says ((owner, folder) or None).  A
+    domain assigned to the folder wins; the named one competes with it unless its
+    metadata gives it to someone else or to another folder: two candidates are
+    ambiguous, and both are named.
+    """
+    named = domain_for(template, user, vm)
+    found = sorted(set(claimed))
+    if len(found) > 1:
+        listed = ", ".join(f"'{d}'" for d in found)
+        return found[0], (f"VM folder '{vm}' is ambiguous: the domains {listed} are all "
+                          f"assigned to {user}'s folder '{vm}' (libvirt owner metadata); ask "
+                          "the admin to assign only one of them to it")
+    if not found:
+        return named, None
+    competes = named_exists and named_claim in (None, (user, None))
+    if competes and found[0] != named:
+        return found[0], (f"VM folder '{vm}' is ambiguous: the domain '{found[0]}' is "
+                          f"assigned to it (libvirt owner metadata) and the domain '{named}' "
+                          f"is named for it; ask the admin to assign '{named}' to another "
+                          f"folder (wirt admin assign {named} {user} --as OTHER) or to "
+                          "rename one")
+    return found[0], None

@@ -170,7 +170,7 @@ REQUESTS: dict[str, Check] = {
         {"op": text(), "layout": NAME, "vm": NAME, "digest": ID},
         {"content": text(MAX_SETTINGS), "rejected": text(), **_LOGGED}),
     BYE: record({"op": text(), "statuses": map_of(NAME, map_of(NAME, _seen))},
-                {"isos": ID, **_LOGGED}),
+                {"isos": ID, "vms": ID, **_LOGGED}),
 }
 
 
@@ -267,3 +267,8 @@ class UserJob:
     isos_text: str = ""
     isos_digest: str = ""
     isos_known: str = ""
+    # ~/wirt/info/vms.json (rules.vms): its text, digest, and the digest root last had
+    # written there for this user; no digest: not known this pass (libvirt unreachable)
+    vms_text: str = ""
+    vms_digest: str = ""
+    vms_known: str = ""

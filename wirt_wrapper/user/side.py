@@ -28,6 +28,7 @@ from wirt_wrapper.rules import logline, protocol
 from wirt_wrapper.rules import settings as settings_rules
 from wirt_wrapper.rules import spool as spool_rules
 from wirt_wrapper.rules import status as status_xml
+from wirt_wrapper.rules import vms as vms_rules
 from wirt_wrapper.rules.actions import Rejection, parse_command, printable
 from wirt_wrapper.rules.layouts import CHECKED_FILE, LAYOUTS, SET_ASIDE, STATUS_FILE, Layout
 from wirt_wrapper.rules.protocol import UserJob
@@ -70,6 +71,7 @@ class UserSide:
         # when root read the states it handed over: the inventory's, or a command's read-back
         self.inventory_read = 0.0
         self.read_at: dict[tuple[str, str], float] = {}
+        self.vms_written = ""  # root's digest once vms.json holds that text
 
     def folder(self, parts: tuple[str, ...], *, create: bool = True) -> int:
         """An output folder, walked safely once per pass and then kept open (pinned)."""
@@ -271,6 +273,8 @@ class UserSide:
 
     def process(self, layout: Layout) -> None:
         self.parents(layout)
+        if layout.info is not None:
+            self.write_vms(layout)  # also for a member with no spool yet
         try:
             spool = userfs.walk(self.home, layout.spool, self.uid)
         except FileNotFoundError:
@@ -461,6 +465,37 @@ class UserSide:
             self.notice(layout, "isos", f"{where}: cannot write the ISO list: {_why(exc)}; "
                         "remove or rename what is in the way")
 
+    def write_vms(self, layout: Layout) -> None:
+        """~/wirt/info/vms.json: the domains root says the user owns, when its text is new
+        to this user (written whole, atomically).  An empty list makes no folder in a home
+        that has none."""
+        digest = self.job.vms_digest
+        if not digest or self.job.dry_run or self.vms_written == digest:
+            return
+        if digest == self.job.vms_known:
+            self.vms_written = digest
+            return
+        if layout.info is None:
+            return
+        parts = layout.info[:-1]
+        empty = self.job.vms_text == vms_rules.render([])
+        try:
+            fd = self.folder(parts, create=not empty)
+        except FileNotFoundError:
+            self.vms_written = digest  # nothing to list, nowhere it is expected
+            return
+        except (Unsafe, OSError) as exc:
+            self.notice(layout, "vms", f"{layout.shown(*parts)}: cannot write the list of "
+                        f"your VMs: {_why(exc)}; remove or rename what is in the way")
+            return
+        try:
+            userfs.replace_file(fd, vms_rules.FILE, self.job.vms_text.encode(), 0o644)
+            self.vms_written = digest
+        except (Unsafe, OSError) as exc:
+            where = layout.shown(*parts, vms_rules.FILE)
+            self.notice(layout, "vms", f"{where}: cannot write the list of your VMs: "
+                        f"{_why(exc)}; remove or rename what is in the way")
+
     def _commands(self, layout: Layout, vm: str, folder: str, vm_fd: int,
                   entries: list[tuple[str, os.stat_result]],
                   info: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -592,6 +627,8 @@ class UserSide:
                                "statuses": self.statuses}
         if self.isos_written:
             bye["isos"] = self.isos_written
+        if self.vms_written:
+            bye["vms"] = self.vms_written
         self.chan.send(bye)
 
 
