@@ -55,7 +55,8 @@ _wirt() {
     cmd=
     for ((i = 1; i < COMP_CWORD; i++)); do
         case ${COMP_WORDS[i]} in
-            --vm|--config|--layout|--timeout|--mode|--name|-n|--lines) ((i++)) ;;
+            --vm|--config|--layout|--host|--timeout|--mode|--name|--minutes|-o|--output|-n|--lines)
+                ((i++)) ;;
             -*) ;;
             *) cmd=${COMP_WORDS[i]}; break ;;
         esac
@@ -64,16 +65,18 @@ _wirt() {
         --vm) COMPREPLY=($(compgen -W "$(_wirt_vms)" -- "$cur")); return ;;
         --layout) COMPREPLY=($(compgen -W "wirt legacy" -- "$cur")); return ;;
         --mode) COMPREPLY=($(compgen -W "acpi agent" -- "$cur")); return ;;
-        --config) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --minutes) COMPREPLY=($(compgen -W "5 15 60 240" -- "$cur")); return ;;
+        --config|-o|--output) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --host) COMPREPLY=($(compgen -A hostname -- "$cur")); return ;;
         --timeout|--name|-n|--lines) return ;;
     esac
     opts="--vm --json --config --layout --help"
     local commands="list status start shutdown stop destroy kill reboot reset suspend resume
-        autostart refresh snapshot revert snapshot-delete snapshots log history create cancel
-        set settings isos help admin"
+        autostart console screenshot serial refresh snapshot revert snapshot-delete snapshots
+        log history create cancel set settings isos help admin"
     case $cmd in
         "")
-            COMPREPLY=($(compgen -W "$commands $opts --version" -- "$cur"))
+            COMPREPLY=($(compgen -W "$commands $opts --host --version" -- "$cur"))
             return ;;
         help)
             COMPREPLY=($(compgen -W "$commands" -- "$cur"))
@@ -81,7 +84,8 @@ _wirt() {
         cancel)  # wirt cancel VM ACTION: the VM first, then the waiting command's action
             if [[ $cur != -* && $prev != cancel ]]; then
                 COMPREPLY=($(compgen -W "start shutdown stop destroy kill reboot reset suspend
-                    resume autostart status snapshot revert snapshot-delete" -- "$cur"))
+                    resume autostart status snapshot revert snapshot-delete console screenshot
+                    serial" -- "$cur"))
                 return
             fi ;;
         start) opts+=" --paused --force-boot --wait --timeout" ;;
@@ -91,6 +95,9 @@ _wirt() {
         reset|suspend|resume|refresh) opts+=" --wait --timeout" ;;
         snapshot|revert|snapshot-delete) opts+=" --name --wait --timeout" ;;
         snapshots) ;;
+        console) opts+=" --minutes --wait --timeout" ;;
+        screenshot) opts+=" --output --wait --timeout" ;;
+        serial) opts+=" --wait --timeout" ;;
         log) opts+=" --lines --follow" ;;
         history) opts+=" --lines" ;;
         set)

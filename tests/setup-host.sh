@@ -20,6 +20,7 @@ PACKAGES=(
   zstd  # tests/guest/build.sh, should the kernel ship .ko.zst modules
   man-db groff-base  # the manual pages are checked with groff and found with man -w
   qemu-utils  # qemu-img: the test guest's qcow2 disk (snapshots, SPEC 11)
+  openssh-server openssh-client  # wirt --host: a real sshd on loopback, started by the test
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -65,6 +65,9 @@ class TestTable:
             "snapshot": ((), (("--name", ()),)),
             "revert": ((), (("--name", ()),)),
             "snapshot-delete": ((), (("--name", ()),)),
+            "console": ((), (("--minutes", ("5", "15", "60", "240")),)),
+            "screenshot": ((), ()),
+            "serial": ((), ()),
         }
 
     def test_every_option_says_what_it_does(self) -> None:
@@ -100,7 +103,7 @@ class TestTable:
 
     @pytest.mark.parametrize("name", ["config", "Start", "START", "start ", " start", "start.",
                                       "start\n", "virsh", "define", "undefine", "migrate",
-                                      "console", "", ".", "..", "stаrt", "ｓｔａｒｔ"])
+                                      "vncviewer", "", ".", "..", "stаrt", "ｓｔａｒｔ"])
     def test_unknown_action_names_the_file(self, name: str) -> None:
         message = rejected(name, "")
         assert "is not an action" in message and "known:" in message

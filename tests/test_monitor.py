@@ -33,6 +33,7 @@ class StandInHypervisor:
         self.down: str | None = None
         self.read_at = 1796126000.0  # when the snapshot read the states
         self.acted: list[tuple[str, str, dict[str, str]]] = []
+        self.locked: list[str] = []  # domains the console lock closed (none here)
         self.domains = {"alice-web": DomainInfo("alice-web", "shut off", "shutdown", False,
                                                 True, 65536, 1, None)}
 

@@ -18,7 +18,7 @@ import shutil
 import statistics
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,9 +131,13 @@ class Guests:
     made: list[Guest] = field(default_factory=list)
     disks: Path | None = None  # a folder for qcow2 images (define_with_disk), removed after
 
-    def define(self, user: User, vm: str, owner: str | None = None) -> Guest:
+    def define(self, user: User, vm: str, owner: str | None = None,
+               edit: Callable[[str], str] | None = None) -> Guest:
+        """The guest ``<user>-<vm>``; *edit* changes its XML before it is defined."""
         guest = Guest(self.lv, user, vm, self.folder / f"{user.name}-{vm}.console")
         xml = realvm.domain_xml(guest.name, self.kernel, self.initrd, guest.console, owner=owner)
+        if edit is not None:
+            xml = edit(xml)
         self.made.append(guest)
         self.lv.conn.defineXML(xml)
         return guest

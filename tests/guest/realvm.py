@@ -75,7 +75,8 @@ def domain_xml(
     owner: str | None = None,
     memory_mib: int = 96,
 ) -> str:
-    """XML for a diskless, networkless guest with its serial console in console_log.
+    """XML for a diskless, networkless guest with its serial console in console_log, a VNC
+    console on 127.0.0.1 (no password: the console lock gives it one) and a VGA screen.
 
     libvirt (not QEMU) opens console_log, as root, and hands QEMU the file
     descriptor, so its folder need not be open to QEMU_USER; the file ends up
@@ -111,6 +112,7 @@ def domain_xml(
     <graphics type='vnc' autoport='yes' listen='127.0.0.1'>
       <listen type='address' address='127.0.0.1'/>
     </graphics>
+    <video><model type='vga'/></video>
     <memballoon model='none'/>
   </devices>
 </domain>

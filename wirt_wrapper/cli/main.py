@@ -27,11 +27,15 @@ import tomllib
 from typing import Any, NoReturn
 
 from wirt_wrapper import __version__
+from wirt_wrapper.cli import reach
 from wirt_wrapper.cli.spool import ISOS_FILE, ISOS_PARTS, Home, Outcome, VmRef
 from wirt_wrapper.rules import logline, strictjson
 from wirt_wrapper.rules import settings as settings_rules
 from wirt_wrapper.rules.actions import (
     ACTIONS,
+    CONSOLE_FILE,
+    SCREEN_FILE,
+    SERIAL_FILE,
     Action,
     Rejection,
     canonical,
@@ -55,12 +59,15 @@ from wirt_wrapper.rules.errors import (
     UsageError,
 )
 from wirt_wrapper.rules.output import Out, shown
+from wirt_wrapper.rules.output import shown as shown_line
+from wirt_wrapper.rules.protocol import MAX_SCREEN, MAX_SERIAL
 
 __all__ = ["main"]
 
 USER_CONFIG = (".config", "wirt")
 USER_CONFIG_FILE = "config.toml"
 OLD_CONFIG_FILE = ".wirt.json"
+USER_KEYS = ("vm", "host")  # in ~/.config/wirt/config.toml
 DEFAULT_TIMEOUT = 300.0
 READ_COMMANDS = ("list", "status", "log", "history", "create", "cancel", "set", "settings",
                  "isos")
@@ -147,10 +154,17 @@ def _action_parser(sub: Any, name: str, action: Action, aliases: list[str],
         wait_help = (f"wait for the outcome, then until a pass reads the guest "
                      f"{action.settles_in}{' again' if action.settles_later else ''} "
                      f"(exit 4 if not within --timeout)")
+    if action.output == SCREEN_FILE:
+        parser.add_argument("-o", "--output", metavar="FILE", default=None,
+                            help="also save the PNG as FILE ('-': write it to stdout)")
+    if action.output:
+        wait_help += " (always, for this command)"
     parser.add_argument("-w", "--wait", action="store_true", help=wait_help)
     parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                         help=f"give up waiting after this long (default {DEFAULT_TIMEOUT:g})")
     parser.set_defaults(command="action", action=action.name, subcommand=name)
+    if action.output:  # what it produces is read back after the pass: always wait
+        parser.set_defaults(wait=True)
 
 
 def build_parser() -> Parser:
@@ -162,6 +176,9 @@ def build_parser() -> Parser:
         + " (1 to 4: the outcome of --wait; README.md has the table).",
     )
     _common(parser, top=True)
+    parser.add_argument("--host", default=None, metavar="HOST",
+                        help="run the command on HOST through your ssh (default: host in "
+                        "~/.config/wirt/config.toml or ~/.wirt.json; '' for here)")
     parser.add_argument("--version", action="version", version=f"wirt {__version__}")
     common = Parser(add_help=False)
     _common(common, top=False)
@@ -302,6 +319,16 @@ def membership_problem(config: Config | None, user: str) -> str | None:
 
 def default_vm(home: Home) -> str | None:
     """``vm`` from ~/.config/wirt/config.toml, else ``machine`` from the old ~/.wirt.json."""
+    return user_setting(home, "vm", "machine")
+
+
+def default_host(home: Home) -> str | None:
+    """``host`` from ~/.config/wirt/config.toml, else from the old ~/.wirt.json."""
+    return user_setting(home, "host", "host")
+
+
+def user_setting(home: Home, key: str, old_key: str) -> str | None:
+    """*key* from ~/.config/wirt/config.toml, else *old_key* from the old ~/.wirt.json."""
     try:
         raw = home.read_small(USER_CONFIG, USER_CONFIG_FILE)
     except FileNotFoundError:
@@ -312,14 +339,14 @@ def default_vm(home: Home) -> str | None:
             data = tomllib.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise UsageError(f"{where}: not valid TOML: {exc}") from None
-        for key in data:
-            if key != "vm":
-                warn(f"{where}: unknown key '{key}' ignored (known: vm)")
-        vm = data.get("vm")
-        if vm is not None:
-            if not isinstance(vm, str):
-                raise UsageError(f"{where}: vm must be a string")
-            return vm
+        for name in data:
+            if name not in USER_KEYS:
+                warn(f"{where}: unknown key '{name}' ignored (known: {', '.join(USER_KEYS)})")
+        value = data.get(key)
+        if value is not None:
+            if not isinstance(value, str):
+                raise UsageError(f"{where}: {key} must be a string")
+            return value
     try:
         raw = home.read_small((), OLD_CONFIG_FILE)
     except FileNotFoundError:
@@ -328,8 +355,8 @@ def default_vm(home: Home) -> str | None:
         old = json.loads(raw)
     except ValueError as exc:
         raise UsageError(f"~/{OLD_CONFIG_FILE}: not valid JSON: {exc}") from None
-    machine = old.get("machine") if isinstance(old, dict) else None
-    return machine if isinstance(machine, str) and machine else None
+    found = old.get(old_key) if isinstance(old, dict) else None
+    return found if isinstance(found, str) and found else None
 
 
 def chosen_vm(args: argparse.Namespace, home: Home) -> str:
@@ -411,6 +438,10 @@ def console(graphics: dict[str, str] | None) -> str:
         text += f" (display :{int(port) - 5900})"
     if graphics.get("tls-port"):
         text += f", TLS port {graphics['tls-port']}"
+    if graphics.get("protected") == "yes":
+        text += "; password: wirt console"
+    elif graphics.get("protected") == "no":
+        text += "; no password: open to every local user until the VM restarts"
     return text
 
 
@@ -642,6 +673,8 @@ def cmd_action(home: Home, args: argparse.Namespace, out: Out, config: Config | 
     shown = " ".join([action.name, content.strip()]).strip()
     base = {"vm": vm, "layout": ref.layout.name, "action": action.name,
             "params": content.split(), "file": ref.shown(action.name)}
+    if action.output:
+        return reached(home, args, out, base, ref, action, written)
     if not args.wait:
         out.emit({**base, "stage": "pending"}, lambda: [
             f"{vm}: {shown}: written to {ref.shown(action.name)}; the next pass runs it. "
@@ -727,13 +760,64 @@ def not_settled(out: Out, data: dict[str, Any], ref: VmRef, action: Action,
     return EXIT_TIMEOUT
 
 
+def reached(home: Home, args: argparse.Namespace, out: Out, base: dict[str, Any], ref: VmRef,
+            action: Action, written: Any) -> int:
+    """console, screenshot, serial: wait for the pass, then show what it wrote."""
+    vm = base["vm"]
+    timeout = DEFAULT_TIMEOUT if args.timeout is None else args.timeout
+    progress = Progress(f"{vm}: {action.name}")
+    try:
+        result = home.wait(written, timeout, progress.tick)
+    finally:
+        progress.clear()
+    to_stdout = getattr(args, "output", None) == "-"
+    if result.outcome != "done" or to_stdout:
+        if to_stdout and result.outcome == "done":
+            sys.stdout.buffer.write(home.info_file(ref, SCREEN_FILE, MAX_SCREEN))
+            sys.stdout.flush()
+            return EXIT_OK
+        # with -o -, stdout is the image's: the outcome goes to stderr
+        return report(Out(False) if to_stdout else out, base, vm, action.name, result, timeout,
+                      sys.stderr if to_stdout else sys.stdout)
+    where = ref.layout.shown(*(ref.layout.info or ()), vm, action.output)
+    data = {**base, "stage": result.stage, "outcome": result.outcome,
+            "message": result.message, "file": where}
+    if action.output == CONSOLE_FILE:
+        console = json.loads(home.info_file(ref, CONSOLE_FILE, 4096))
+        out.emit({**data, "console": console}, lambda: reach.console_lines(vm, console))
+        if not out.as_json:
+            reach.start_viewer(console["type"], console["host"], int(console["port"]),
+                               console["password"])
+    elif action.output == SCREEN_FILE:
+        png = home.info_file(ref, SCREEN_FILE, MAX_SCREEN)
+        size = reach.png_size(png)
+        if args.output:
+            with open(args.output, "wb") as handle:  # the user's own path, as the user
+                handle.write(png)
+        saved = f", saved as {args.output}" if args.output else ""
+        shown_size = f"{size[0]}x{size[1]}" if size else "?"
+        out.emit({**data, "width": size[0] if size else None,
+                  "height": size[1] if size else None, "saved": args.output},
+                 lambda: [f"{vm}: screenshot: {shown_size} in {where}{saved}"])
+    else:
+        text = reach.terminal_text(home.info_file(ref, SERIAL_FILE, MAX_SERIAL))
+        if out.as_json:
+            out.emit({**data, "serial": text}, list)
+        else:
+            sys.stdout.write(text if text.endswith("\n") or not text else text + "\n")
+    return EXIT_OK
+
+
 def report(out: Out, base: dict[str, Any], vm: str, shown: str, result: Outcome,
-           timeout: float) -> int:
+           timeout: float, stream: Any = None) -> int:
     data = {**base, "stage": result.stage, "outcome": result.outcome,
             "message": result.message, "history": result.history, "log": result.line}
     if result.outcome in EXIT_BY_OUTCOME:
         message = f": {result.message}" if result.message else ""
-        out.emit(data, lambda: [f"{vm}: {shown}: {result.outcome}{message}"])
+        if stream is not None and stream is not sys.stdout:
+            print(shown_line(f"{vm}: {shown}: {result.outcome}{message}"), file=stream)
+        else:
+            out.emit(data, lambda: [f"{vm}: {shown}: {result.outcome}{message}"])
         return EXIT_BY_OUTCOME[str(result.outcome)]
     if result.stage == "vanished":
         text = (f"{vm}: {shown}: the command file disappeared but no pass recorded it "
@@ -1123,7 +1207,7 @@ def admin_argv(argv: list[str]) -> list[str] | None:
     """The arguments for ``wirt admin`` (options before 'admin' kept), or None if not admin."""
     index = 0
     while index < len(argv) and argv[index].startswith("-"):
-        takes_value = argv[index] in ("--vm", "--config", "--layout")
+        takes_value = argv[index] in ("--vm", "--config", "--layout", "--host")
         index += 2 if takes_value else 1
     if index < len(argv) and argv[index] == "admin":
         return argv[:index] + argv[index + 1:]
@@ -1152,6 +1236,74 @@ def show_help(parser: Parser, topic: str | None) -> int:
     return EXIT_OK
 
 
+def without_host(argv: list[str]) -> list[str]:
+    """The command line as given, minus ``--host HOST`` (the remote wirt gets the rest)."""
+    left: list[str] = []
+    skip = False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word == "--host":
+            skip = True
+        elif not word.startswith("--host="):
+            left.append(word)
+    return left
+
+
+def run_remote(host: str, args: argparse.Namespace, argv: list[str]) -> int:
+    """``wirt --host HOST ...``: the same command run by wirt on HOST, over the user's ssh;
+    for console, an ssh -L tunnel too; for screenshot -o FILE, the PNG comes back here."""
+    reach.check_host(host)
+    action = lookup_action(args.action) if args.command == "action" else None
+    if action is not None and action.output == CONSOLE_FILE:
+        return remote_console(host, args, argv)
+    if action is not None and action.output == SCREEN_FILE and args.output \
+            and args.output != "-":
+        local = args.output
+        index = max(i for i, w in enumerate(argv) if w in ("-o", "--output")
+                    or w.startswith("--output="))
+        argv = argv[:index] + ["--output=-"] + argv[index + (1 if "=" in argv[index] else 2):]
+        proc = reach.remote(host, argv, capture=True)
+        if proc.returncode == 0:
+            with open(local, "wb") as handle:
+                handle.write(proc.stdout)
+            size = reach.png_size(proc.stdout)
+            shown_size = f"{size[0]}x{size[1]}" if size else "?"
+            print(f"{args.vm_arg or args.vm or ''}: screenshot: {shown_size} from {host}, "
+                  f"saved as {local}".lstrip(": "))
+        return proc.returncode
+    return reach.remote(host, argv).returncode
+
+
+def remote_console(host: str, args: argparse.Namespace, argv: list[str]) -> int:
+    proc = reach.remote(host, [*argv, "--json"] if not args.json else argv, capture=True)
+    if proc.returncode != 0:
+        return proc.returncode
+    try:
+        data = json.loads(proc.stdout)
+        console = data["console"]
+    except (ValueError, KeyError, TypeError):
+        raise CliError(f"wirt on {host} did not answer with a console") from None
+    tunnel, port = reach.tunnel_console(host, console)
+    local = {**console, "host": "127.0.0.1", "port": port}
+    try:
+        if args.json:
+            reach.print_json({**data, "tunnel": {"host": "127.0.0.1", "port": port}})
+        else:
+            for line in reach.console_lines(data["vm"], local, f" (tunnel to {host})"):
+                print(shown(line))
+            sys.stdout.flush()
+        if reach.start_viewer(local["type"], "127.0.0.1", port, local["password"]) is None:
+            print("the tunnel stays open until you press Ctrl-C", file=sys.stderr)
+            tunnel.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        tunnel.terminate()
+        tunnel.wait()
+    return EXIT_OK
+
+
 def check_options(args: argparse.Namespace) -> None:
     """Options that would do nothing here are refused, not ignored."""
     if getattr(args, "timeout", None) is not None and not getattr(args, "wait", False):
@@ -1174,6 +1326,12 @@ def main(argv: list[str] | None = None) -> int:
             return show_help(parser, args.topic)
         try:
             check_options(args)
+            host = args.host
+            if host is None and os.geteuid() != 0:
+                host = default_host(Home())
+            if host:
+                return run_remote(host, args,
+                                  without_host(sys.argv[1:] if argv is None else argv))
             return run_user(args, Out(args.json))
         except UsageError as exc:  # every usage error points at the help that would help
             if "--help" in str(exc):

@@ -593,6 +593,14 @@ class Home:
         times = [t for t in (status.get("read_at"), self.checked(ref)) if t is not None]
         return max(times) if times else None
 
+    def info_file(self, ref: VmRef, name: str, limit: int) -> bytes:
+        """A file a pass wrote in the VM's info folder (console.json, screen.png, serial.log);
+        FileNotFoundError if missing (or the layout has no info folder)."""
+        info = ref.layout.info
+        if info is None:
+            raise FileNotFoundError(name)
+        return self.read_small((*info, ref.vm), name, limit)
+
     def log_lines(self, ref: VmRef, count: int) -> list[str]:
         """The last *count* lines of the VM's log and its newest rotated generation (0: all)."""
         lines = self._log_text(ref, rotated=True).splitlines()

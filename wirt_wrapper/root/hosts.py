@@ -34,15 +34,16 @@ class Hosts:
     """The hosts of one pass; *named*: the config has ``[[hosts]]`` (host names are shown)."""
 
     def __init__(self, hosts: Sequence[HostConfig], timeout: float, iso_dir: str = "",
-                 named: bool = False) -> None:
+                 named: bool = False, console_lock: bool = False) -> None:
         self.named = named
-        self.members = [Hypervisor(h.uri, timeout, iso_dir, host=h.name) for h in hosts]
+        self.members = [Hypervisor(h.uri, timeout, iso_dir, host=h.name,
+                                   console_lock=console_lock) for h in hosts]
         self._where: dict[str, list[Hypervisor]] = {}
 
     @classmethod
     def from_config(cls, config: Config, iso_dir: str = "") -> Hosts:
         return cls(config.host_list(), config.limits.libvirt_timeout, iso_dir,
-                   named=bool(config.hosts))
+                   named=bool(config.hosts), console_lock=config.console.lock)
 
     # -- the hosts' state --------------------------------------------------------
     def _why(self, hv: Hypervisor) -> str:
@@ -280,6 +281,30 @@ class Hosts:
                     raise Unreachable(self._why(hv))
                 found.update(hv.snapshots_of(mine))
         return found
+
+    def reach(self, name: str, action: Action, params: dict[str, str], decide: Decide
+              ) -> tuple[str, str, DomainInfo | None, dict[str, Any] | None]:
+        """:meth:`Hypervisor.reach` (console, screenshot, serial) on the host that has *name*."""
+        output: list[dict[str, Any] | None] = [None]
+
+        def trip(hv: Hypervisor) -> Outcome:
+            outcome, message, info, output[0] = hv.reach(name, action, params, decide)
+            return outcome, message, info
+
+        outcome, message, info = self._route(name, trip)
+        return outcome, message, info, output[0]
+
+    def take_locked(self) -> list[str]:
+        """The domains the console lock closed since last asked (for the audit log)."""
+        found = []
+        for hv in self.members:
+            found += hv.locked
+            hv.locked.clear()
+        return found
+
+    def open_consoles(self) -> list[tuple[str, str | None, dict[str, str]]]:
+        """:meth:`Hypervisor.open_consoles` of every host."""
+        return [found for hv in self.members for found in hv.open_consoles()]
 
     def usage(self, user: str,
               decide_owner: Callable[[str, str | None], bool]) -> dict[str, tuple[int, int]]:

@@ -2,15 +2,21 @@
 
 It is handed only validated requests (see :mod:`wirt_wrapper.root.monitor`).  It never
 creates or undefines a domain (it redefines an existing persistent one only to
-apply a VM's settings file, :meth:`Hypervisor.configure`), never runs ``virsh``
+apply a VM's settings file, :meth:`Hypervisor.configure`, and the console lock,
+:meth:`Hypervisor.lock`), never runs ``virsh``
 or a shell, and never reads the URI from the environment.  Every libvirt call runs on one
-worker thread with a timeout, so a hung libvirtd cannot hang the pass.
+worker thread with a timeout, so a hung libvirtd cannot hang the pass.  Domain XML is read
+with ``VIR_DOMAIN_XML_SECURE`` (console passwords included) only to tell whether a console
+has one and to write a definition back whole; a password never leaves this module except
+the one :meth:`Hypervisor.reach` makes for console.json.
 """
 
 from __future__ import annotations
 
+import base64
 import bisect
 import concurrent.futures
+import contextlib
 import hashlib
 import queue
 import threading
@@ -23,13 +29,24 @@ from typing import Any, TypeVar
 import libvirt
 from lxml import etree
 
+from wirt_wrapper.root import reach
 from wirt_wrapper.root.definition import (
     apply_settings,
     cdrom_device_xml,
     read_settings,
     settings_from_tree,
 )
-from wirt_wrapper.rules.actions import Action, Call, Rejection, no_domain
+from wirt_wrapper.rules.actions import (
+    CONSOLE_FILE,
+    DEFAULT_MINUTES,
+    SCREEN_FILE,
+    SERIAL_FILE,
+    Action,
+    Call,
+    Rejection,
+    no_domain,
+)
+from wirt_wrapper.rules.protocol import MAX_SCREEN
 from wirt_wrapper.rules.settings import restart_needed
 
 __all__ = ["OWNER_NS", "SNAPSHOT_MARK", "Decide", "DomainInfo", "Hypervisor", "Interrupted",
@@ -49,8 +66,13 @@ STATES = {
     libvirt.VIR_DOMAIN_CRASHED: "crashed",
     libvirt.VIR_DOMAIN_PMSUSPENDED: "pmsuspended",
 }
+# The live XML with passwords: whether a console has one is status.xml's protected="yes|no",
+# and a definition written back must keep them.  No password leaves this module.
+LIVE = libvirt.VIR_DOMAIN_XML_SECURE
+HELD = libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE
 # States with no QEMU process: the live XML is the definition itself.
 OFF_STATES = (libvirt.VIR_DOMAIN_NOSTATE, libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_CRASHED)
+OFF_NAMES = frozenset({"no state", "shut off", "crashed"})  # their names (STATES)
 # The reason names virsh prints (virsh domstate --reason), per state.
 REASONS = {
     "running": ["unknown", "booted", "migrated", "restored", "from snapshot", "unpaused",
@@ -258,6 +280,8 @@ def _domain_facts(root: Any) -> tuple[str | None, dict[str, str], int, int]:
         graphics["port"] = port if port and port != "-1" else ""
         if node.get("tlsPort") and node.get("tlsPort") != "-1":
             graphics["tls-port"] = str(node.get("tlsPort"))
+        # with a password (even ''), nobody gets in without the one `console` sets
+        graphics["protected"] = "yes" if node.get("passwd") is not None else "no"
     memory = int(root.findtext("currentMemory") or root.findtext("memory") or 0)
     vcpu = root.find("vcpu")
     vcpus = int(vcpu.get("current") or vcpu.text or 0) if vcpu is not None else 0
@@ -281,9 +305,12 @@ class Hypervisor:
     """One libvirt connection for one pass, with a snapshot of the cheap listings for the
     idle path and the details of the domains asked about."""
 
-    def __init__(self, uri: str, timeout: float, iso_dir: str = "", host: str = "local") -> None:
+    def __init__(self, uri: str, timeout: float, iso_dir: str = "", host: str = "local",
+                 console_lock: bool = False) -> None:
         self.uri = uri
         self.host = host  # its [[hosts]] name (SPEC 13); root.hosts routes domains to it
+        self.console_lock = console_lock  # [console] lock: see lock()
+        self.locked: list[str] = []  # domains the lock closed this pass (for the audit log)
         self.timeout = timeout
         self.iso_dir = iso_dir  # settings.iso_dir: a CD from elsewhere shows as not catalogued
         self.conn: Any = None
@@ -444,7 +471,7 @@ class Hypervisor:
             for name, (state, reason) in states().items():
                 dom = doms[name]
                 try:
-                    live = dom.XMLDesc(0)
+                    live = dom.XMLDesc(LIVE)
                     held = (dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
                             if name in persistent and state not in OFF_STATES else None)
                 except libvirt.libvirtError:
@@ -589,6 +616,8 @@ class Hypervisor:
                  sent: threading.Event) -> tuple[str, str, DomainInfo | None]:
             outcome, message = "done", ""
             try:
+                if action.locks:
+                    self.lock(dom, name, sent)
                 if isinstance(action.call, Call):
                     sent.set()
                     action.call.invoke(dom, params, libvirt)
@@ -686,7 +715,7 @@ class Hypervisor:
                 return "failed", (f"{name} is a transient domain (it has no persistent "
                                   "definition), so its settings cannot be changed; ask the "
                                   "admin to define it"), None
-            inactive = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+            inactive = dom.XMLDesc(HELD)  # defined back whole: its passwords stay
             held = read_settings(inactive, iso_dir)
 
             def back(definition: str) -> DomainInfo:
@@ -709,7 +738,7 @@ class Hypervisor:
                         raise
                     return ("failed", f"libvirt: {exc.get_error_message()}; nothing was "
                             "changed", back(inactive))
-            live = dom.XMLDesc(0) if dom.isActive() else None
+            live = dom.XMLDesc(LIVE) if dom.isActive() else None
             if live is not None and "cdrom" in wanted:
                 now = read_settings(live, iso_dir)
                 if now["has_cdrom"] and now["cdrom_file"] != (iso_path or ""):
@@ -838,6 +867,153 @@ class Hypervisor:
 
         return self._call(job)
 
+    def lock(self, dom: Any, name: str, sent: threading.Event) -> bool:
+        """The console lock (SPEC 10), on the libvirt thread: a persistent definition whose
+        VNC or SPICE console has no password gets ``passwd=''`` (asks for a password, takes
+        none until `console` sets one).  Only from the next start: QEMU cannot add a
+        password to a console that started without one.  True when it changed."""
+        if not self.console_lock or not dom.isPersistent():
+            return False
+        new = reach.lock_definition(dom.XMLDesc(HELD))
+        if new is None:
+            return False
+        sent.set()
+        self.conn.defineXML(new)
+        self.locked.append(name)
+        return True
+
+    def reach(self, name: str, action: Action, params: dict[str, str],
+              decide: Decide
+              ) -> tuple[str, str, DomainInfo | None, dict[str, Any] | None]:
+        """A SPEC 10 action (console, screenshot, serial): one trip like :meth:`act`.
+
+        Returns (outcome, message, info after, output): *output* is what the user
+        side writes into the VM's info folder (rules.protocol.OUTPUT), only when
+        done.  The console password is in *output* alone, never in the message.
+        """
+        output: dict[str, Any] = {}
+        produce = {CONSOLE_FILE: self._console, SCREEN_FILE: self._screenshot,
+                   SERIAL_FILE: self._serial}[action.output]
+
+        def work(dom: Any, owner: str | None, prev: DomainInfo | None,
+                 sent: threading.Event) -> tuple[str, str, DomainInfo | None]:
+            try:
+                if action.locks:
+                    self.lock(dom, name, sent)
+                outcome, message = produce(dom, params, sent, output)
+            except libvirt.libvirtError as exc:
+                if not self._alive():
+                    raise
+                outcome, message = "failed", f"libvirt: {exc.get_error_message()}"
+            password = output.get("console", {}).get("password")
+            if password and password in message:  # libvirt's words, never the password
+                message = message.replace(password, "(password)")
+            try:
+                info = _read_back(dom, name, owner, prev, action.touches, {}, self.iso_dir)
+            except libvirt.libvirtError as exc:
+                info = None
+                if not self._alive():
+                    self.down = f"lost the connection to libvirt ({exc.get_error_message()})"
+            return outcome, message, info
+
+        outcome, message, info = self._trip(name, decide, work)
+        if outcome == "done" and action.output == SERIAL_FILE:
+            try:  # on this thread, not libvirt's: a slow file must not count as libvirt
+                data = reach.read_tail(output.pop("path"))
+            except reach.Refused as exc:
+                return "failed", f"{name}: {exc}", info, None
+            output["b64"] = base64.b64encode(data).decode("ascii")
+            message = f"{len(data)} bytes of the serial log (its last {len(data) >> 10} KiB)"
+        return outcome, message, info, ({"file": action.output, **output}
+                                        if outcome == "done" else None)
+
+    @staticmethod
+    def _running(dom: Any, what: str) -> str | None:
+        if dom.isActive():
+            return None
+        return f"the VM is not running (shut off): {what} exists only while it runs; start it"
+
+    def _console(self, dom: Any, params: dict[str, str], sent: threading.Event,
+                 output: dict[str, Any]) -> tuple[str, str]:
+        not_running = self._running(dom, "its console")
+        if not_running:
+            return "failed", not_running
+        device = reach.console_device(etree.fromstring(dom.XMLDesc(LIVE).encode()))
+        if device is None:
+            return "failed", ("the VM has no graphics device (a VNC or SPICE console); "
+                              "ask the admin to add one")
+        if device.get("passwd") is None:
+            fix = ("the console lock has set an empty password in its definition: shut the VM "
+                   "down, start it again, then ask for the console again" if self.console_lock
+                   else "ask the admin to give its console a password (passwd='')")
+            return "failed", ("its console was started without a password, and QEMU cannot "
+                              f"add one to a running console; {fix}")
+        port = device.get("port") or ""
+        if not port.isdigit() or int(port) <= 0:
+            return "failed", "its console has no port yet; try again in a moment"
+        minutes = int(params.get("--minutes", DEFAULT_MINUTES))
+        password = reach.new_password()
+        until, shown = reach.valid_until(minutes)
+        listen = device.get("listen") or ""
+        listen_node = device.find("listen")
+        if not listen and listen_node is not None:
+            listen = listen_node.get("address", "")
+        kind = str(device.get("type"))
+        sent.set()
+        dom.updateDeviceFlags(reach.graphics_update(device, password, until),
+                              libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        output["console"] = {"type": kind, "host": listen or "127.0.0.1", "port": int(port),
+                             "password": password, "valid_until": shown}
+        return "done", (f"a {kind} console password, valid {minutes} minutes (until {shown}), "
+                        f"for {listen or '127.0.0.1'} port {port}")
+
+    def _screenshot(self, dom: Any, params: dict[str, str], sent: threading.Event,
+                    output: dict[str, Any]) -> tuple[str, str]:
+        not_running = self._running(dom, "its screen")
+        if not_running:
+            return "failed", not_running
+        root = etree.fromstring(dom.XMLDesc(LIVE).encode())
+        if root.find("devices/video") is None:
+            return "failed", "the VM has no video device, so it has no screen; ask the admin"
+        stream = self.conn.newStream(0)
+        try:
+            mime = dom.screenshot(stream, 0, 0)
+            data = bytearray()
+            while True:
+                chunk = stream.recv(256 << 10)
+                if not isinstance(chunk, bytes) or not chunk:
+                    break
+                data += chunk
+                if len(data) > MAX_SCREEN:
+                    stream.abort()
+                    return "failed", (f"the screen image is larger than {MAX_SCREEN >> 20} "
+                                      "MiB, more than wirt hands on; lower the VM's resolution")
+            stream.finish()
+        except libvirt.libvirtError:
+            with contextlib.suppress(libvirt.libvirtError):
+                stream.abort()
+            raise
+        output.update(b64=base64.b64encode(bytes(data)).decode("ascii"), mime=str(mime or ""))
+        return "done", f"the screen ({mime}, {len(data)} bytes)"
+
+    @staticmethod
+    def _serial(dom: Any, params: dict[str, str], sent: threading.Event,
+                output: dict[str, Any]) -> tuple[str, str]:
+        path = reach.serial_path(etree.fromstring(dom.XMLDesc(0).encode()))
+        if path is None:
+            return "failed", ("the VM's serial console is not logged to a file (no <serial "
+                              "type='file'> and no <log file=...>); ask the admin to add one")
+        output["path"] = path  # read by reach(), after the trip
+        return "done", ""
+
+    def open_consoles(self) -> list[tuple[str, str | None, dict[str, str]]]:
+        """(domain, owner metadata, graphics) of every domain read this pass (the domains
+        members' folders name) that runs with a console without a password, for the
+        admin's digest: the live XML is read with its passwords (LIVE), so status.xml's
+        protected= and this list come with no extra call."""
+        return [(name, info.owner, info.graphics) for name, info in sorted(self._info.items())
+                if info.graphics.get("protected") == "no" and info.state not in OFF_NAMES]
+
     def usage(self, user: str,
               decide_owner: Callable[[str, str | None], bool]) -> dict[str, tuple[int, int]]:
         """{domain: (memory_mib, vcpus)} of the persistent definition of every domain on
@@ -964,7 +1140,7 @@ def _read_back(dom: Any, name: str, owner: str | None, prev: DomainInfo | None,
         state, reason = state_names(*dom.state())
     settings = prev.settings
     if "devices" in touches:
-        live = dom.XMLDesc(0)
+        live = dom.XMLDesc(LIVE)
         root = etree.fromstring(live.encode())
         _, graphics, memory, vcpus = _domain_facts(root)
         if inactive is None and _is_live(root) and prev.persistent:

@@ -344,12 +344,56 @@ class Monitor:
         cid, entry = self._entry(ctx, msg)
         started = time.monotonic()
         status: dict[str, Any] | None = None
+        output: dict[str, Any] | None = None
         if "rejected" in entry:
             outcome, message = "rejected", entry["rejected"]
         else:
             self.journal.record(cid, "begin")
-            outcome, message, status = self.execute(ctx, entry)
-        return self._finish(cid, entry, outcome, message, started, status)
+            if lookup_action(entry["action"]).output:
+                outcome, message, status, output = self.reach(ctx, entry)
+            else:
+                outcome, message, status = self.execute(ctx, entry)
+        self.audit_locks(ctx)
+        reply = self._finish(cid, entry, outcome, message, started, status)
+        if output is not None:  # console.json's password: in this answer alone
+            reply["output"] = output
+        return reply
+
+    def reach(self, ctx: UserContext, entry: dict[str, Any]
+              ) -> tuple[str, str, dict[str, Any] | None, dict[str, Any] | None]:
+        """console, screenshot, serial (SPEC 10): what they produce goes to the user side,
+        which writes it into the VM's info folder; a layout without one cannot have it."""
+        action = lookup_action(entry["action"])
+        params = parse_params(action, entry["tokens"])
+        layout = LAYOUTS[entry["layout"]]
+        vm = entry["vm"]
+        if layout.info is None:
+            return "rejected", (
+                f"'{action.name}' writes {action.output} into ~/wirt/info/vm/{vm}/, which "
+                f"this layout does not have; write the command as "
+                f"~/wirt/service/vm/{vm}/{action.name} instead (the same VM)"), None, None
+        out: list[dict[str, Any] | None] = [None]
+
+        def trip() -> tuple[str, str, DomainInfo | None]:
+            outcome, message, info, out[0] = self.hv.reach(
+                entry["domain"], action, params,
+                self._decider(ctx.user.pw_name, entry["vm"], entry["domain"]))
+            return outcome, message, info
+
+        outcome, message, status = self._outcome(
+            trip, interrupted=("while this command ran; it was not repeated: send it again"),
+            not_run="the command was not run: send it again")
+        if outcome == "done" and out[0] is not None:
+            where = "/".join(("~", *layout.info, vm, action.output))
+            message = f"{message}; in {where}" if message else f"in {where}"
+        return outcome, message, status, out[0] if outcome == "done" else None
+
+    def audit_locks(self, ctx: UserContext) -> None:
+        """The console lock's changes to definitions, in the audit log (SPEC 10)."""
+        for domain in self.hv.take_locked():
+            self.audit.write("console-lock", user=ctx.user.pw_name, uid=ctx.user.pw_uid,
+                             domain=domain, change="graphics passwd='' in the persistent "
+                             "definition (closed from its next start)")
 
     def execute(self, ctx: UserContext,
                 entry: dict[str, Any]) -> tuple[str, str, dict[str, Any] | None]:

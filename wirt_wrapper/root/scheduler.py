@@ -116,6 +116,8 @@ class Pass:
             group = [u for u in group if u.pw_name in self.options.users]
         with AccountChecker(self.config.pam_service) as accounts:
             self.serve_all(group, accounts)
+        if self.config.console.lock and not self.hv.down:
+            self.open_consoles(names)
         self.journal.compact()
         if self.hv.all_listed():  # else a host that is down keeps its domains' lists
             self.records.keep_snapshots(set(self.hv.names()))
@@ -155,6 +157,20 @@ class Pass:
                 print(f"wirt: {why} ({what})", file=sys.stderr)
         if problems:
             self.summary.libvirt_down = "; ".join(problems.values())
+
+    def open_consoles(self, members: list[str]) -> None:
+        """Members' running domains whose console has no password (started before the
+        console lock closed it): in the admin's digest until they restart (SPEC 10)."""
+        for domain, owner, graphics in self.hv.open_consoles():
+            found = self.monitor.claimants.find(domain)
+            user = owner if owner is not None else (found[0][0] if found else None)
+            if user is None or user not in members:
+                continue
+            where = f"{graphics.get('listen') or '?'} port {graphics.get('port') or '?'}"
+            self.report.note(
+                f"open console: {domain} (user {user}) runs with a console without a "
+                f"password ({graphics.get('type')} {where}), open to every local user; "
+                "the console lock closes it when the VM is shut down and started again")
 
     def serve_all(self, users: list[pwd.struct_passwd], accounts: AccountChecker) -> None:
         """Serve every user: a quick look first (the prober), a full turn if there is work.

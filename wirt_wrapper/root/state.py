@@ -26,8 +26,8 @@ from wirt_wrapper.rules.config import Config
 from wirt_wrapper.rules.errors import ConfigError, LockError, WirtError
 
 __all__ = [
-    "acquire_lock", "load_state", "open_root_file", "prepare_state", "replace_root_file",
-    "save_state", "secure_folder",
+    "acquire_lock", "chain_problem", "load_state", "open_root_file", "prepare_state",
+    "replace_root_file", "save_state", "secure_folder",
 ]
 
 _OTHERS_WRITE = stat.S_IWGRP | stat.S_IWOTH
@@ -38,16 +38,28 @@ def _refuse(key: str, path: str, why: str) -> ConfigError:
                        "(the defaults are /run/wirt, /var/lib/wirt and /var/log/wirt)")
 
 
-def _check_chain(folder: Path, key: str, shown: str) -> None:
-    """*folder* is root's alone; every folder above it is root-owned, not writable or sticky."""
+def chain_problem(folder: Path) -> str | None:
+    """Why *folder* is not root's alone, or None: it and every folder above it must be
+    folders (lstat: a link is not one), root-owned; *folder* writable by root alone, the
+    ones above it too or sticky (nobody else can replace root's entry in them)."""
     for index, item in enumerate((folder, *folder.parents)):
-        st = os.lstat(item)
+        try:
+            st = os.lstat(item)
+        except OSError as exc:
+            return f"{item}: {exc.strerror}"
         if not stat.S_ISDIR(st.st_mode):
-            raise _refuse(key, shown, f"{item} is not a folder")
+            return f"{item} is not a folder"
         if st.st_uid != 0:
-            raise _refuse(key, shown, f"{item} is owned by uid {st.st_uid}, not root")
+            return f"{item} is owned by uid {st.st_uid}, not root"
         if st.st_mode & _OTHERS_WRITE and (index == 0 or not st.st_mode & stat.S_ISVTX):
-            raise _refuse(key, shown, f"{item} is writable by group or others")
+            return f"{item} is writable by group or others"
+    return None
+
+
+def _check_chain(folder: Path, key: str, shown: str) -> None:
+    problem = chain_problem(folder)
+    if problem is not None:
+        raise _refuse(key, shown, problem)
 
 
 def secure_folder(path: str, key: str, value: str | None = None) -> str:

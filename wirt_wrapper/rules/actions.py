@@ -19,6 +19,11 @@ from typing import Any
 
 __all__ = [
     "ACTIONS",
+    "CONSOLE_FILE",
+    "DEFAULT_MINUTES",
+    "MINUTES",
+    "SCREEN_FILE",
+    "SERIAL_FILE",
     "Action",
     "Call",
     "Claimants",
@@ -175,6 +180,11 @@ class Action:
     settles_in: str | None = None
     settles_later: bool = False  # the state must be read by a later pass than the request's
     forced_by: tuple[str, str] = ("", "")
+    # the file the action produces in the VM's info folder (SPEC 10), written by the
+    # user side from root's answer; "" for none.  Such an action has no plain Call.
+    output: str = ""
+    # the console lock (SPEC 10) is applied to the definition before the call
+    locks: bool = False
 
     def option(self, name: str) -> Option | None:
         return next((o for o in self.options if o.name == name), None)
@@ -196,6 +206,11 @@ _STATE = frozenset({"state"})
 _SNAP_NAME = Option("--name", help="which of your snapshots (wirt snapshots VM lists them)",
                     value=SNAPSHOT_NAME, required=True)
 
+# What the SPEC 10 actions produce, in ~/wirt/info/vm/<vm>/ (written as the user).
+CONSOLE_FILE, SCREEN_FILE, SERIAL_FILE = "console.json", "screen.png", "serial.log"
+MINUTES = ("5", "15", "60", "240")  # --minutes: how long a console password is valid
+DEFAULT_MINUTES = "15"
+
 # fmt: off
 ACTIONS: tuple[Action, ...] = (
     Action("start", (),
@@ -204,7 +219,7 @@ ACTIONS: tuple[Action, ...] = (
                    "of the VM (managed save), which is then discarded")),
            Call("createWithFlags", _given(("--paused", "VIR_DOMAIN_START_PAUSED"),
                                           ("--force-boot", "VIR_DOMAIN_START_FORCE_BOOT"))),
-           "boot the VM"),
+           "boot the VM", locks=True),
     Action("shutdown", ("stop",), (_MODE,),
            Call("shutdownFlags", _mode_flag("VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN",
                                             "VIR_DOMAIN_SHUTDOWN_GUEST_AGENT")),
@@ -240,6 +255,15 @@ ACTIONS: tuple[Action, ...] = (
            "go back to one of your snapshots, in the state it was taken in"),
     Action("snapshot-delete", (), (_SNAP_NAME,), SnapshotCall("delete"),
            "delete one of your snapshots"),
+    Action("console", (),
+           (Option("--minutes", MINUTES, "how long the new password stays valid, in minutes "
+                   "(left out: 15); the console refuses it after that"),), None,
+           "a fresh console password, valid 15 minutes or --minutes, in console.json",
+           output=CONSOLE_FILE, locks=True),
+    Action("screenshot", (), (), None, "the running VM's screen as screen.png", frozenset(),
+           output=SCREEN_FILE),
+    Action("serial", (), (), None, "the last 64 KiB of the serial console log as serial.log",
+           frozenset(), output=SERIAL_FILE),
 )
 # fmt: on
 

@@ -23,9 +23,9 @@ from typing import Any
 from wirt_wrapper.rules.errors import ConfigError
 from wirt_wrapper.rules.settings import MIN_MEMORY_MIB
 
-__all__ = ["Config", "HostConfig", "Limits", "MailConfig", "PassConfig", "QuotaConfig",
-           "SettingsConfig", "SnapshotsConfig", "WatchConfig", "check_root_owned", "load_config",
-           "DEFAULT_PATH"]
+__all__ = ["Config", "ConsoleConfig", "HostConfig", "Limits", "MailConfig", "PassConfig",
+           "QuotaConfig", "SettingsConfig", "SnapshotsConfig", "WatchConfig", "check_root_owned",
+           "load_config", "DEFAULT_PATH"]
 
 DEFAULT_PATH = "/etc/wirt/wirt.toml"
 LAYOUT_NAMES = ("wirt", "legacy")
@@ -115,6 +115,14 @@ class WatchConfig:
 
 
 @dataclass(frozen=True)
+class ConsoleConfig:
+    """Reaching a VM's console (SPEC section 10)."""
+
+    # a member's domain whose console has no password gets passwd='' in its definition
+    lock: bool = True
+
+
+@dataclass(frozen=True)
 class Config:
     group: str = "vmguests"
     uri: str = "qemu:///system"
@@ -133,6 +141,7 @@ class Config:
     snapshots: SnapshotsConfig = field(default_factory=SnapshotsConfig)
     passes: PassConfig = field(default_factory=PassConfig)  # the [pass] table
     watch: WatchConfig = field(default_factory=WatchConfig)
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)
     path: str = "(built-in defaults)"
 
     def host_list(self) -> tuple[HostConfig, ...]:
@@ -326,6 +335,7 @@ def parse_config(data: dict[str, Any], path: str) -> Config:
         "snapshots",
         "pass",
         "watch",
+        "console",
     }
     values: dict[str, Any] = {"path": path}
     if "uri" in data and "hosts" in data:
@@ -363,6 +373,8 @@ def parse_config(data: dict[str, Any], path: str) -> Config:
         elif key == "watch":
             kinds = {"full_pass_seconds": float, "user_turns_per_second": float}
             values[key] = _check_watch(_sub_table(key, value, WatchConfig, kinds))
+        elif key == "console":
+            values[key] = _sub_table(key, value, ConsoleConfig, {"lock": bool})
         elif key == "layouts":
             if (not isinstance(value, list) or not value
                     or any(v not in LAYOUT_NAMES for v in value)):

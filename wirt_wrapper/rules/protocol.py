@@ -20,6 +20,12 @@ One turn, in order::
     bye                             last; root does not answer it
 
 Every request may carry ``logged``: ids whose log line the user side wrote.
+
+Root's answer to ``run`` may carry ``output``: what a SPEC 10 action produced
+for the user side to write into the VM's info folder (:data:`OUTPUT`; the
+user side checks it with :func:`check_output` before it writes anything).
+Bytes travel base64-encoded, within :data:`MAX_MESSAGE`: a screenshot of at
+most :data:`MAX_SCREEN` bytes, a serial log tail of at most :data:`MAX_SERIAL`.
 """
 
 from __future__ import annotations
@@ -35,7 +41,8 @@ from wirt_wrapper.rules.errors import ProtocolError
 __all__ = [
     "BYE", "INTEND", "INVENTORY", "MAX_DEPTH", "MAX_MESSAGE", "MAX_SETTINGS", "NOTICES",
     "RECOVERED", "REQUESTS", "RUN", "SETTINGS", "UNCLAIMED", "WATCHING", "Turn", "UserJob",
-    "check_request", "check_watching", "decode", "encode",
+    "check_request", "check_watching", "decode", "encode", "MAX_SCREEN", "MAX_SCREEN_SIDE",
+    "MAX_SERIAL", "OUTPUT", "check_output",
 ]
 
 MAX_MESSAGE = 4 << 20  # bytes of one framed message, either way
@@ -46,6 +53,13 @@ MAX_TEXT = 4096  # characters of any one string in a request
 RECOVERED, INVENTORY, INTEND, UNCLAIMED, RUN, SETTINGS, NOTICES, BYE = (
     "recovered", "inventory", "intend", "unclaimed", "run", "settings", "notices", "bye")
 MAX_SETTINGS = 1 << 20  # characters of a settings file (limits.max_file_bytes is at most this)
+MAX_SCREEN = 2 << 20  # bytes of a screenshot as libvirt streams it (base64: 2.7 MiB)
+MAX_SCREEN_SIDE = 4096  # pixels of a screenshot's width and height
+MAX_SERIAL = 64 << 10  # bytes of a serial log's tail
+
+
+def _b64_chars(size: int) -> int:
+    return 4 * ((size + 2) // 3)
 
 
 def decode(data: bytes) -> dict[str, Any]:
@@ -187,6 +201,20 @@ def check_watching(message: dict[str, Any]) -> str | None:
     _WATCHING(message, WATCHING)
     problem = message.get("problem")
     return None if problem is None else str(problem)
+
+
+# What a SPEC 10 action hands the user side (root's answer to 'run', key 'output').
+OUTPUT: Check = record(
+    {"file": text(64)},
+    {"b64": text(_b64_chars(MAX_SCREEN)), "mime": text(64),
+     "console": record({"type": text(16), "host": text(255), "port": integer,
+                        "password": text(8), "valid_until": text(32)})})
+
+
+def check_output(value: Any) -> dict[str, Any]:
+    """*value* if it has the shape of :data:`OUTPUT` (else ProtocolError)."""
+    OUTPUT(value, "output")
+    return dict(value)
 
 
 def check_request(message: dict[str, Any]) -> str:

@@ -34,6 +34,7 @@ from wirt_wrapper.rules.layouts import CHECKED_FILE, LAYOUTS, SET_ASIDE, STATUS_
 from wirt_wrapper.rules.protocol import UserJob
 from wirt_wrapper.user import fs as userfs
 from wirt_wrapper.user import logs as userlogs
+from wirt_wrapper.user import outputs as useroutputs
 from wirt_wrapper.user.fs import Unsafe
 from wirt_wrapper.user.probe import signature
 
@@ -213,6 +214,25 @@ class UserSide:
         # what lets the next pass's probe tell that nothing changed (user.probe)
         st = os.stat(STATUS_FILE, dir_fd=vm_fd, follow_symlinks=False)
         return [status_xml.info_digest(info), signature(st)]
+
+    def write_output(self, layout: Layout, vm: str, output: Any) -> None:
+        """What console, screenshot or serial produced, as info/vm/<vm>/<file>, mode 0600."""
+        if layout.info is None:
+            return
+        name = output.get("file", "?") if isinstance(output, dict) else "?"
+        where = layout.shown(*layout.info, vm, printable(str(name), 64))
+        try:
+            name, data = useroutputs.render(output)
+            vm_fd = userfs.open_dir(self.folder(layout.info), vm, self.uid, create=True)
+            try:
+                userfs.replace_file(vm_fd, name, data, 0o600)
+            finally:
+                os.close(vm_fd)
+        except useroutputs.BadOutput as exc:
+            self.notice(layout, f"output:{vm}:{name}", f"{where}: not written: {exc}")
+        except (Unsafe, OSError) as exc:
+            self.notice(layout, f"output:{vm}:{name}", f"{where}: cannot be written: "
+                        f"{_why(exc)}; remove or rename what is in the way")
 
     # -- recovery of commands a killed pass left in flight ----------------
     def recover(self) -> None:
@@ -588,6 +608,8 @@ class UserSide:
                             "it stays where it is")
             return None
         result = self.ask(protocol.RUN, id=reply["id"])
+        if result.get("output") is not None:  # before the log line: the CLI waits for that
+            self.write_output(layout, request["vm"], result.pop("output"))
         self.record(layout, {**request, **result, "hist": hist, "id": reply["id"],
                              "stamp": stamp})
         return result
