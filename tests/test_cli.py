@@ -1202,3 +1202,22 @@ def test_cancel_takes_a_waiting_command_back(site: Host) -> None:
     proc = wirt(alice, "cancel", "web", "reset")
     assert proc.returncode == 77, proc.stderr
     assert (spool(alice, "web") / "reset").exists()
+
+
+def test_a_folder_named_like_an_action_is_not_pending(site: Host) -> None:
+    """issue 15.6: ~/wirt/service/vm/web/reset as a folder: the pass says 'ignored', and the
+    CLI agrees (one definition, rules.spool): not pending in wirt status, list or --json."""
+    alice = site.users[0]
+    wirt(alice, "create", "web")
+    (spool(alice, "web") / "reset").mkdir()
+    alice.write("wirt/service/vm/web/autostart")
+    listed = json.loads(wirt(alice, "--json", "list").stdout)
+    assert [item["pending"] for item in listed if item["vm"] == "web"] == [["autostart"]]
+    status = wirt(alice, "status", "web").stdout
+    assert "autostart" in status and "reset" not in status, status
+    site.run()
+    text = (alice.home / "wirt/logs/wirt.log").read_text()
+    assert "~/wirt/service/vm/web/reset: ignored" in text and "folder" in text, text
+    listed = json.loads(wirt(alice, "--json", "list").stdout)
+    assert [item["pending"] for item in listed if item["vm"] == "web"] == [[]]
+    assert (spool(alice, "web") / "reset").is_dir()  # nothing of hers moved
