@@ -109,13 +109,15 @@ class Host:
         return user
 
     def domain_xml(self, name: str, owner: str | None = None, running: bool = False) -> str:
+        """A test-driver domain with a console the lock has closed (SPEC 10: passwd=''), as
+        on a host where wirt runs: an open one is in the admin's digest (test_reach_realvm)."""
         meta = ""
         if owner:
             meta = (f"<metadata><wirt:owner xmlns:wirt='http://wirt.weimarnetz.de/xmlns/"
                     f"owner/1'>{owner}</wirt:owner></metadata>")
         return (f"<domain type='test'><name>{name}</name><memory>65536</memory><vcpu>1</vcpu>"
                 f"{meta}<os><type>hvm</type></os><devices><graphics type='vnc' port='5901' "
-                f"listen='127.0.0.1'/></devices></domain>")
+                f"listen='127.0.0.1' passwd=''/></devices></domain>")
 
     def write_config(self, domains: dict[str, str | None] | None = None,
                      running: tuple[str, ...] = ()) -> None:

@@ -33,7 +33,6 @@ class StandInHypervisor:
         self.down: str | None = None
         self.read_at = 1796126000.0  # when the snapshot read the states
         self.acted: list[tuple[str, str, dict[str, str]]] = []
-        self.locked: list[str] = []  # domains the console lock closed (none here)
         self.domains = {"alice-web": DomainInfo("alice-web", "shut off", "shutdown", False,
                                                 True, 65536, 1, None)}
 
@@ -54,6 +53,9 @@ class StandInHypervisor:
 
     def prefetch(self, names: list[str]) -> None:
         pass
+
+    def take_locked(self) -> list[str]:
+        return []  # the console lock closed no domain here
 
     def exists(self, name: str) -> bool:
         return name in self.domains

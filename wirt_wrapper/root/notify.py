@@ -122,6 +122,9 @@ class Report:
 
     problems: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # pass-level problems, for root
+    # for the admin's digest only, not syslog: standing conditions (an open console) that
+    # a pass sees again each time; the mail's throttle sends each once per repeat_hours
+    digest_notes: list[str] = field(default_factory=list)
 
     def command(self, entry: dict[str, Any], outcome: str, reason: str) -> None:
         if outcome in MAILED:
@@ -134,6 +137,9 @@ class Report:
 
     def note(self, text: str) -> None:
         self.notes.append(text)
+
+    def digest(self, text: str) -> None:
+        self.digest_notes.append(text)
 
 
 # -- syslog --------------------------------------------------------------------
@@ -478,7 +484,7 @@ def after_pass(config: Config, summary: PassSummary, report: Report, audit: Audi
     try:
         for severity, text in syslog_lines(report):
             log.send(severity, text)
-        if config.mail.enabled and (report.problems or report.notes):
+        if config.mail.enabled and (report.problems or report.notes or report.digest_notes):
             _mail_all(config, summary, report, audit, log)
     except Exception as exc:  # noqa: BLE001 - telling people must never fail the pass
         _failed(audit, log, "(all)", f"{type(exc).__name__}: {exc}")
@@ -512,7 +518,8 @@ def _mail_all(config: Config, summary: PassSummary, report: Report, audit: Audit
                 throttle.mark(p.key(user) for p in problems)
         admin = mail.admin
         fresh = [p for p in report.problems if throttle.due(p.key(admin))]
-        notes = [n for n in report.notes if throttle.due(_note_key(admin, n))]
+        notes = [n for n in (*report.notes, *report.digest_notes)
+                 if throttle.due(_note_key(admin, n))]
         if fresh or notes:
             repeated = len(report.problems) - len(fresh)
             message = digest_mail(mail, mailer, fresh, notes, repeated, summary, host, stamp)

@@ -167,7 +167,7 @@ class Pass:
             if user is None or user not in members:
                 continue
             where = f"{graphics.get('listen') or '?'} port {graphics.get('port') or '?'}"
-            self.report.note(
+            self.report.digest(
                 f"open console: {domain} (user {user}) runs with a console without a "
                 f"password ({graphics.get('type')} {where}), open to every local user; "
                 "the console lock closes it when the VM is shut down and started again")

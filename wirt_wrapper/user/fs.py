@@ -156,6 +156,8 @@ def _judge_regular(st: os.stat_result, uid: int) -> None:
     if not stat.S_ISREG(st.st_mode):
         raise Unsafe(f"is {kind_of(st.st_mode)}; {ONLY_REGULAR}")
     _judge_owner(st, uid)
+    if st.st_nlink == 0:  # unlinked between its lstat (or open) and now
+        raise Unsafe("was removed or replaced while being read")
     if st.st_nlink != 1:
         raise Unsafe(f"has {st.st_nlink} hard links (wirt reads and writes only files with "
                      "exactly one); write a new file instead of linking one")
