@@ -102,10 +102,11 @@ def test_create_write_wait_and_read_back(site: Host) -> None:
     status = json.loads(wirt(alice, "status", "web", "--json").stdout)
     assert status["status"]["domain"] == f"{alice.name}-web"
     assert status["status"]["graphics"] == {"type": "vnc", "listen": "127.0.0.1", "port": "5901",
-                                           "protected": "no"}
+                                           "protected": "yes"}  # the fixture's is locked
     assert status["last"]["action"] == "autostart" and status["last"]["outcome"] == "done"
     text = wirt(alice, "status", "web").stdout
-    assert "console:" in text and "vnc 127.0.0.1 port 5901 (display :1)" in text
+    assert "console:" in text and \
+        "vnc 127.0.0.1 port 5901 (display :1); password: wirt console" in text
     assert "; no password: open to every local user until the VM restarts" in text
 
     listed = json.loads(wirt(alice, "list", "--json").stdout)
