@@ -107,7 +107,6 @@ def test_create_write_wait_and_read_back(site: Host) -> None:
     text = wirt(alice, "status", "web").stdout
     assert "console:" in text and \
         "vnc 127.0.0.1 port 5901 (display :1); password: wirt console" in text
-    assert "; no password: open to every local user until the VM restarts" in text
 
     listed = json.loads(wirt(alice, "list", "--json").stdout)
     assert [(v["vm"], v["state"], v["last"]["outcome"]) for v in listed] == [
