@@ -302,15 +302,9 @@ class Hosts:
             hv.locked.clear()
         return found
 
-    def open_consoles(self, running: bool = True
-                      ) -> list[tuple[str, str | None, dict[str, str]]]:
+    def open_consoles(self) -> list[tuple[str, str | None, dict[str, str]]]:
         """:meth:`Hypervisor.open_consoles` of every host."""
-        return [found for hv in self.members for found in hv.open_consoles(running)]
-
-    def lock_all(self, names: list[str]) -> None:
-        """:meth:`Hypervisor.lock_all`, each domain on its own host."""
-        for hv, mine in self._split(names):
-            hv.lock_all(mine)
+        return [found for hv in self.members for found in hv.open_consoles()]
 
     def usage(self, user: str,
               decide_owner: Callable[[str, str | None], bool]) -> dict[str, tuple[int, int]]:

@@ -1006,33 +1006,13 @@ class Hypervisor:
         output["path"] = path  # read by reach(), after the trip
         return "done", ""
 
-    def open_consoles(self, running: bool = True
-                      ) -> list[tuple[str, str | None, dict[str, str]]]:
+    def open_consoles(self) -> list[tuple[str, str | None, dict[str, str]]]:
         """(domain, owner metadata, graphics) of every domain read this pass (the domains
-        members' folders name) whose console has no password: those that run with it open
-        (for the admin's digest), or with *running* False, every one (for the lock).  The
-        live XML is read with its passwords (LIVE): no extra call."""
+        members' folders name) that runs with a console without a password, for the
+        admin's digest: the live XML is read with its passwords (LIVE), so status.xml's
+        protected= and this list come with no extra call."""
         return [(name, info.owner, info.graphics) for name, info in sorted(self._info.items())
-                if info.graphics.get("protected") == "no"
-                and not (running and info.state in OFF_NAMES)]
-
-    def lock_all(self, names: list[str]) -> None:
-        """The console lock (:meth:`lock`) on the definitions of *names*, in one trip; the
-        domains it changed are then in :attr:`locked`.  Never fails the pass."""
-        if not self.console_lock or not names or self.down:
-            return
-        doms = self._doms
-
-        def job() -> None:
-            for name in names:
-                if name in doms:
-                    try:
-                        self.lock(doms[name], name, threading.Event())
-                    except libvirt.libvirtError:
-                        if not self._alive():
-                            raise
-        with contextlib.suppress(Unreachable, libvirt.libvirtError):
-            self._call(job)
+                if info.graphics.get("protected") == "no" and info.state not in OFF_NAMES]
 
     def usage(self, user: str,
               decide_owner: Callable[[str, str | None], bool]) -> dict[str, tuple[int, int]]:

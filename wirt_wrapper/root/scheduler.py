@@ -117,7 +117,6 @@ class Pass:
         with AccountChecker(self.config.pam_service) as accounts:
             self.serve_all(group, accounts)
         if self.config.console.lock and not self.hv.down:
-            self.lock_consoles(names)
             self.open_consoles(names)
         self.journal.compact()
         if self.hv.all_listed():  # else a host that is down keeps its domains' lists
@@ -159,36 +158,14 @@ class Pass:
         if problems:
             self.summary.libvirt_down = "; ".join(problems.values())
 
-    def _members_of(self, consoles: list[tuple[str, str | None, dict[str, str]]],
-                    members: list[str]) -> list[tuple[str, str, dict[str, str]]]:
-        """(domain, its member, graphics) of *consoles* that a member of the group owns."""
-        found = []
-        for domain, owner, graphics in consoles:
-            named = self.monitor.claimants.find(domain)
-            user = owner if owner is not None else (named[0][0] if named else None)
-            if user is not None and user in members:
-                found.append((domain, user, graphics))
-        return found
-
-    def lock_consoles(self, members: list[str]) -> None:
-        """The console lock (SPEC 10) on every member's domain this pass read whose
-        console has no password: ``passwd=''`` in its definition, so from its next start
-        nobody gets in until its owner asks for ``console``; audited, once (then it has
-        one).  wirt's own ``start`` and ``console`` apply it too, before they act."""
-        if self.options.dry_run or not self.config.console.lock:
-            return
-        mine = {d: u for d, u, _ in self._members_of(self.hv.open_consoles(running=False),
-                                                     members)}
-        self.hv.lock_all(sorted(mine))
-        for domain in self.hv.take_locked():
-            self.audit.write("console-lock", user=mine.get(domain), domain=domain,
-                             change="graphics passwd='' in the persistent definition "
-                             "(closed from its next start)")
-
     def open_consoles(self, members: list[str]) -> None:
         """Members' running domains whose console has no password (started before the
         console lock closed it): in the admin's digest until they restart (SPEC 10)."""
-        for domain, user, graphics in self._members_of(self.hv.open_consoles(), members):
+        for domain, owner, graphics in self.hv.open_consoles():
+            found = self.monitor.claimants.find(domain)
+            user = owner if owner is not None else (found[0][0] if found else None)
+            if user is None or user not in members:
+                continue
             where = f"{graphics.get('listen') or '?'} port {graphics.get('port') or '?'}"
             self.report.digest(
                 f"open console: {domain} (user {user}) runs with a console without a "
