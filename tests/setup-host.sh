@@ -21,6 +21,8 @@ PACKAGES=(
   man-db groff-base  # the manual pages are checked with groff and found with man -w
   qemu-utils  # qemu-img: the test guest's qcow2 disk (snapshots, SPEC 11)
   openssh-server openssh-client  # wirt --host: a real sshd on loopback, started by the test
+  systemd  # systemd-analyze verify on deploy/wirt-watch.service (no PID 1 needed); the test
+           # would skip without it, so a fresh machine must have it
 )
 missing=()
 for p in "${PACKAGES[@]}"; do
