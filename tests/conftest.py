@@ -76,6 +76,17 @@ class User:
         return sorted(os.listdir(folder)) if folder.exists() else []
 
 
+# The owner metadata's namespace (SPEC 4; root.hypervisor.OWNER_NS) and the element that
+# names a domain's owner and, with *vm*, the owner's VM folder that drives it.
+OWNER_NS = "http://wirt.weimarnetz.de/xmlns/owner/1"
+
+
+def owner_meta(owner: str, vm: str | None = None) -> str:
+    folder = f" vm='{vm}'" if vm else ""
+    return (f"<metadata><wirt:owner xmlns:wirt='{OWNER_NS}'{folder}>{owner}</wirt:owner>"
+            "</metadata>")
+
+
 @dataclass
 class Host:
     """A group with real members and a root-owned config for one test."""
@@ -111,10 +122,7 @@ class Host:
     def domain_xml(self, name: str, owner: str | None = None, running: bool = False) -> str:
         """A test-driver domain with a console the lock has closed (SPEC 10: passwd=''), as
         on a host where wirt runs: an open one is in the admin's digest (test_reach_realvm)."""
-        meta = ""
-        if owner:
-            meta = (f"<metadata><wirt:owner xmlns:wirt='http://wirt.weimarnetz.de/xmlns/"
-                    f"owner/1'>{owner}</wirt:owner></metadata>")
+        meta = owner_meta(owner) if owner else ""
         return (f"<domain type='test'><name>{name}</name><memory>65536</memory><vcpu>1</vcpu>"
                 f"{meta}<os><type>hvm</type></os><devices><graphics type='vnc' port='5901' "
                 f"listen='127.0.0.1' passwd=''/></devices></domain>")

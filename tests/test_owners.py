@@ -21,16 +21,9 @@ from typing import Any
 
 import libvirt
 import pytest
-from conftest import BIN, Host, User
+from conftest import BIN, Host, User, owner_meta
 
 WIRT = str(BIN / "wirt")
-OWNER_NS = "http://wirt.weimarnetz.de/xmlns/owner/1"
-
-
-def owner_meta(owner: str, vm: str | None = None) -> str:
-    folder = f" vm='{vm}'" if vm else ""
-    return (f"<metadata><wirt:owner xmlns:wirt='{OWNER_NS}'{folder}>{owner}</wirt:owner>"
-            "</metadata>")
 
 
 def host_file(host: Host, domains: dict[str, str]) -> None:

@@ -15,16 +15,9 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
-from conftest import BIN, Host, User, readable_config
+from conftest import BIN, Host, User, owner_meta, readable_config
 
 WIRT = str(BIN / "wirt")
-OWNER_NS = "http://wirt.weimarnetz.de/xmlns/owner/1"
-
-
-def owner_meta(owner: str, vm: str | None = None) -> str:
-    folder = f" vm='{vm}'" if vm else ""
-    return (f"<metadata><wirt:owner xmlns:wirt='{OWNER_NS}'{folder}>{owner}</wirt:owner>"
-            "</metadata>")
 
 
 @pytest.fixture

@@ -20,11 +20,10 @@ from typing import Any
 
 import libvirt
 import pytest
-from conftest import Host, User
+from conftest import OWNER_NS, Host, User, owner_meta
 
 pytestmark = [pytest.mark.attack, pytest.mark.realvm]
 
-OWNER_NS = "http://wirt.weimarnetz.de/xmlns/owner/1"
 
 
 @pytest.fixture
@@ -37,8 +36,8 @@ def assigned(host: Host) -> Iterator[tuple[Host, User, User, Any]]:
     dom = conn.defineXML(
         f"<domain type='qemu'><name>{host.prefix}handed</name><uuid>{uuid.uuid4()}</uuid>"
         "<memory unit='MiB'>32</memory><vcpu>1</vcpu>"
-        f"<metadata><wirt:owner xmlns:wirt='{OWNER_NS}' vm='box'>{alice.name}</wirt:owner>"
-        "</metadata><os><type arch='x86_64' machine='pc'>hvm</type></os></domain>")
+        f"{owner_meta(alice.name, 'box')}"
+        "<os><type arch='x86_64' machine='pc'>hvm</type></os></domain>")
     try:
         yield host, alice, bob, dom
     finally:
