@@ -85,3 +85,100 @@ def test_details_are_read_ahead_on_request(host: str, reads: list[str]) -> None:
         assert info is not None and info.persistent
     finally:
         hv.close()
+
+
+# -- the details of qemu:///system's domains, kept between passes (details.json) ------
+SYSTEM = "qemu:///system"
+
+
+def system_domain(name: str, memory_mib: int = 32, uuid: str = "") -> str:
+    uuid = f"<uuid>{uuid}</uuid>" if uuid else ""
+    return (f"<domain type='qemu'><name>{name}</name>{uuid}<memory unit='MiB'>{memory_mib}"
+            "</memory><os><type arch='x86_64'>hvm</type></os><devices><graphics type='vnc' "
+            "autoport='yes' listen='127.0.0.1'/></devices></domain>")
+
+
+@pytest.fixture
+def system_dom() -> Any:
+    """A shut-off domain of nobody's on the real libvirtd, undefined at the end."""
+    try:
+        conn = libvirt.open(SYSTEM)
+    except libvirt.libvirtError:
+        pytest.skip("no libvirtd at qemu:///system")
+    name = f"wcost-{id(conn) % 100000:05d}"
+    dom = conn.defineXML(system_domain(name))
+    yield dom
+    try:
+        dom.undefine()
+    except libvirt.libvirtError:
+        pass
+    conn.close()
+
+
+def a_pass(cache: dict[str, list[Any]], name: str) -> Any:
+    """What a pass's Hypervisor says of *name*, with root's details.json *cache*."""
+    hv = Hypervisor(SYSTEM, 10.0)
+    hv.details_cache = cache
+    hv.connect()
+    try:
+        return hv.info(name)
+    finally:
+        hv.close()
+
+
+def test_unchanged_details_are_not_read_again(system_dom: Any, reads: list[str]) -> None:
+    """The next pass reads no XML of a domain whose status and definition files libvirt
+    did not rewrite: the stamp (inode, mtime, size; id, state, reason) is the same."""
+    cache: dict[str, list[Any]] = {}
+    name = system_dom.name()
+    first = a_pass(cache, name)
+    assert reads == [name] and name in cache and first.memory_kib == 32 * 1024
+    again = a_pass(cache, name)
+    assert reads == [name], "the XML was read again though nothing changed"
+    assert again == first
+
+
+@pytest.mark.parametrize("change", ["memory", "owner", "redefined"])
+def test_a_change_made_outside_wirt_is_read(system_dom: Any, reads: list[str],
+                                            change: str) -> None:
+    """The admin changes the definition behind wirt's back (virsh setmem --config,
+    virsh metadata, virsh define): libvirt rewrites its file, the stamp changes, and
+    the next pass reads the XML and shows the change."""
+    cache: dict[str, list[Any]] = {}
+    name = system_dom.name()
+    assert a_pass(cache, name).owner is None
+    if change == "memory":
+        system_dom.setMemoryFlags(24 * 1024, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+    elif change == "owner":
+        system_dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, "<owner>alice</owner>",
+                               "wirt", "http://wirt.weimarnetz.de/xmlns/owner/1",
+                               libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+    else:
+        system_dom.connect().defineXML(system_domain(name, 64, system_dom.UUIDString()))
+    after = a_pass(cache, name)
+    assert reads == [name, name]
+    seen = {"memory": after.memory_kib, "owner": after.owner, "redefined": after.memory_kib}
+    assert seen[change] == {"memory": 24 * 1024, "owner": "alice",
+                            "redefined": 64 * 1024}[change]
+
+
+def test_a_damaged_cache_entry_is_read_again(system_dom: Any, reads: list[str]) -> None:
+    """details.json is root's, but an entry that is not what wirt writes (an older
+    version, a hand edit) only costs a read: never a wrong status."""
+    cache: dict[str, list[Any]] = {}
+    name = system_dom.name()
+    a_pass(cache, name)
+    cache[name][1]["memory_kib"] = "lots"
+    assert a_pass(cache, name).memory_kib == 32 * 1024
+    assert reads == [name, name]
+
+
+def test_other_hosts_have_no_stamps(host: str) -> None:
+    """Only the local system QEMU driver keeps the files the stamps are made of."""
+    hv = Hypervisor(host, 10.0)
+    hv.connect()
+    try:
+        hv.info("alice-web")
+        assert hv.details_cache == {}
+    finally:
+        hv.close()

@@ -119,6 +119,26 @@ class Hosts:
         for hv in self.members:
             hv.snapshot_cache = cache
 
+    @property
+    def details_cache(self) -> dict[str, list[Any]]:
+        """Root's domain details (records' details.json), one dict shared by every host."""
+        return self.members[0].details_cache
+
+    @details_cache.setter
+    def details_cache(self, cache: dict[str, list[Any]]) -> None:
+        for hv in self.members:
+            hv.details_cache = cache
+
+    @property
+    def wake_fd(self) -> int | None:
+        """Where every host tells that a read :meth:`request` started is done."""
+        return self.members[0].wake_fd
+
+    @wake_fd.setter
+    def wake_fd(self, fd: int | None) -> None:
+        for hv in self.members:
+            hv.wake_fd = fd
+
     def _split(self, names: Iterable[str]) -> list[tuple[Hypervisor, list[str]]]:
         """*names* grouped by the one host that has each (ambiguous or unknown: left out)."""
         per_host: dict[int, list[str]] = {}
@@ -134,6 +154,8 @@ class Hosts:
             hv.request(mine)
 
     def details_ready(self, names: Iterable[str] = ()) -> bool:
+        if len(self.members) == 1:
+            return bool(self.members[0].down) or self.members[0].details_ready(names)
         return all(hv.down or hv.details_ready(mine) for hv, mine in self._split(names))
 
     # -- the owner index's questions (root.owners), over every host ----------------

@@ -17,7 +17,10 @@ import base64
 import bisect
 import concurrent.futures
 import contextlib
+import copy
 import hashlib
+import json
+import os
 import queue
 import threading
 import time
@@ -179,6 +182,78 @@ class DomainInfo:
         return status
 
 
+class DefinitionStamps:
+    """When a domain's XML may have changed, without asking libvirt: the local QEMU
+    driver of ``qemu:///system`` saves every change of a domain's live XML to its status
+    file (``/run/libvirt/qemu/NAME.xml``) and every change of its definition to
+    ``/etc/libvirt/qemu/NAME.xml``, each time a new file put in place.  Their inode,
+    mtime and size, with the domain's id, state and reason, make its stamp: while it
+    is the same, what the XML said (memory, vCPUs, console, settings, owner metadata)
+    is the same, and the idle pass reads no XML (issue 13: the details only when
+    something could have changed them).  Other hosts and drivers have no stamps:
+    their domains' XML is read on every pass.  Root's own files, never a user's."""
+
+    LIVE_DIR = "/run/libvirt/qemu"
+    CONFIG_DIR = "/etc/libvirt/qemu"
+
+    def __init__(self, live_dir: str, config_dir: str) -> None:
+        self.live_dir, self.config_dir = live_dir, config_dir
+
+    @classmethod
+    def local(cls, uri: str) -> DefinitionStamps | None:
+        """The stamps of *uri*'s domains, if it is the local system QEMU driver."""
+        if uri != "qemu:///system" or not os.path.isdir(cls.LIVE_DIR) \
+                or not os.path.isdir(cls.CONFIG_DIR):
+            return None
+        return cls(cls.LIVE_DIR, cls.CONFIG_DIR)
+
+    def of(self, name: str, dom: Any, state: int, reason: int, iso_dir: str) -> str | None:
+        """*name*'s stamp; None when its files are not as the driver keeps them (then
+        its XML is read)."""
+        parts = [str(dom.ID()), str(state), str(reason), iso_dir]
+        for folder, needed in ((self.live_dir, state not in OFF_STATES),
+                               (self.config_dir, False)):
+            try:
+                st = os.stat(os.path.join(folder, name + ".xml"))
+            except FileNotFoundError:
+                if needed:
+                    return None  # a running domain has a status file: not this driver's
+                parts.append("-")
+                continue
+            except OSError:
+                return None
+            parts.append(f"{st.st_ino}.{st.st_mtime_ns}.{st.st_size}")
+        return "|".join(parts)
+
+
+# What details.json keeps of a domain's DomainInfo (what its XML said), and their types.
+_CACHED: dict[str, type | tuple[type, ...]] = {
+    "memory_kib": int, "vcpus": int, "owner": (str, type(None)), "graphics": dict,
+    "settings": (dict, type(None)), "owner_vm": (str, type(None))}
+
+
+def _cached_facts(info: DomainInfo) -> dict[str, Any]:
+    return {key: getattr(info, key) for key in _CACHED}
+
+
+def _cached_info(entry: Any, stamp: str, name: str, state: int, reason: int,
+                 autostart: bool, persistent: bool) -> DomainInfo | None:
+    """The DomainInfo of *name* from its details.json *entry*, if that was kept for
+    *stamp* and is well formed; else None (then the XML is read)."""
+    if not isinstance(entry, list) or len(entry) != 2 or entry[0] != stamp \
+            or not isinstance(entry[1], dict) or set(entry[1]) != set(_CACHED):
+        return None
+    facts = entry[1]
+    if any(not isinstance(facts[key], kind) or isinstance(facts[key], bool)
+           for key, kind in _CACHED.items()):
+        return None
+    state_name, reason_name = state_names(state, reason)
+    return DomainInfo(name, state_name, reason_name, autostart, persistent,
+                      facts["memory_kib"], facts["vcpus"], facts["owner"],
+                      dict(facts["graphics"]), copy.deepcopy(facts["settings"]),
+                      facts["owner_vm"])
+
+
 def _signature(info: DomainInfo) -> str:
     """What the rest of a domain's status says, in short: its snapshot list, kept in root's
     records, is read again when this changes.  On the idle path for every member's
@@ -331,7 +406,13 @@ class Hypervisor:
         self._sorted: list[str] | None = None
         # per domain asked about: the read of its details, on the libvirt thread
         self._jobs: dict[str, concurrent.futures.Future[
-            dict[str, tuple[str, str | None, int, int]]]] = {}
+            dict[str, tuple[DomainInfo, int, int, str | None]]]] = {}
+        # Root's records (details.json): domain -> [stamp, what its XML said]; used instead
+        # of reading the XML again while the stamp (DefinitionStamps) is the same.
+        self.details_cache: dict[str, list[Any]] = {}
+        self._stamps: DefinitionStamps | None = None  # set by connect where they work
+        # written to when such a read is done, so the pass can wait in select (None: not)
+        self.wake_fd: int | None = None
 
     def _call(self, fn: Callable[[], T]) -> T:
         if self.down:
@@ -369,6 +450,7 @@ class Hypervisor:
         except libvirt.libvirtError as exc:
             self.down = f"cannot list domains on {self.uri}: {exc.get_error_message()}"
             raise Unreachable(self.down) from None
+        self._stamps = DefinitionStamps.local(self.uri)
 
     def _snapshot(self) -> None:
         """The cheap listings of the whole host: every domain's name and UUID, and which
@@ -466,24 +548,43 @@ class Hypervisor:
                 found[name] = (state, reason)
             return found
 
-        def read() -> dict[str, tuple[str, str | None, int, int]]:
-            found: dict[str, tuple[str, str | None, int, int]] = {}
+        stamps, cache, iso_dir = self._stamps, self.details_cache, self.iso_dir
+
+        def read() -> dict[str, tuple[DomainInfo, int, int, str | None]]:
+            found: dict[str, tuple[DomainInfo, int, int, str | None]] = {}
             for name, (state, reason) in states().items():
                 dom = doms[name]
-                try:
-                    live = dom.XMLDesc(LIVE)
-                    held = (dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
-                            if name in persistent and state not in OFF_STATES else None)
-                except libvirt.libvirtError:
-                    if not self._alive():
-                        raise
-                    continue  # vanished meanwhile: no info, as for a domain that is not there
-                found[name] = (live, held, state, reason)
+                stamp = stamps.of(name, dom, state, reason, iso_dir) if stamps else None
+                info = None if stamp is None else _cached_info(
+                    cache.get(name), stamp, name, state, reason, name in self._autostart,
+                    name in persistent)
+                if info is None:
+                    try:
+                        live = dom.XMLDesc(LIVE)
+                        held = (dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+                                if name in persistent and state not in OFF_STATES else None)
+                    except libvirt.libvirtError:
+                        if not self._alive():
+                            raise
+                        continue  # vanished meanwhile: no info, as for one that is not there
+                    info = self._make_info(name, state, reason, name in self._autostart,
+                                           name in persistent, live, iso_dir, held)
+                found[name] = (info, state, reason, stamp)
             return found
 
         job = self._pool.submit(read)
         for name in wanted:
             self._jobs[name] = job
+        if self.wake_fd is not None:
+            job.add_done_callback(self._wake)
+
+    def _wake(self, _job: object) -> None:
+        """A read :meth:`request` started is done: one byte on :attr:`wake_fd` (a
+        non-blocking pipe; full means the reader is woken already)."""
+        try:
+            os.write(self.wake_fd or -1, b".")
+        except OSError:
+            pass
 
     def owner_claims(self, uuids: list[str], chunk: int = 500
                      ) -> dict[str, tuple[str, str | None] | None]:
@@ -538,11 +639,17 @@ class Hypervisor:
                 raise Unreachable(self.down) from None
             if name not in found or name in self._info:
                 continue  # vanished meanwhile; or known already (an action read it back)
-            live, held, state, reason = found[name]
+            info, state, reason, stamp = found[name]
             self._states[name] = (state, reason)
-            self._info[name] = self._make_info(
-                name, state, reason, name in self._autostart, name in self._persistent,
-                live, self.iso_dir, held)
+            self._info[name] = info
+            if stamp is not None:
+                entry = [stamp, _cached_facts(info)]
+                if self.details_cache.get(name) != entry:
+                    # as details.json gives them back (keys sorted), so that the signature
+                    # of its snapshot list is the same in the next pass
+                    entry = json.loads(json.dumps(entry, sort_keys=True))
+                    info.graphics, info.settings = entry[1]["graphics"], entry[1]["settings"]
+                    self.details_cache[name] = entry
             filled.append(name)
         self._attach_snapshots(filled)
 
@@ -580,9 +687,15 @@ class Hypervisor:
             self._info[name].snapshots = snapshots
             self._remember(name, self._info[name], snapshots)
 
-    def _remember(self, name: str, info: DomainInfo, snapshots: list[dict[str, Any]]) -> None:
-        spread = zlib.crc32(name.encode()) / 2**32  # per domain, fixed
-        again = time.time() + SNAPSHOT_RECHECK_S * (0.5 + spread / 2)
+    def _remember(self, name: str, info: DomainInfo, snapshots: list[dict[str, Any]],
+                  before: list[Any] | None = None) -> None:
+        """Cache *snapshots* for *info*'s signature; read again at the time *before* (the
+        entry they came from) had, else within SNAPSHOT_RECHECK_S."""
+        if isinstance(before, list) and len(before) == 3 and isinstance(before[2], int):
+            again = float(before[2])
+        else:
+            spread = zlib.crc32(name.encode()) / 2**32  # per domain, fixed
+            again = time.time() + SNAPSHOT_RECHECK_S * (0.5 + spread / 2)
         self.snapshot_cache[name] = [_signature(info), snapshots, round(again)]
 
     def info(self, name: str) -> DomainInfo | None:
@@ -634,16 +747,20 @@ class Hypervisor:
                     self.down = f"lost the connection to libvirt ({exc.get_error_message()})"
             return outcome, message, info
 
-        return self._trip(name, decide, work)
+        # a refresh (status) reads everything again, the snapshot list too
+        return self._trip(name, decide, work, snapshots_change=action.call is None)
 
     def _trip(self, name: str, decide: Decide,
               work: Callable[[Any, str | None, DomainInfo | None, threading.Event],
-                             tuple[str, str, DomainInfo | None]]
+                             tuple[str, str, DomainInfo | None]],
+              snapshots_change: bool = False
               ) -> tuple[str, str, DomainInfo | None]:
         """One trip to the libvirt thread for one domain: look it up, check its owner
         metadata (read fresh) with *decide*, then *work*(dom, owner, info before, sent),
         which sets *sent* just before it changes anything.  Unreachable before that,
-        Interrupted after; the info read back becomes the latest known."""
+        Interrupted after; the info read back becomes the latest known.  Its snapshot
+        list is read again only when *snapshots_change* (a snapshot action) or when
+        none was known: no other action makes or removes snapshots."""
         missing = no_domain(name)
         sent = threading.Event()
         self.prefetch([name])
@@ -663,13 +780,19 @@ class Hypervisor:
             if problem:
                 return "rejected", problem, None
             outcome, message, info = work(dom, owner, prev, sent)
-            self.snapshot_cache.pop(name, None)  # a command may have changed them
-            if info is not None:  # read now, kept for the state the command left
+            known = None if snapshots_change or prev is None else prev.snapshots
+            if info is None:
+                self.snapshot_cache.pop(name, None)
+            elif known is not None:  # no snapshot action: the list is the one before
+                info.snapshots = known
+                self._remember(name, info, known, self.snapshot_cache.get(name))
+            else:  # read now, kept for the state the command left
                 try:
                     info.snapshots = read_snapshots(dom)
                     self._remember(name, info, info.snapshots)
                 except libvirt.libvirtError as exc:
                     info.snapshots = None
+                    self.snapshot_cache.pop(name, None)
                     if not self._alive():
                         self.down = f"lost the connection to libvirt ({exc.get_error_message()})"
             if info is not None:
@@ -819,7 +942,7 @@ class Hypervisor:
                     raise
                 return "failed", f"libvirt: {exc.get_error_message()}", back()
 
-        return self._trip(name, decide, work)
+        return self._trip(name, decide, work, snapshots_change=True)
 
     @staticmethod
     def _create(dom: Any, snap: str, user: str, existing: list[dict[str, Any]],
@@ -1149,8 +1272,10 @@ def _read_back(dom: Any, name: str, owner: str | None, prev: DomainInfo | None,
             settings = _settings_or_none(inactive, iso_dir, live)
         else:
             settings = _settings_or_none(root, iso_dir)
-    autostart = bool(dom.autostart()) if "autostart" in touches else prev.autostart
-    autostart = known.get("autostart", autostart)
+    if "autostart" in known:
+        autostart = known["autostart"]  # set by the call just made: not asked again
+    else:
+        autostart = bool(dom.autostart()) if "autostart" in touches else prev.autostart
     return DomainInfo(name, state, reason, autostart, prev.persistent, memory, vcpus, owner,
                       graphics, settings)
 

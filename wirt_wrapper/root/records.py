@@ -1,8 +1,8 @@
 """What root remembers about each member between passes (runs as root).
 
-Two root-only JSON files in ``state_dir``, both bounded per user so that no
-member can grow them (SECURITY.md row 10), and both pruned of users who are
-no longer members:
+Root-only JSON files in ``state_dir``, the per-user ones bounded per user so that no
+member can grow them (SECURITY.md row 10), and pruned of users who are no
+longer members:
 
 * ``reported.json``: the notices each user was already told (a stray entry,
   an unwritable log, ...), so that each is told once.  A notice that is gone
@@ -16,6 +16,9 @@ no longer members:
   that the prober's look can tell that nothing needs a user side.  Each full
   turn replaces the user's entry with exactly what it wrote: VM folders that
   are gone are dropped.
+* ``snapshots.json`` and ``details.json``: per domain, its snapshot list and
+  what its XML said (bounded by the host's domains, pruned to its listing), so
+  that the idle pass reads neither while nothing could have changed them.
 * ``settings.json``: per user, layout and VM, the digest of the settings file
   root last handled (applied, or refused), so that each version of the file
   is applied once; and the digests of the ISO listing and of the vms.json the
@@ -62,6 +65,7 @@ class Records:
         self.idle: dict[str, Idle] = self._load("idle.json")
         self.settings: dict[str, dict[str, Any]] = self._load("settings.json")
         self.snapshots: dict[str, list[Any]] = self._load("snapshots.json")
+        self.details: dict[str, list[Any]] = self._load("details.json")
         self._loaded = self._snapshot()
         self.seen: dict[str, set[str]] = {}  # per user served this pass: notices still there
 
@@ -70,10 +74,11 @@ class Records:
             return {}
         return load_state(os.path.join(self.state_dir, name))
 
-    def _snapshot(self) -> tuple[str, str, str, str]:
+    def _snapshot(self) -> tuple[str, ...]:
         return (json.dumps(self.reported, sort_keys=True), json.dumps(self.idle, sort_keys=True),
                 json.dumps(self.settings, sort_keys=True),
-                json.dumps(self.snapshots, sort_keys=True))
+                json.dumps(self.snapshots, sort_keys=True),
+                json.dumps(self.details, sort_keys=True))
 
     # -- notices -------------------------------------------------------------
     def reported_keys(self, uid: int) -> set[str]:
@@ -137,9 +142,11 @@ class Records:
 
     # -- snapshot lists --------------------------------------------------------
     def keep_snapshots(self, domains: set[str]) -> None:
-        """Forget the snapshot lists of domains that are not on the host any more."""
-        for name in [n for n in self.snapshots if n not in domains]:
-            del self.snapshots[name]
+        """Forget the snapshot lists and details of domains that are not on the host any
+        more."""
+        for kept in (self.snapshots, self.details):
+            for name in [n for n in kept if n not in domains]:
+                del kept[name]
 
     # -- keeping ---------------------------------------------------------------
     def prune(self, members: set[int]) -> None:
@@ -158,7 +165,8 @@ class Records:
             return
         files: tuple[tuple[str, dict[str, Any]], ...] = (
             ("reported.json", self.reported), ("idle.json", self.idle),
-            ("settings.json", self.settings), ("snapshots.json", self.snapshots))
+            ("settings.json", self.settings), ("snapshots.json", self.snapshots),
+            ("details.json", self.details))
         for index, (name, data) in enumerate(files):
             if now[index] != self._loaded[index]:
                 save_state(os.path.join(self.state_dir, name), data)

@@ -44,6 +44,15 @@ PARALLEL_USERS = 16
 LOOK_AHEAD = 32
 
 
+def drain(fd: int) -> None:
+    """Read a non-blocking pipe empty."""
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
+
+
 class Pass:
     """One pass over every member (or some: --user, or the users a watch was hinted)."""
 
@@ -66,13 +75,14 @@ class Pass:
         self.journal = Journal(config.state_dir, dry_run=options.dry_run)
         self.records = Records(None if options.dry_run else config.state_dir)
         self.hv.snapshot_cache = self.records.snapshots  # the same dict: saved with the records
+        self.hv.details_cache = self.records.details  # likewise
         self.owners = OwnerIndex(None if options.dry_run else config.state_dir)
         self.groups: dict[str, tuple[int, ...]] = {}
         self.report = notify.Report()  # for syslog and mail at the end
         self.monitor = Monitor(config, options, self.hv, self.audit, self.journal,
                                self.records, self.report, self.summary)
         # looks waiting for their domains' details: (user, look, domain names)
-        self.deferred: list[tuple[pwd.struct_passwd, dict[str, Any], list[str]]] = []
+        self.deferred: deque[tuple[pwd.struct_passwd, dict[str, Any], list[str]]] = deque()
         # users whose look found every status.xml current: their status-checked gets
         # the snapshot's time at the end (one batch to the prober)
         self.checked: list[tuple[pwd.struct_passwd, str]] = []
@@ -177,6 +187,18 @@ class Pass:
 
         Full turns run a few at a time; each ends by 'bye', error or deadline.
         """
+        wake, self.hv.wake_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            self._serve_all(users, accounts, wake)
+        finally:
+            os.close(wake)
+            os.close(self.hv.wake_fd)
+            self.hv.wake_fd = None
+        self.mark_checked()
+
+    def _serve_all(self, users: list[pwd.struct_passwd], accounts: AccountChecker,
+                   wake: int) -> None:
+        """serve_all's loop; *wake* is readable when a read of domain details is done."""
         for user in users:
             self.start(user, accounts)
         active: dict[int, UserContext] = {}
@@ -187,21 +209,22 @@ class Pass:
                 ctx = self.start_full(self.full.popleft())
                 active[ctx.child.fileno()] = ctx
             if self.deferred:
-                waiting = bool(active or self.looking)  # else nothing to do but wait
-                now_ready: list[tuple[pwd.struct_passwd, dict[str, Any], list[str]]] = []
-                still: list[tuple[pwd.struct_passwd, dict[str, Any], list[str]]] = []
-                for item in self.deferred:
-                    late = waiting and not self.hv.details_ready(item[2])
-                    (still if late else now_ready).append(item)
-                if now_ready:
-                    self.deferred = still
-                    for user, report, _ in now_ready:
-                        self.decide(user, report)
+                # the details come in the order asked (one libvirt thread per host): the
+                # ready ones are at the front; with nothing else to do, wait for the next
+                waiting = bool(active or self.looking)
+                decided = 0
+                while self.deferred and (decided == 0 and not waiting
+                                         or self.hv.details_ready(self.deferred[0][2])):
+                    user, report, _ = self.deferred.popleft()
+                    self.decide(user, report)
+                    decided += 1
+                if decided:
                     continue
             waits = [c.child.channel.deadline or 0.0 for c in active.values()]
-            if self.deferred:  # the details may arrive any moment: look again soon
-                waits.append(time.monotonic() + 0.02)
             fds: list[int] = list(active)
+            if self.deferred:  # the details may arrive any moment: woken when they do
+                fds.append(wake)
+                waits.append(time.monotonic() + self.config.limits.seconds_per_user)
             if self.looking and self.prober is not None:
                 waits.append(self.look_deadline)
                 fds.append(self.prober.fileno())
@@ -209,6 +232,8 @@ class Pass:
                 continue
             ready, _, _ = select.select(fds, [], [], max(0.0, min(waits) - time.monotonic()))
             now = time.monotonic()
+            if wake in ready:
+                drain(wake)
             if self.prober is not None and self.prober.fileno() in ready:
                 self.take_look()
             elif self.looking and now >= self.look_deadline:
@@ -219,7 +244,6 @@ class Pass:
                 if self.step(ctx):
                     del active[fd]
                     self.end(ctx)
-        self.mark_checked()
 
     def decide(self, user: pwd.struct_passwd, report: dict[str, Any]) -> None:
         """After a look: a full turn, or (nothing to do) a note that its status is current."""
