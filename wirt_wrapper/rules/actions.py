@@ -309,8 +309,11 @@ def printable(text: str, limit: int = 255) -> str:
 
 def _show(text: str, limit: int = 40) -> str:
     """A token made safe to quote in a log line: ASCII, printable, short."""
-    safe = text.encode("ascii", "backslashreplace").decode("ascii")
-    safe = "".join(c if 0x20 <= ord(c) < 0x7F else f"\\x{ord(c):02x}" for c in safe)
+    if text.isascii() and text.isprintable():  # the usual case: nothing to escape
+        safe = text
+    else:
+        safe = text.encode("ascii", "backslashreplace").decode("ascii")
+        safe = "".join(c if 0x20 <= ord(c) < 0x7F else f"\\x{ord(c):02x}" for c in safe)
     return safe if len(safe) <= limit else safe[:limit] + "..."
 
 

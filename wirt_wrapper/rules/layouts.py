@@ -45,9 +45,12 @@ def legacy_stamp(now_ns: int) -> str:
             f"{t.tm_hour:02d}.{t.tm_min:02d}.{t.tm_sec:02d}")
 
 
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
 def safe_token(text: str, limit: int = 40) -> str:
     """A user-chosen file name reduced to characters that are safe in a history name."""
-    cleaned = re.sub(r"[^A-Za-z0-9_.-]", "_", text)[:limit].lstrip(".")
+    cleaned = _UNSAFE.sub("_", text)[:limit].lstrip(".")
     return cleaned or "_"
 
 

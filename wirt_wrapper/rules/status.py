@@ -21,7 +21,8 @@ from typing import Any
 
 from lxml import etree
 
-__all__ = ["last_command", "last_config", "parse", "read_at", "render", "stamp", "unstamp"]
+__all__ = ["kept", "last_command", "last_config", "parse", "read_at", "render", "stamp",
+           "unstamp"]
 
 VERSION = "1"
 _PARSER = etree.XMLParser(
@@ -137,12 +138,16 @@ def render(vm: str, info: dict[str, Any], last: dict[str, str] | None,
     return etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True)
 
 
-def _last(document: bytes, tag: str, keep: tuple[str, ...]) -> dict[str, str] | None:
+def _root(document: bytes) -> etree._Element | None:
     try:
-        root = etree.fromstring(document, _PARSER)
+        return etree.fromstring(document, _PARSER)
     except etree.XMLSyntaxError:
         return None
-    node = root.find(tag)
+
+
+def _last(root: etree._Element | None, tag: str,
+          keep: tuple[str, ...]) -> dict[str, str] | None:
+    node = root.find(tag) if root is not None else None
     if node is None:
         return None
     found = {k: str(node.get(k)) for k in keep if node.get(k) is not None}
@@ -150,23 +155,32 @@ def _last(document: bytes, tag: str, keep: tuple[str, ...]) -> dict[str, str] | 
     return found
 
 
+_LAST_COMMAND = ("last-command", ("action", "outcome", "time", "params"))
+_LAST_CONFIG = ("last-config", ("outcome", "time"))
+
+
 def last_command(document: bytes) -> dict[str, str] | None:
     """The ``<last-command>`` of an existing status.xml, or None if absent or unreadable."""
-    return _last(document, "last-command", ("action", "outcome", "time", "params"))
+    return _last(_root(document), *_LAST_COMMAND)
 
 
 def read_at(document: bytes) -> str:
     """The ``<read-at>`` stamp of an existing status.xml ("" if absent or unreadable)."""
-    try:
-        root = etree.fromstring(document, _PARSER)
-    except etree.XMLSyntaxError:
-        return ""
-    return root.findtext("read-at") or ""
+    root = _root(document)
+    return (root.findtext("read-at") or "") if root is not None else ""
 
 
 def last_config(document: bytes) -> dict[str, str] | None:
     """The ``<last-config>`` (last settings-file outcome), or None if absent or unreadable."""
-    return _last(document, "last-config", ("outcome", "time"))
+    return _last(_root(document), *_LAST_CONFIG)
+
+
+def kept(document: bytes) -> tuple[dict[str, str] | None, dict[str, str] | None, str]:
+    """What a rewrite keeps of an existing status.xml, read in one parse: its
+    :func:`last_command`, :func:`last_config` and :func:`read_at`."""
+    root = _root(document)
+    return (_last(root, *_LAST_COMMAND), _last(root, *_LAST_CONFIG),
+            (root.findtext("read-at") or "") if root is not None else "")
 
 
 def _read_settings(node: etree._Element) -> dict[str, Any]:

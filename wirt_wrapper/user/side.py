@@ -204,10 +204,11 @@ class UserSide:
             old, _ = userfs.read_file(vm_fd, STATUS_FILE, self.uid, STATUS_LIMIT)
         except (Unsafe, OSError):
             old = b""
-        last = self.last.get((layout.name, vm)) or status_xml.last_command(old)
-        config = self.last_config.get((layout.name, vm)) or status_xml.last_config(old)
+        old_last, old_config, old_read = status_xml.kept(old)
+        last = self.last.get((layout.name, vm)) or old_last
+        config = self.last_config.get((layout.name, vm)) or old_config
         # the same state and details keep the time they were first read: the file stays
-        if status_xml.render(vm, info, last, config, status_xml.read_at(old)) != old:
+        if status_xml.render(vm, info, last, config, old_read) != old:
             read = self.read_at.get((layout.name, vm), self.inventory_read) or time.time()
             new = status_xml.render(vm, info, last, config, status_xml.stamp(read))
             userfs.replace_file(vm_fd, STATUS_FILE, new)
