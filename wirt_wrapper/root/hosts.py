@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from typing import Any
 
@@ -128,6 +129,16 @@ class Hosts:
     def details_cache(self, cache: dict[str, list[Any]]) -> None:
         for hv in self.members:
             hv.details_cache = cache
+
+    @property
+    def waiting(self) -> Callable[[], AbstractContextManager[None]]:
+        """What every host does around its waits for libvirt (Hypervisor.waiting)."""
+        return self.members[0].waiting
+
+    @waiting.setter
+    def waiting(self, around: Callable[[], AbstractContextManager[None]]) -> None:
+        for hv in self.members:
+            hv.waiting = around
 
     @property
     def wake_fd(self) -> int | None:
@@ -316,12 +327,14 @@ class Hosts:
         outcome, message, info = self._route(name, trip)
         return outcome, message, info, output[0]
 
-    def take_locked(self) -> list[str]:
-        """The domains the console lock closed since last asked (for the audit log)."""
-        found = []
+    def take_locked(self, domain: str) -> bool:
+        """Whether the console lock closed *domain* since last asked (for the audit log).
+        Asked per domain: several users' commands are in flight at once."""
+        found = False
         for hv in self.members:
-            found += hv.locked
-            hv.locked.clear()
+            if domain in hv.locked:
+                hv.locked.remove(domain)
+                found = True
         return found
 
     def open_consoles(self) -> list[tuple[str, str | None, dict[str, str]]]:

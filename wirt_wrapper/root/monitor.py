@@ -353,7 +353,7 @@ class Monitor:
                 outcome, message, status, output = self.reach(ctx, entry)
             else:
                 outcome, message, status = self.execute(ctx, entry)
-        self.audit_locks(ctx)
+        self.audit_locks(ctx, entry["domain"])
         reply = self._finish(cid, entry, outcome, message, started, status)
         if output is not None:  # console.json's password: in this answer alone
             reply["output"] = output
@@ -388,9 +388,9 @@ class Monitor:
             message = f"{message}; in {where}" if message else f"in {where}"
         return outcome, message, status, out[0] if outcome == "done" else None
 
-    def audit_locks(self, ctx: UserContext) -> None:
-        """The console lock's changes to definitions, in the audit log (SPEC 10)."""
-        for domain in self.hv.take_locked():
+    def audit_locks(self, ctx: UserContext, domain: str) -> None:
+        """The console lock's change to *domain*'s definition, in the audit log (SPEC 10)."""
+        if self.hv.take_locked(domain):
             self.audit.write("console-lock", user=ctx.user.pw_name, uid=ctx.user.pw_uid,
                              domain=domain, change="graphics passwd='' in the persistent "
                              "definition (closed from its next start)")

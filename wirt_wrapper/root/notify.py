@@ -51,17 +51,13 @@ import json
 import os
 import pwd
 import select
-import smtplib
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from email.headerregistry import Address
-from email.message import EmailMessage
-from email.utils import formatdate, make_msgid
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from wirt_wrapper.root.audit import AuditLog
 from wirt_wrapper.root.auditquery import action_of
@@ -70,6 +66,10 @@ from wirt_wrapper.rules.actions import printable
 from wirt_wrapper.rules.config import Config, MailConfig, check_root_owned
 from wirt_wrapper.rules.errors import ConfigError
 from wirt_wrapper.rules.layouts import LAYOUTS
+
+if TYPE_CHECKING:  # the mail modules are loaded when there is mail (not on an idle pass)
+    import smtplib
+    from email.message import EmailMessage
 
 __all__ = ["Mailer", "Problem", "Report", "Syslog", "Throttle", "after_pass", "quoted"]
 
@@ -314,6 +314,8 @@ class Mailer:
                             transport=False)
 
     def _smtp(self, message: EmailMessage, recipients: list[str]) -> None:
+        import smtplib
+
         where = f"SMTP {self.mail.smtp_host}:{self.mail.smtp_port}"
         try:
             if self.smtp is None:
@@ -331,6 +333,8 @@ class Mailer:
 
     def close(self) -> None:
         if self.smtp is not None:
+            import smtplib
+
             try:
                 self.smtp.quit()
             except (OSError, smtplib.SMTPException):
@@ -383,6 +387,10 @@ def _user_item(number: int, p: Problem) -> str:
 
 def _message(mail: MailConfig, mailer: Mailer, to: str, subject: str,
              body: str) -> EmailMessage:
+    from email.headerregistry import Address
+    from email.message import EmailMessage
+    from email.utils import formatdate, make_msgid
+
     message = EmailMessage()
     sender, _, domain = mailer.address(mail.admin).partition("@")
     message["From"] = Address("wirt", sender, domain)
