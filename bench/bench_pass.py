@@ -6,6 +6,7 @@ Run as root on a host prepared by tests/setup-host.sh:
                                                   [--layout wirt|legacy] [--against VENV]
                                                   [--hosts 2]
                                                   [--foreign N]
+                                                  [--legacy [--legacy-runs 1]]
 
 It creates real users (prefix ``wb``) in a real group, defines one domain per
 VM folder on the real libvirtd (``qemu:///system``; libvirt's test driver when
@@ -28,6 +29,18 @@ With ``--foreign N``, N cheap non-member domains (``PREFIX`` + ``for-NNNNN``)
 are then defined beside the fixture and the idle pass is measured again: its
 cost must follow the members' VMs, not the host's domain count (issue 13: within
 1.2x with 10,000).  They are undefined at the end, also on Ctrl-C or an error.
+
+With ``--legacy``, the same users also get the legacy folders
+(``~/virsh/dom-vmK``, driving the same domains ``<user>-vmK``), and
+bench/legacy_model.sh -- a clean-room bash model of the legacy
+``virsh_wrapper.sh``, written from LEGACY.md's description, never installed --
+runs over them as root: its idle pass (no command files) and its busy pass (one
+empty ``autostart`` in each ``dom-*`` folder, the user's), interleaved with
+wirt's passes, medians over ``--legacy-runs``.  Its medians are printed next to
+LEGACY.md's figures (is the model faithful?), and the ratios legacy / wirt
+against issue 13's targets (idle >= 70x, busy >= 40x).  wirt serves only its
+own layout here and ignores ``~/virsh``; its idle pass after the model's busy
+pass is checked to rewrite no status.xml.
 
 Medians over ``--runs`` runs; peak memory is the largest resident set of any
 process of the pass.  The machine is shared and noisy: read the ratios.
@@ -57,6 +70,11 @@ PREFIX = "wb"
 EXE = str(Path(sys.executable).parent / "virsh_wrapper")
 TARGETS = {"idle": 0.5, "busy": 2.5, "memory_mb": 100.0, "hosts_ratio": 1.5}
 LEGACY = {"idle": 12.7, "busy": 49.7}
+# issue 13: how many times faster than the legacy script, measured in the same run (--legacy)
+LEGACY_TARGETS = {"idle": 70.0, "busy": 40.0}
+MODEL = Path(__file__).resolve().parent / "legacy_model.sh"
+# where wirt keeps a VM's status.xml: ~/wirt/info/vm/<vm>/status.xml (rules/layouts.py)
+STATUS = ("wirt", "info", "vm")
 
 
 def sh(*args: str) -> None:
@@ -237,6 +255,63 @@ def floor(uri: str, names: list[str], folders: list[Path]) -> float:
     return seconds
 
 
+def run_legacy(group: str, uri: str) -> tuple[float, float]:
+    """Wall time of one run of the legacy model over *group*, and its CPU seconds (the
+    script, its children and libvirtd's share, as for wirt's passes)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    daemon = libvirtd_cpu()
+    start = time.perf_counter()
+    proc = subprocess.run(["/bin/bash", str(MODEL), group, uri], capture_output=True,
+                          text=True, env={"PATH": "/usr/bin:/bin"})
+    seconds = time.perf_counter() - start
+    if proc.returncode:
+        raise SystemExit(f"legacy model failed ({proc.returncode}): {proc.stderr}")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+           + libvirtd_cpu() - daemon)
+    return seconds, cpu
+
+
+def check_legacy_busy(folders: list[Path], since: float) -> int:
+    """The model's busy pass really did the work: every ``autostart`` gone from the
+    ``dom-*`` folders, and a log without an error for each.  Returns the logs counted."""
+    left = [str(folder) for folder in folders if (folder / "autostart").exists()]
+    if left:
+        raise SystemExit(f"legacy model left {len(left)} command files, e.g. {left[0]}")
+    logs = 0
+    for spool in {folder.parent for folder in folders}:
+        for entry in os.scandir(spool / "log"):
+            if entry.name.endswith("-autostart.log") and entry.stat().st_mtime >= since:
+                text = Path(entry.path).read_text(errors="replace")
+                if "error" in text:
+                    raise SystemExit(f"legacy model: virsh failed: {entry.path}: {text}")
+                logs += 1
+    if logs != len(folders):
+        raise SystemExit(f"legacy model wrote {logs} logs for {len(folders)} commands")
+    return logs
+
+
+def status_files(users: list[tuple[str, int, int, Path]], vms: int) -> dict[Path, tuple[int, ...]]:
+    """What each status.xml is now (inode, mtime, size): an idle pass changes none."""
+    found: dict[Path, tuple[int, ...]] = {}
+    for _name, _uid, _gid, home in users:
+        for k in range(vms):
+            path = home.joinpath(*STATUS, f"vm{k}", "status.xml")
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                continue
+            found[path] = (st.st_ino, st.st_mtime_ns, st.st_size)
+    return found
+
+
+def changed(before: dict[Path, tuple[int, ...]], after: dict[Path, tuple[int, ...]]) -> int:
+    """How many of the status.xml files of *before* a pass rewrote or removed."""
+    if not before:
+        raise SystemExit("no status.xml to compare: wirt's warm-up pass wrote none")
+    return sum(after.get(path) != seen for path, seen in before.items())
+
+
 class TwoHosts:
     """The --hosts 2 fixture: its own users and folders, domains split over two hosts."""
 
@@ -301,6 +376,27 @@ def setup_two_hosts(args: argparse.Namespace, uri: str, work: Path) -> TwoHosts:
     return two
 
 
+class Made:
+    """What a run made, to remove at its end unless --keep: also after an error, Ctrl-C or
+    SIGTERM, as other engineers share this libvirtd and machine."""
+
+    def __init__(self, uri: str, users: list[str], group: str) -> None:
+        self.uri, self.users, self.group = uri, users, group
+        self.names: list[str] = []
+        self.two: TwoHosts | None = None
+
+    def remove(self) -> None:
+        try:
+            undefine(self.uri, self.names)
+        except libvirt.libvirtError as err:
+            print(f"cleanup: could not undefine the domains: {err}", file=sys.stderr)
+        if self.two is not None:
+            self.two.remove(self.uri)
+        for name in self.users:
+            subprocess.run(["userdel", "-r", "-f", name], capture_output=True)
+        subprocess.run(["groupdel", self.group], capture_output=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--users", type=int, default=200)
@@ -331,8 +427,36 @@ def main() -> None:
                         help="then define N cheap non-member domains beside the fixture "
                         "and measure the idle pass again (issue 13's budget: 1.2x with "
                         "10,000); they are undefined at the end, also on Ctrl-C")
+    parser.add_argument("--legacy", action="store_true",
+                        help="also fill ~/virsh/dom-vmK (the same domains) and time "
+                        "bench/legacy_model.sh, a model of the legacy script, over them: "
+                        "idle and busy, interleaved with wirt's passes; prints its medians "
+                        "beside LEGACY.md's figures and the ratios legacy / wirt (issue 13: "
+                        f"idle >= {LEGACY_TARGETS['idle']:.0f}x, busy >= "
+                        f"{LEGACY_TARGETS['busy']:.0f}x)")
+    parser.add_argument("--legacy-runs", type=int, default=1, metavar="N",
+                        help="how many of the --runs also time the model (default 1: a busy "
+                        "legacy pass takes about a minute)")
     args = parser.parse_args()
+    if args.legacy and args.layout != "wirt":
+        parser.error("--legacy needs --layout wirt: the model serves ~/virsh itself")
+    if args.legacy and not 1 <= args.legacy_runs <= args.runs:
+        parser.error("--legacy-runs must be between 1 and --runs")
+    made = Made(args.uri, [f"{args.prefix}{index:03d}" for index in range(args.users)],
+                args.prefix + "guests")
 
+    def stop(_sig: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        measure(args, made)
+    finally:
+        if not args.keep:
+            made.remove()
+
+
+def measure(args: argparse.Namespace, made: Made) -> None:
+    """Set up the fixture (recording it in *made*), run the passes, print the numbers."""
     work = Path(tempfile.mkdtemp(prefix="wirt-bench-"))
     work.chmod(0o755)
     t0 = time.perf_counter()
@@ -345,7 +469,8 @@ def main() -> None:
         for k in range(args.vms):
             owners[home.joinpath(*spool) / f"{prefix}vm{k}"] = (uid, gid)
             names.append(f"{name}-vm{k}")
-    uri = define_domains(args.uri, names, work)
+    made.names = names
+    uri = made.uri = define_domains(args.uri, names, work)
     config = work / "wirt.toml"
     config.write_text(
         f'group = "{args.prefix}guests"\nuri = "{uri}"\naudit_log = "{work}/state/audit.log"\n'
@@ -360,7 +485,21 @@ def main() -> None:
     print(f"setup: {len(users)} users, {len(folders)} VM folders ({args.layout}), {uri} "
           f"holding {held} domains, {time.perf_counter() - t0:.1f} s", flush=True)
 
-    two = setup_two_hosts(args, uri, work) if args.hosts == 2 else None
+    two = made.two = setup_two_hosts(args, uri, work) if args.hosts == 2 else None
+    legacy_folders: list[Path] = []
+    legacy_owners: dict[Path, tuple[int, int]] = {}
+    legacy_idle: list[float] = []
+    legacy_busy: list[float] = []
+    legacy_cpu: dict[str, list[float]] = {"idle": [], "busy": []}
+    rewritten: list[int] = []  # status.xml files wirt's idle pass after the model's changed
+    if args.legacy:
+        legacy_folders = make_folders(users, args.vms, "legacy")
+        for folder in legacy_folders:
+            st = folder.stat()
+            legacy_owners[folder] = (st.st_uid, st.st_gid)
+        run_legacy(args.prefix + "guests", uri)  # warm-up: makes log/ and history/, as root
+        print(f"legacy     {len(legacy_folders)} ~/virsh/dom-* folders for {MODEL.name}",
+              flush=True)
     other = str(Path(args.against) / "bin" / "virsh_wrapper") if args.against else None
     run_pass(config)  # warm-up: writes every status.xml once
     if two is not None:
@@ -368,10 +507,15 @@ def main() -> None:
     idle, busy, floors, peaks, idle_cpu, busy_cpu = [], [], [], [], [], []
     their_idle: list[float] = []
     their_busy: list[float] = []
-    for _ in range(args.runs):
+    after_legacy = False
+    for run in range(args.runs):
         if other:  # the same fixture, the same moment: the other install first
             their_idle.append(run_pass(config, other)[0])
+        before = status_files(users, args.vms) if after_legacy else {}
         seconds, peak = run_pass(config)
+        if after_legacy:
+            rewritten.append(changed(before, status_files(users, args.vms)))
+            after_legacy = False
         idle.append(seconds)
         idle_cpu.append(CPU[-1])
         peaks.append(peak)
@@ -389,6 +533,25 @@ def main() -> None:
             drop_commands(two.folders, two.owners)
             two.busy.append(run_pass(two.config)[0])
         floors.append(floor(uri, names, folders))
+        if args.legacy and run < args.legacy_runs:
+            # after the floor: the domains are as wirt's next idle pass expects them
+            # (autostart on), and the model's autostart calls leave them so
+            seconds, cpu = run_legacy(args.prefix + "guests", uri)
+            legacy_idle.append(seconds)
+            legacy_cpu["idle"].append(cpu)
+            drop_commands(legacy_folders, legacy_owners)
+            since = time.time() - 1
+            seconds, cpu = run_legacy(args.prefix + "guests", uri)
+            legacy_busy.append(seconds)
+            legacy_cpu["busy"].append(cpu)
+            check_legacy_busy(legacy_folders, since)
+            print(f"legacy     run {run + 1}: idle {legacy_idle[-1]:.2f} s, busy "
+                  f"{legacy_busy[-1]:.2f} s", flush=True)
+            after_legacy = True
+    if after_legacy:  # the last model run had no wirt idle pass after it: one more, uncounted
+        before = status_files(users, args.vms)
+        run_pass(config)
+        rewritten.append(changed(before, status_files(users, args.vms)))
     with_configs: list[float] = []
     if args.configs:
         write_configs(folders, owners)
@@ -452,6 +615,37 @@ def main() -> None:
               f"busy {result['busy_s'] / result['their_busy_s']:.2f}x (interleaved, same fixture)")
     ok = (result["idle_s"] <= TARGETS["idle"] and result["busy_s"] <= TARGETS["busy"]
           and result["peak_rss_mb"] <= TARGETS["memory_mb"])
+    if args.legacy:
+        model = {"idle": statistics.median(legacy_idle), "busy": statistics.median(legacy_busy)}
+        ratios = {"idle": model["idle"] / result["idle_s"],
+                  "busy": model["busy"] / result["busy_s"]}
+        checked = len(status_files(users, args.vms))
+        result.update({
+            "legacy_runs": len(legacy_idle),
+            "legacy_model_idle_s": model["idle"], "legacy_model_busy_s": model["busy"],
+            "legacy_model_idle_runs": legacy_idle, "legacy_model_busy_runs": legacy_busy,
+            "legacy_model_idle_cpu_s": statistics.median(legacy_cpu["idle"]),
+            "legacy_model_busy_cpu_s": statistics.median(legacy_cpu["busy"]),
+            "legacy_figures_s": LEGACY,
+            "legacy_over_wirt_idle": ratios["idle"], "legacy_over_wirt_busy": ratios["busy"],
+            "legacy_targets": LEGACY_TARGETS,
+            "status_rewritten_after_legacy": rewritten,
+        })
+        print(f"legacy     model ({MODEL.name}, {len(legacy_idle)} runs): idle median "
+              f"{model['idle']:.2f} s runs {[round(x, 2) for x in legacy_idle]}, busy median "
+              f"{model['busy']:.2f} s runs {[round(x, 2) for x in legacy_busy]}")
+        print(f"           LEGACY.md's figures: idle {LEGACY['idle']} s, busy {LEGACY['busy']} s; "
+              f"model / figure: idle {model['idle'] / LEGACY['idle']:.2f}, "
+              f"busy {model['busy'] / LEGACY['busy']:.2f}")
+        print(f"           CPU: idle {result['legacy_model_idle_cpu_s']:.2f} s, busy "
+              f"{result['legacy_model_busy_cpu_s']:.2f} s (script, its children, libvirtd)")
+        print(f"legacy/wirt idle {ratios['idle']:.1f}x (target >= "
+              f"{LEGACY_TARGETS['idle']:.0f}x), busy {ratios['busy']:.1f}x (target >= "
+              f"{LEGACY_TARGETS['busy']:.0f}x); model and wirt medians of this run")
+        print(f"           wirt's idle pass after each model busy pass rewrote {rewritten} "
+              f"of {checked} status.xml (0: still idle)")
+        ok = (ok and ratios["idle"] >= LEGACY_TARGETS["idle"]
+              and ratios["busy"] >= LEGACY_TARGETS["busy"])
     if two is not None:
         result["hosts"] = two.counts
         result["two_hosts_idle_s"] = statistics.median(two.idle)
@@ -470,13 +664,6 @@ def main() -> None:
     print("targets:", "met" if ok else "NOT met")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
-    if not args.keep:
-        undefine(uri, names)
-        if two is not None:
-            two.remove(uri)
-        for name, *_ in users:
-            subprocess.run(["userdel", "-r", "-f", name], capture_output=True)
-        subprocess.run(["groupdel", args.prefix + "guests"], capture_output=True)
 
 
 if __name__ == "__main__":
