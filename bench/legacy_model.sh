@@ -1,7 +1,7 @@
 #!/bin/bash
 # legacy_model.sh - a model of the legacy virsh_wrapper.sh, FOR THE BENCHMARK ONLY.
 #
-# Written clean-room from /work/shared/LEGACY.md, "What one run did" (the
+# Written clean-room from the project notes on the old script, "What one run did" (the
 # original script's code is not ours to copy and is not used here), so that
 # bench/bench_pass.py --legacy can time "the legacy script" on the same
 # machine, users and domains, in the same run as wirt. It is never installed
