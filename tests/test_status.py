@@ -14,7 +14,15 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
-from wirt_wrapper.rules.status import last_command, last_config, read_at, render, stamp, unstamp
+from wirt_wrapper.rules.status import (
+    last_command,
+    last_config,
+    read_at,
+    render,
+    restamp,
+    stamp,
+    unstamp,
+)
 from wirt_wrapper.rules.status import parse as read_back
 
 INFO: dict[str, Any] = {
@@ -262,3 +270,16 @@ class TestFuzz:
         if "settings" in found:
             again["settings"] = found["settings"]
         assert render(vm, again, found["last"], found["last_config"]) == document
+
+
+def test_restamp_is_rendering_again() -> None:
+    """The user side swaps the stamp in the bytes it rendered (one render per write)."""
+    info = {"domain": "alice-web", "state": "running", "reason": "booted", "autostart": True,
+            "persistent": True, "memory_kib": 65536, "vcpus": 1, "graphics": {}}
+    last = {"action": "start", "outcome": "done", "time": "t", "params": "",
+            "message": "<read-at>2026-01-01T00:00:00Z</read-at>"}
+    old, new = "2026-01-01T00:00:00Z", "2026-12-01T15:00:00Z"
+    kept = render("web", info, last, None, old)
+    assert restamp(kept, old, new) == render("web", info, last, None, new)
+    for odd in ("", "yesterday", "2026-13-01T00:00:00Z"):
+        assert restamp(render("web", info, last, None, odd), odd, new) is None

@@ -21,8 +21,8 @@ from typing import Any
 
 from lxml import etree
 
-__all__ = ["kept", "last_command", "last_config", "parse", "read_at", "render", "stamp",
-           "unstamp"]
+__all__ = ["kept", "last_command", "last_config", "parse", "read_at", "render", "restamp",
+           "stamp", "unstamp"]
 
 VERSION = "1"
 _PARSER = etree.XMLParser(
@@ -136,6 +136,17 @@ def render(vm: str, info: dict[str, Any], last: dict[str, str] | None,
         _text(root, "last-config", last_config.get("message", ""),
               outcome=last_config.get("outcome", ""), time=last_config.get("time", ""))
     return etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True)
+
+
+def restamp(rendered: bytes, old: str, new: str) -> bytes | None:
+    """*rendered* (by :func:`render` with the stamp *old*) with the stamp *new* instead:
+    the same bytes as rendering again, without rendering again; None when *old* is not
+    a stamp (then render again).  ``<read-at>`` is the one element whose text is a
+    stamp; any other text with it in is escaped, so its first match is that element."""
+    if not old or unstamp(old) is None or stamp(unstamp(old) or 0) != old:
+        return None
+    return rendered.replace(f"<read-at>{old}</read-at>".encode(),
+                            f"<read-at>{new}</read-at>".encode(), 1)
 
 
 def _root(document: bytes) -> etree._Element | None:
