@@ -404,6 +404,7 @@ class Hypervisor:
         # asked about are read right after it
         self.read_at = 0.0
         self._sorted: list[str] | None = None
+        self._uuids: dict[str, str] | None = None  # uuids(), of this listing
         # per domain asked about: the read of its details, on the libvirt thread
         self._jobs: dict[str, concurrent.futures.Future[
             dict[str, tuple[DomainInfo, int, int, str | None]]]] = {}
@@ -467,6 +468,7 @@ class Hypervisor:
         self.read_at = time.time()
         listed = self._call(lambda: conn.listAllDomains(0))
         self._doms = {dom.name(): dom for dom in listed}
+        self._sorted = self._uuids = None
         auto = self._call(lambda: conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_AUTOSTART))
         self._autostart = {d.name() for d in auto}
         # persistent: all but the transient ones, listed instead (a short list, not the host)
@@ -488,8 +490,10 @@ class Hypervisor:
 
     def uuids(self) -> dict[str, str]:
         """{UUID: name} of every domain in the snapshot (no libvirt call: the UUID is
-        held by each domain object)."""
-        return {dom.UUIDString(): name for name, dom in self._doms.items()}
+        held by each domain object); made once per listing."""
+        if self._uuids is None:
+            self._uuids = {dom.UUIDString(): name for name, dom in self._doms.items()}
+        return self._uuids
 
     def exists(self, name: str) -> bool:
         """Whether the snapshot holds a domain named *name*."""
@@ -501,10 +505,11 @@ class Hypervisor:
         if self._sorted is None:
             self._sorted = sorted(self._doms)
         found = []
-        for name in self._sorted[bisect.bisect_left(self._sorted, prefix):]:
-            if not name.startswith(prefix):
+        listed = self._sorted
+        for index in range(bisect.bisect_left(listed, prefix), len(listed)):  # no copy
+            if not listed[index].startswith(prefix):
                 break
-            found.append(name)
+            found.append(listed[index])
         return found
 
     def state_of(self, name: str) -> str:
