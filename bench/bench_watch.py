@@ -2,7 +2,7 @@
 
 Run as root on a host prepared by tests/setup-host.sh (not a timed test):
 
-    /opt/wirt-test/bin/python bench/bench_watch.py [--users 200] [--vms 5] [--keep]
+    /opt/wirt-test/bin/python bench/bench_watch.py [--prefix ww] [--users 200] [--vms 5] [--keep]
 
 The fixture is bench_pass.py's (reused from it): real users in a group of
 their own (prefix ``ww``), one VM folder each per VM, one domain per VM
@@ -21,7 +21,11 @@ next to each target (issue 13):
   sum of USS (each process's own pages; the honest total); <= 150 MB;
 * kill -9 of the service in the middle of a 300-file burst, then a restart:
   0 lost, 0 run twice (every file has exactly one log line and one audit
-  record, with one command id).
+  record, with one command id);
+* for comparison (no target): with the service stopped, a plain cron pass
+  (``virsh_wrapper --config``) over the same 1,000 files on the same
+  fixture, and the idle pass before it, so the burst can be judged against
+  the pass it reuses.
 
 Everything it made (users, group, domains, the service) is removed at the
 end, unless ``--keep``.
@@ -46,7 +50,15 @@ import libvirt
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_pass import EXE, define_domains, make_folders, make_users, undefine  # noqa: E402
+from bench_pass import (  # noqa: E402
+    EXE,
+    define_domains,
+    drop_commands,
+    make_folders,
+    make_users,
+    run_pass,
+    undefine,
+)
 
 PREFIX = "ww"
 TARGETS = {"p50": 0.3, "p95": 1.0, "burst": 4.0, "cpu_pct": 2.0, "memory_mb": 150.0}
@@ -181,6 +193,8 @@ def audit(work: Path) -> list[dict[str, object]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--prefix", default=PREFIX,
+                        help=f"user name prefix; the group is PREFIX + 'guests' (default {PREFIX})")
     parser.add_argument("--users", type=int, default=200)
     parser.add_argument("--vms", type=int, default=5)
     parser.add_argument("--uri", default="qemu:///system")
@@ -194,7 +208,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="wirt-bench-watch-"))
     work.chmod(0o755)
     t0 = time.perf_counter()
-    users = make_users(args.users, PREFIX)
+    prefix = args.prefix
+    users = make_users(args.users, prefix)
     folders = make_folders(users, args.vms)
     owners = {}
     names = []
@@ -208,7 +223,7 @@ def main() -> None:
         uri = define_domains(args.uri, names, work)
         config = work / "wirt.toml"
         config.write_text(
-            f'group = "{PREFIX}guests"\nuri = "{uri}"\naudit_log = "{work}/state/audit.log"\n'
+            f'group = "{prefix}guests"\nuri = "{uri}"\naudit_log = "{work}/state/audit.log"\n'
             f'lock_file = "{work}/state/lock"\nstate_dir = "{work}/state"\n'
             'layouts = ["wirt"]\nsyslog_socket = ""\n'
             "[limits]\nseconds_per_user = 30\n[mail]\nenabled = false\n"
@@ -311,6 +326,15 @@ def main() -> None:
         print(f"memory     peak of the tree: {uss_peak:.1f} MB USS summed (target <= "
               f"{TARGETS['memory_mb']} MB; the honest total), {rss_peak:.1f} MB RSS summed "
               "(counts the helpers' shared pages again for each)", flush=True)
+        service.stop()
+        service = None
+        idle_pass, _ = run_pass(config)
+        drop_commands(folders, owners)
+        busy_pass, _ = run_pass(config)
+        result.update(plain_idle_pass_s=idle_pass, plain_busy_pass_s=busy_pass)
+        print(f"pass       for comparison, the service stopped: a plain busy pass over the "
+              f"same {len(folders)} files {busy_pass:.2f} s (the idle pass before it "
+              f"{idle_pass:.2f} s)", flush=True)
         ok = (p50 <= TARGETS["p50"] and p95 <= TARGETS["p95"] and burst <= TARGETS["burst"]
               and idle_pct <= TARGETS["cpu_pct"] and uss_peak <= TARGETS["memory_mb"]
               and lost == 0 and twice == 0)
@@ -325,7 +349,7 @@ def main() -> None:
             undefine(uri, names)
             for name, *_ in users:
                 subprocess.run(["userdel", "-r", "-f", name], capture_output=True)
-            subprocess.run(["groupdel", PREFIX + "guests"], capture_output=True)
+            subprocess.run(["groupdel", prefix + "guests"], capture_output=True)
 
 
 if __name__ == "__main__":
