@@ -219,6 +219,40 @@ def test_killed_during_a_burst_loses_and_repeats_nothing(host: Host) -> None:
     assert sum(counts.values()) == len(expected) == 60 and killed == 2
 
 
+def test_a_member_hinted_during_a_mini_pass_joins_it(host: Host) -> None:
+    """A burst still landing when its first mini pass starts: a member hinted while that
+    pass runs is served in it (the same look and user side), not after it in a pass of
+    their own.  Without the join there is a 'pass' record (written when a pass that did
+    something ends) between alice's first command and bob's."""
+    alice, bob = host.add_user("alice"), host.add_user("bob")
+    vms = [f"v{i}" for i in range(40)]  # alice's turn: long enough for bob's hint to land
+    host.write_config({**{f"{alice.name}-{vm}": alice.name for vm in vms},
+                       f"{bob.name}-web": bob.name})
+    alice.run("mkdir -p " + " ".join(f"wirt/service/vm/{vm} stage/{vm}" for vm in vms))
+    for vm in vms:  # staged outside the spool (no hint yet), moved in at once below
+        alice.write(f"stage/{vm}/autostart")
+    bob.run("mkdir -p wirt/service/vm/web stage && : > stage/autostart")
+    with watching(host, "--verbose") as proc:  # first the look each fresh placement gets
+        wait_for(lambda: "mini pass: 2 users served" in stderr_of(proc), QUICK, "the looks")
+        spool = alice.home / "wirt/service/vm"
+        for vm in vms:  # renames as the user's own mv would make them, but in 1 ms
+            os.rename(alice.home / "stage" / vm / "autostart", spool / vm / "autostart")
+        wait_for(lambda: any(alice.vm_log(vm) for vm in vms), QUICK, "alice's first outcome")
+        os.rename(bob.home / "stage/autostart", bob.home / "wirt/service/vm/web/autostart")
+        outcome(bob, "web", "autostart")
+        wait_for(lambda: all(" autostart: " in alice.vm_log(vm) for vm in vms), QUICK * 3,
+                 "alice's outcomes")
+    records = host.audit_records()
+    commands = [i for i, r in enumerate(records) if r["event"] == "command"]
+    first = next(i for i in commands if records[i]["user"] == alice.name)
+    (bobs,) = [i for i in commands if records[i]["user"] == bob.name]
+    between = [r for r in records[first:bobs] if r["event"] == "pass"]
+    assert not between, f"bob waited for alice's pass to end: {between}"
+    assert records[bobs]["outcome"] == "done"
+    passes = [r for r in records if r["event"] == "pass"]
+    assert passes[-1]["done"] == len(vms) + 1, passes  # one mini pass served them all
+
+
 def test_a_pass_for_some_users_serves_as_a_full_pass_does(host: Host) -> None:
     """``--user`` (and a watch's mini pass) takes no snapshot of the host's domains: each
     domain asked about is looked up alone.  The outcomes, status.xml and settings are

@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from wirt_wrapper.boundary import privsep
@@ -124,6 +124,11 @@ class Pass:
         # members whose turn may have left work (the file limit reached, or cut short):
         # the watch service serves them again, as no change will hint them
         self.unfinished: set[str] = set()
+        # the watch service's mini pass: joining(in_pass) names members hinted while the
+        # pass runs, served in it too (the same checks and path) instead of after it
+        self.joining: Callable[[set[str]], list[str]] | None = None
+        self.everyone: dict[str, pwd.struct_passwd] = {}  # the members, by name
+        self.in_pass: set[str] = set()  # the members this pass serves (joined ones too)
 
     def say(self, text: str) -> None:
         self.monitor.say(text)
@@ -155,10 +160,12 @@ class Pass:
                   file=sys.stderr)
         self.groups = group_lists(group)
         self.records.prune({u.pw_uid for u in group})
+        self.everyone = {u.pw_name: u for u in group}
         if self.options.users is not None:
             for name in sorted(self.options.users - set(names)):
                 print(f"wirt: {name} is not a member of {self.config.group}", file=sys.stderr)
             group = [u for u in group if u.pw_name in self.options.users]
+        self.in_pass = {u.pw_name for u in group}
         with AccountChecker(self.config.pam_service) as accounts:
             self.serve_all(group, accounts)
         if self.config.console.lock and not self.hv.down:
@@ -264,6 +271,11 @@ class Pass:
         active: dict[int, UserContext] = {}
         stepping: dict[int, concurrent.futures.Future[bool]] = {}  # fd -> its step
         while self.full or active or self.looking or self.to_look or self.deferred:
+            if self.joining is not None:
+                for name in self.joining(self.in_pass):
+                    if name in self.everyone and name not in self.in_pass:
+                        self.in_pass.add(name)
+                        self.start(self.everyone[name], accounts)
             while self.to_look and len(self.looking) < LOOK_AHEAD:
                 self.ask_prober(self.to_look.popleft())
             while self.full and len(active) < PARALLEL_USERS:

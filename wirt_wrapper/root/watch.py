@@ -19,6 +19,15 @@ a queue overflow means the user's watches are placed again after the
 user's turn (a fresh placer; the old descriptor is closed once the new one
 is in, and one more turn covers the moment between them).
 
+A burst (a file in every member's VM folders at once) lands while the
+first mini pass, started by its first hint, runs: members hinted meanwhile
+*join* that pass (:meth:`Service.join`, polled by the pass between its
+steps: the same account checks, look and user side) instead of waiting for
+it to end and a second pass; the last ones hinted would otherwise wait
+for a whole pass of the others and then for the idle looks of everyone it
+served (hinted again by their own turn's moves).  A member joins a pass
+once; their next hint waits for the next mini pass.
+
 Fairness: each user has a token bucket of ``watch.user_turns_per_second``;
 hints beyond it wait (the user's descriptor is not read meanwhile, so a
 flood costs root nothing) and are never dropped.  A user whose watches
@@ -65,6 +74,7 @@ IN_Q_OVERFLOW, IN_IGNORED, IN_ISDIR = 0x4000, 0x8000, 0x40000000
 _EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len (then the name)
 READ_SIZE = 1 << 16
 PLACER_SECONDS = 10.0  # a placer that has not answered by then is given up (fallback)
+JOIN_POLL = 0.005  # seconds between a mini pass's looks for members hinted meanwhile
 
 
 def read_masks(fd: int) -> list[int] | None:
@@ -175,6 +185,8 @@ class Service:
         self.placing: dict[str, Placing] = {}
         self.pending: dict[str, float] = {}  # user -> when first hinted (not served yet)
         self.rearm: set[str] = set()
+        self.joined: list[str] = []  # members who joined the mini pass under way
+        self.join_at = 0.0  # when the pass under way may look for new hints again
         self.fallback: dict[str, str] = {}  # user -> why: served by the full pass only
         self.told: set[str] = set()  # users the admin was told about (until it works again)
         self.notes: list[str] = []  # for the next pass's digest
@@ -308,6 +320,8 @@ class Service:
         options = Options(layouts=self.layouts, users=users, verbose=self.verbose,
                           quiet_idle=users is not None)
         run = Pass(self.config, options, self.spawner, self.prober)
+        if users is not None:  # a full pass serves everyone already
+            run.joining = self.join
         for note in self.notes:
             run.report.note(note)
         self.notes = []
@@ -344,15 +358,45 @@ class Service:
             self.bucket(name).take(now)
             del self.pending[name]
             self.drain_quietly(name)  # served now: these hints are covered
+        self.joined = []
+        self.join_at = 0.0
         self.run_pass(frozenset(due))
         self.stats.mini += 1
-        for name in due:
+        served, self.joined = due + self.joined, []
+        for name in served:
             self.stats.turns[name] = self.stats.turns.get(name, 0) + 1
             if name in self.rearm:
                 self.rearm.discard(name)
                 self.place(name)
             elif name in self.watched and name not in self.pending:
                 self.listen(name)
+
+    def join(self, in_pass: set[str]) -> list[str]:
+        """Polled by the mini pass under way: the members hinted since it began whose turn
+        is due (their bucket has a token), taken as :meth:`mini_pass` takes its own.
+
+        Only change hints and libvirt events are read here; a placer's answer and SIGTERM
+        wait for the end of the pass (as during any pass).  At most every JOIN_POLL s."""
+        now = time.monotonic()
+        if now < self.join_at:
+            return []
+        self.join_at = now + JOIN_POLL
+        for key, _ in self.selector.select(0):
+            kind, name = key.data
+            if kind == "inotify":
+                self.drain(name)
+            elif kind == "events":
+                self.take_events()
+        if self.stopping:
+            return []
+        joining = [name for name in self.pending
+                   if name not in in_pass and self.bucket(name).ready_at(now) <= now]
+        for name in joining:
+            self.bucket(name).take(now)
+            del self.pending[name]
+            self.drain_quietly(name)  # served now: these hints are covered
+        self.joined += joining
+        return joining
 
     def listen(self, name: str) -> None:
         with suppress(KeyError, ValueError):
