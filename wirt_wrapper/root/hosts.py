@@ -40,6 +40,7 @@ class Hosts:
         self.members = [Hypervisor(h.uri, timeout, iso_dir, host=h.name,
                                    console_lock=console_lock) for h in hosts]
         self._where: dict[str, list[Hypervisor]] = {}
+        self._connecting: threading.Thread | None = None  # start_connect's
 
     @classmethod
     def from_config(cls, config: Config, iso_dir: str = "") -> Hosts:
@@ -62,12 +63,29 @@ class Hosts:
         """{host name: why it is down} for the hosts that are down now."""
         return {hv.host: self._why(hv) for hv in self.members if hv.down}
 
+    def start_connect(self) -> None:
+        """Begin :meth:`connect` on a thread of its own: the listings (libvirt's time more
+        than root's) come in while the pass reads its records; :meth:`connect` waits."""
+        self._connecting = threading.Thread(target=self._connect_all, name="connect",
+                                            daemon=True)
+        self._connecting.start()
+
     def connect(self) -> None:
-        """Connect to every host and list its domains, all at once (one thread each).
+        """Connect to every host and list its domains, all at once (one thread each), or
+        wait for what :meth:`start_connect` began.
 
         Raises Unreachable only when no host could be reached; :meth:`problems`
         says which are down.
         """
+        if self._connecting is None:
+            self._connect_all()
+        else:
+            self._connecting.join()  # bounded by each host's timeouts
+            self._connecting = None
+        if self.down:
+            raise Unreachable(self.down)
+
+    def _connect_all(self) -> None:
         def one(hv: Hypervisor) -> None:
             try:
                 hv.connect()
@@ -86,11 +104,10 @@ class Hosts:
             for thread in threads:
                 thread.join()  # each connect is bounded by its host's timeouts
         self._where = {}
-        for hv in self.members:
-            for name in hv.names():
-                self._where.setdefault(name, []).append(hv)
-        if self.down:
-            raise Unreachable(self.down)
+        if len(self.members) > 1:  # with one host, _on needs no map
+            for hv in self.members:
+                for name in hv.names():
+                    self._where.setdefault(name, []).append(hv)
 
     def close(self) -> None:
         for hv in self.members:

@@ -93,6 +93,9 @@ class Pass:
     def __init__(self, config: Config, options: Options, spawner: privsep.Spawner,
                  prober: privsep.Prober | None = None) -> None:
         prepare_state(config)
+        iso_dir = os.path.realpath(config.settings.iso_dir) if config.settings.iso_dir else ""
+        self.hv = Hosts.from_config(config, iso_dir)
+        self.hv.start_connect()  # listed meanwhile; run() waits for it
         self.spawner = spawner
         self.prober = prober
         self.to_look: deque[pwd.struct_passwd] = deque()  # for the prober, not asked yet
@@ -102,8 +105,6 @@ class Pass:
         self.config = config
         self.options = options
         self.summary = Summary()
-        iso_dir = os.path.realpath(config.settings.iso_dir) if config.settings.iso_dir else ""
-        self.hv = Hosts.from_config(config, iso_dir)
         self.told_down: set[str] = set()  # the hosts whose being down is audited
         self.audit = AuditLog(config.audit_log, dry_run=options.dry_run)
         self.journal = Journal(config.state_dir, dry_run=options.dry_run)
