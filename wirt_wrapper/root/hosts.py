@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import replace
 from typing import Any
 
@@ -146,16 +145,6 @@ class Hosts:
     def details_cache(self, cache: dict[str, list[Any]]) -> None:
         for hv in self.members:
             hv.details_cache = cache
-
-    @property
-    def waiting(self) -> Callable[[], AbstractContextManager[None]]:
-        """What every host does around its waits for libvirt (Hypervisor.waiting)."""
-        return self.members[0].waiting
-
-    @waiting.setter
-    def waiting(self, around: Callable[[], AbstractContextManager[None]]) -> None:
-        for hv in self.members:
-            hv.waiting = around
 
     @property
     def wake_fd(self) -> int | None:

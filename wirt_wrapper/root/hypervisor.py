@@ -414,10 +414,6 @@ class Hypervisor:
         self._stamps: DefinitionStamps | None = None  # set by connect where they work
         # written to when such a read is done, so the pass can wait in select (None: not)
         self.wake_fd: int | None = None
-        # around every wait for the libvirt thread: the pass lets other users' turns run
-        # meanwhile (scheduler.Baton.let_go); alone, nothing
-        self.waiting: Callable[[], contextlib.AbstractContextManager[None]] = \
-            contextlib.nullcontext
 
     def _call(self, fn: Callable[[], T]) -> T:
         if self.down:
@@ -426,8 +422,7 @@ class Hypervisor:
             raise RuntimeError("a libvirt call from a callback on the libvirt thread")
         future = self._pool.submit(fn)
         try:
-            with self.waiting():
-                return future.result(timeout=self.timeout)
+            return future.result(timeout=self.timeout)
         except concurrent.futures.TimeoutError:
             self.down = f"a libvirt call did not answer within {self.timeout:g} s"
             raise Unreachable(self.down) from None
@@ -640,8 +635,7 @@ class Hypervisor:
             if job is None:
                 continue
             try:
-                with self.waiting():
-                    found = job.result(timeout=self.timeout)
+                found = job.result(timeout=self.timeout)
             except concurrent.futures.TimeoutError:
                 self.down = f"libvirt did not give domain details within {self.timeout:g} s"
                 raise Unreachable(self.down) from None

@@ -10,16 +10,13 @@ its own turn and nobody else's.
 
 from __future__ import annotations
 
-import concurrent.futures
-import contextlib
 import os
 import pwd
 import select
 import sys
-import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from wirt_wrapper.boundary import privsep
@@ -46,36 +43,6 @@ __all__ = ["Options", "Pass", "Summary"]
 PARALLEL_USERS = 16
 # Questions the prober may owe at once (answers are read as they come).
 LOOK_AHEAD = 32
-
-
-class Baton:
-    """Who runs root's code of a pass: one thread at a time (the loop, or a turn's
-    thread answering a request).  A thread that waits for libvirt lets go of it
-    (:meth:`let_go`, :attr:`Hypervisor.waiting`), so another can answer meanwhile;
-    a thread that does not hold it (a host's connect thread) just waits."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._holder: int | None = None
-
-    def __enter__(self) -> None:
-        self._lock.acquire()
-        self._holder = threading.get_ident()
-
-    def __exit__(self, *_exc: object) -> None:
-        self._holder = None
-        self._lock.release()
-
-    @contextlib.contextmanager
-    def let_go(self) -> Iterator[None]:
-        if self._holder != threading.get_ident():
-            yield
-            return
-        self.__exit__()
-        try:
-            yield
-        finally:
-            self.__enter__()
 
 
 def drain(fd: int) -> None:
@@ -113,7 +80,6 @@ class Pass:
         self.hv.details_cache = self.records.details  # likewise
         self.owners = OwnerIndex(None if options.dry_run else config.state_dir)
         self.groups: dict[str, tuple[int, ...]] = {}
-        self.baton = Baton()
         self.report = notify.Report()  # for syslog and mail at the end
         self.monitor = Monitor(config, options, self.hv, self.audit, self.journal,
                                self.records, self.report, self.summary)
@@ -231,46 +197,20 @@ class Pass:
         Full turns run a few at a time; each ends by 'bye', error or deadline.
         """
         wake, self.hv.wake_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self.hv.waiting = self.baton.let_go
         try:
-            # the baton is let go before the threads are waited for (an error in the loop)
-            with concurrent.futures.ThreadPoolExecutor(
-                    PARALLEL_USERS, thread_name_prefix="turn") as turns, self.baton:
-                self._serve_all(users, accounts, wake, turns)
-                self.mark_checked()
+            self._serve_all(users, accounts, wake)
         finally:
-            self.hv.waiting = contextlib.nullcontext
             os.close(wake)
             os.close(self.hv.wake_fd)
             self.hv.wake_fd = None
-
-    def _step_on_thread(self, ctx: UserContext) -> bool:
-        """:meth:`step` on a turn's thread, holding the baton."""
-        with self.baton:
-            return self.step(ctx)
-
-    def _woken(self, _done: object) -> None:
-        """A step is done (its future says so by now): wake the loop."""
-        try:
-            os.write(self.hv.wake_fd or -1, b".")
-        except OSError:
-            pass  # the pipe is full: the loop is woken already
+        self.mark_checked()
 
     def _serve_all(self, users: list[pwd.struct_passwd], accounts: AccountChecker,
-                   wake: int, turns: concurrent.futures.ThreadPoolExecutor) -> None:
-        """serve_all's loop; *wake* is readable when a read of domain details or a step
-        on a turn's thread is done.
-
-        Each request of a user side is answered on a thread of its turn (*turns*),
-        one at a time: the thread holds the baton, which it lets go while it waits for
-        libvirt.  So the calls of several users' commands are in libvirt's queue at
-        once while root reads and answers other users' requests (issue 13: pipelined
-        across users); root's own code still runs one thread at a time.
-        """
+                   wake: int) -> None:
+        """serve_all's loop; *wake* is readable when a read of domain details is done."""
         for user in users:
             self.start(user, accounts)
         active: dict[int, UserContext] = {}
-        stepping: dict[int, concurrent.futures.Future[bool]] = {}  # fd -> its step
         while self.full or active or self.looking or self.to_look or self.deferred:
             if self.joining is not None:
                 for name in self.joining(self.in_pass):
@@ -294,10 +234,9 @@ class Pass:
                     decided += 1
                 if decided:
                     continue
-            waits = [c.child.channel.deadline or 0.0 for fd, c in active.items()
-                     if fd not in stepping]
-            fds: list[int] = [fd for fd in active if fd not in stepping]
-            if self.deferred or stepping:  # woken when details come or a step ends
+            waits = [c.child.channel.deadline or 0.0 for c in active.values()]
+            fds: list[int] = list(active)
+            if self.deferred:  # the details may arrive any moment: woken when they do
                 fds.append(wake)
                 waits.append(time.monotonic() + self.config.limits.seconds_per_user)
             if self.looking and self.prober is not None:
@@ -305,25 +244,20 @@ class Pass:
                 fds.append(self.prober.fileno())
             if not fds:
                 continue
-            with self.baton.let_go():  # the turns' threads run meanwhile
-                ready, _, _ = select.select(fds, [], [],
-                                            max(0.0, min(waits) - time.monotonic()))
+            ready, _, _ = select.select(fds, [], [], max(0.0, min(waits) - time.monotonic()))
             now = time.monotonic()
             if wake in ready:
                 drain(wake)
-            for fd, step in list(stepping.items()):
-                if step.done():
-                    del stepping[fd]
-                    if step.result():  # a bug on the thread is raised here
-                        self.end(active.pop(fd))
             if self.prober is not None and self.prober.fileno() in ready:
                 self.take_look()
             elif self.looking and now >= self.look_deadline:
                 self.prober_failed("no answer within the time limit")
             expired = [fd for fd, c in active.items() if now >= (c.child.channel.deadline or 0.0)]
-            for fd in (set(ready) | set(expired)) & set(active) - set(stepping):
-                stepping[fd] = turns.submit(self._step_on_thread, active[fd])
-                stepping[fd].add_done_callback(self._woken)  # once done, never before
+            for fd in (set(ready) | set(expired)) & set(active):
+                ctx = active[fd]
+                if self.step(ctx):
+                    del active[fd]
+                    self.end(ctx)
 
     def decide(self, user: pwd.struct_passwd, report: dict[str, Any]) -> None:
         """After a look: a full turn, or (nothing to do) a note that its status is current."""
