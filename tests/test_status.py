@@ -281,5 +281,5 @@ def test_restamp_is_rendering_again() -> None:
     old, new = "2026-01-01T00:00:00Z", "2026-12-01T15:00:00Z"
     kept = render("web", info, last, None, old)
     assert restamp(kept, old, new) == render("web", info, last, None, new)
-    for odd in ("", "yesterday", "2026-13-01T00:00:00Z"):
+    for odd in ("", "yesterday", "2026-1-01T00:00:00Z", "<read-at>"):  # rendered again
         assert restamp(render("web", info, last, None, odd), odd, new) is None
