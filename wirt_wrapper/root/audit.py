@@ -96,10 +96,10 @@ class Journal:
 
     def record(self, cid: str, stage: str, **fields: Any) -> None:
         self.dirty = True
-        record = {"id": cid, "stage": stage, **fields}
-        self._apply(_line(record))
+        line = _line({"id": cid, "stage": stage, **fields})
+        self._apply(line)  # as a later pass reads it back
         if self.fd >= 0:
-            os.write(self.fd, _line(record))
+            os.write(self.fd, line)
 
     def open_for(self, uid: int) -> list[dict[str, Any]]:
         return [e for e in self.entries.values() if e.get("uid") == uid]
