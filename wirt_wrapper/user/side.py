@@ -208,11 +208,11 @@ class UserSide:
         last = self.last.get((layout.name, vm)) or old_last
         config = self.last_config.get((layout.name, vm)) or old_config
         # the same state and details keep the time they were first read: the file stays
-        kept = status_xml.render(vm, info, last, config, old_read)
-        if kept != old:
+        unchanged = status_xml.render(vm, info, last, config, old_read)
+        if unchanged != old:
             read = self.read_at.get((layout.name, vm), self.inventory_read) or time.time()
             userfs.replace_file(vm_fd, STATUS_FILE,
-                                status_xml.restamp(kept, old_read, status_xml.stamp(read))
+                                status_xml.restamp(unchanged, old_read, status_xml.stamp(read))
                                 or status_xml.render(vm, info, last, config,
                                                      status_xml.stamp(read)))
         # what lets the next pass's probe tell that nothing changed (user.probe)
