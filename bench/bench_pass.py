@@ -52,6 +52,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import signal
 import statistics
 import subprocess
@@ -384,6 +385,7 @@ class Made:
         self.uri, self.users, self.group = uri, users, group
         self.names: list[str] = []
         self.two: TwoHosts | None = None
+        self.work: Path | None = None  # the run's folder (configs, state_dir, audit log)
 
     def remove(self) -> None:
         try:
@@ -395,6 +397,8 @@ class Made:
         for name in self.users:
             subprocess.run(["userdel", "-r", "-f", name], capture_output=True)
         subprocess.run(["groupdel", self.group], capture_output=True)
+        if self.work is not None:
+            shutil.rmtree(self.work, ignore_errors=True)
 
 
 def main() -> None:
@@ -457,7 +461,7 @@ def main() -> None:
 
 def measure(args: argparse.Namespace, made: Made) -> None:
     """Set up the fixture (recording it in *made*), run the passes, print the numbers."""
-    work = Path(tempfile.mkdtemp(prefix="wirt-bench-"))
+    work = made.work = Path(tempfile.mkdtemp(prefix="wirt-bench-"))
     work.chmod(0o755)
     t0 = time.perf_counter()
     users = make_users(args.users, args.prefix)

@@ -37,6 +37,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -370,6 +371,7 @@ def main() -> None:
             for name, *_ in users:
                 subprocess.run(["userdel", "-r", "-f", name], capture_output=True)
             subprocess.run(["groupdel", prefix + "guests"], capture_output=True)
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
