@@ -334,8 +334,8 @@ class Hosts:
         return outcome, message, info, output[0]
 
     def take_locked(self, domain: str) -> bool:
-        """Whether the console lock closed *domain* since last asked (for the audit log).
-        Asked per domain: several users' commands are in flight at once."""
+        """Whether the console lock closed *domain* since last asked (for the audit log),
+        asked after each command on it: the record names that command's user."""
         found = False
         for hv in self.members:
             if domain in hv.locked:
