@@ -12,6 +12,7 @@ import os
 import pwd
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -199,6 +200,36 @@ def host(tmp_path: Path) -> Iterator[Host]:
         for user in made.users:
             remove_user(user.name)
         sh("groupdel", group, check=False)
+
+
+class SyslogSink:
+    """A syslog daemon's datagram socket, bound by the test: where wirt's syslog lines
+    go with ``syslog_socket`` = :attr:`path` (:attr:`config` is that line)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.config = f'syslog_socket = "{path}"\n'
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.setblocking(False)
+        self.received: list[str] = []
+
+    def lines(self) -> list[str]:
+        """Every line received so far (those waiting are read now)."""
+        while True:
+            try:
+                self.received.append(self.sock.recv(65536).decode())
+            except BlockingIOError:
+                return self.received
+
+
+@pytest.fixture
+def syslog_sink(tmp_path: Path) -> Iterator[SyslogSink]:
+    sink = SyslogSink(tmp_path / "log.sock")
+    try:
+        yield sink
+    finally:
+        sink.sock.close()
 
 
 @pytest.fixture

@@ -12,43 +12,21 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
-from conftest import REPO, Host, User
+from conftest import REPO, Host, SyslogSink, User
 
 MODEL = REPO / "bench" / "legacy_model.sh"
 STAMP = r"\d\d_[A-Z][a-z]{2}_\d\d_\d\d\.\d\d"  # date +%d_%h_%y_%H.%M in the C locale
 
 
-@pytest.fixture
-def syslog(tmp_path: Path) -> Iterator[socket.socket]:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(tmp_path / "log.sock"))
-    sock.setblocking(False)
-    try:
-        yield sock
-    finally:
-        sock.close()
 
 
-def messages(sock: socket.socket) -> list[str]:
-    got = []
-    while True:
-        try:
-            got.append(sock.recv(65536).decode())
-        except BlockingIOError:
-            return got
-
-
-def run_model(host: Host, sock: socket.socket) -> subprocess.CompletedProcess[str]:
+def run_model(host: Host, syslog: SyslogSink) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["/bin/bash", str(MODEL), host.group, f"test://{host.root}/etc/host.xml"],
         capture_output=True, text=True, timeout=60,
-        env={"PATH": "/usr/bin:/bin", "SYSLOG_SOCKET": sock.getsockname()},
+        env={"PATH": "/usr/bin:/bin", "SYSLOG_SOCKET": str(syslog.path)},
     )
 
 
@@ -57,7 +35,7 @@ def names(user: User, folder: str) -> list[str]:
 
 
 def test_one_run_runs_moves_logs_and_leaves_unknown_actions(
-        host: Host, syslog: socket.socket) -> None:
+        host: Host, syslog_sink: SyslogSink) -> None:
     user = host.add_user("a")
     host.write_config({f"{user.name}-vm0": None, f"{user.name}-vm1": None})
     user.write("virsh/dom-vm0/autostart")
@@ -65,7 +43,7 @@ def test_one_run_runs_moves_logs_and_leaves_unknown_actions(
     user.write("virsh/dom-vm0/frobnicate")
     user.write("virsh/stray", "x")
 
-    proc = run_model(host, syslog)
+    proc = run_model(host, syslog_sink)
 
     assert proc.returncode == 0, proc.stderr
     assert names(user, "dom-vm0") == ["frobnicate"]  # unsupported: left in place
@@ -88,16 +66,16 @@ def test_one_run_runs_moves_logs_and_leaves_unknown_actions(
     for folder in ("log", "history"):
         assert (user.home / "virsh" / folder).stat().st_uid == 0
     assert any(f"unsupported action frobnicate for {user.name}-vm0" in line
-               for line in messages(syslog))
+               for line in syslog_sink.lines())
 
 
-def test_a_bad_file_ends_the_whole_run(host: Host, syslog: socket.socket) -> None:
+def test_a_bad_file_ends_the_whole_run(host: Host, syslog_sink: SyslogSink) -> None:
     first, second = host.add_user("a"), host.add_user("b")  # in this order in /etc/group
     host.write_config({f"{first.name}-vm0": None, f"{second.name}-vm0": None})
     first.write("virsh/dom-vm0/start;reboot")
     second.write("virsh/dom-vm0/autostart")
 
-    proc = run_model(host, syslog)
+    proc = run_model(host, syslog_sink)
 
     assert proc.returncode == 1
     assert names(first, "dom-vm0") == []
@@ -105,10 +83,10 @@ def test_a_bad_file_ends_the_whole_run(host: Host, syslog: socket.socket) -> Non
             for n in names(first, "history")] == [True]
     assert names(second, "dom-vm0") == ["autostart"]  # waits for the next run
     assert not (second.home / "virsh" / "log").exists()
-    assert any("bad file name" in line for line in messages(syslog))
+    assert any("bad file name" in line for line in syslog_sink.lines())
 
     second.write("virsh/dom-vm0/autostart", "--disable\n--domain other")  # two lines
-    proc = run_model(host, syslog)
+    proc = run_model(host, syslog_sink)
     assert proc.returncode == 1
     assert names(second, "dom-vm0") == []
     assert any(re.fullmatch(f"ERRORFILE-{STAMP}", n) for n in names(second, "history"))

@@ -13,7 +13,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from conftest import VIRSH_WRAPPER, Host, User
+from conftest import VIRSH_WRAPPER, Host, SyslogSink, User
 from outcomes import Identity, check_exactly_once
 from watching import stderr_of, wait_for, watching
 
@@ -304,38 +304,23 @@ def test_event_masks_decide_the_re_arm(tmp_path: Path) -> None:
         os.close(fd)
 
 
-def test_says_so_in_syslog_and_an_idle_look_stays_quiet(host: Host, tmp_path: Path) -> None:
+def test_says_so_in_syslog_and_an_idle_look_stays_quiet(host: Host,
+                                                        syslog_sink: SyslogSink) -> None:
     """'watching' and 'stopped' reach syslog (a real datagram socket the test binds); the
     idle looks (each turn's own moves, the first placement) send no pass summary."""
-    import socket
-
     alice = host.add_user("alice")
-    path = tmp_path / "log.sock"
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(path))
-    sock.setblocking(False)
-    host.extra_config = f'syslog_socket = "{path}"\n'
+    host.extra_config = syslog_sink.config
     host.write_config({f"{alice.name}-web": alice.name})
     alice.run("mkdir -p wirt/service/vm/web")
-    lines: list[str] = []
-
-    def received() -> list[str]:
-        while True:
-            try:
-                lines.append(sock.recv(4096).decode())
-            except BlockingIOError:
-                return lines
-
-    try:
-        with watching(host):
-            wait_for(lambda: any("watch: watching the spools of 1 members" in x
-                                 for x in received()), QUICK, f"syslog: {lines}")
-            command(alice, "web", "suspend")
-            outcome(alice, "web", "suspend")
-            time.sleep(1)  # the idle look after the turn's own move
-        received()
-    finally:
-        sock.close()
+    lines = syslog_sink.received
+    received = syslog_sink.lines
+    with watching(host):
+        wait_for(lambda: any("watch: watching the spools of 1 members" in x
+                             for x in received()), QUICK, f"syslog: {lines}")
+        command(alice, "web", "suspend")
+        outcome(alice, "web", "suspend")
+        time.sleep(1)  # the idle look after the turn's own move
+    received()
     summaries = [x for x in lines if ": pass: " in x]
     assert len(summaries) == 2, lines  # the first full pass, the mini pass that ran it
     assert "done=1" in summaries[1]
