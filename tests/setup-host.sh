@@ -66,6 +66,6 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/pip" install -q --disable-pip-version-check -e "$REPO[test]" 2>&1 \
   | grep -v '^WARNING: Location' || true
-"$VENV/bin/python" -c 'import libvirt, pam, lxml, psutil' \
+"$VENV/bin/python" -c 'import libvirt, pam, lxml, psutil, PIL, aiosmtpd, Crypto' \
   || { echo "setup-host: the virtualenv is incomplete" >&2; exit 1; }
 echo "setup-host: ready ($VENV, libvirt $(virsh --version))"
