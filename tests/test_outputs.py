@@ -26,9 +26,27 @@ def b64(data: bytes) -> str:
 
 
 def test_a_png_is_checked_and_written_again() -> None:
-    name, data = render({"file": "screen.png", "b64": b64(image("PNG", (720, 400))),
-                         "mime": "image/png"})
+    raw = image("PNG", (720, 400)) + b"JUNK after the image"
+    name, data = render({"file": "screen.png", "b64": b64(raw), "mime": "image/png"})
     assert name == "screen.png" and png_size(data) == (720, 400)
+    assert data != raw and b"JUNK" not in data  # encoded again, not passed through
+
+
+def test_rendering_a_screen_loads_no_module() -> None:
+    """The user side imports nothing after the privilege drop: Pillow's plugins are
+    loaded when user.outputs is (Image.preinit), not by the first open or save."""
+    import subprocess
+    import sys
+
+    code = ("import sys, base64\n"
+            "from wirt_wrapper.user import outputs\n"
+            f"data = {image('PNG', (8, 8))!r}\n"
+            "before = set(sys.modules)\n"
+            "outputs.render({'file': 'screen.png', 'b64': base64.b64encode(data).decode()})\n"
+            "print(sorted(set(sys.modules) - before))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    assert proc.stdout.strip() == "[]", proc.stdout
 
 
 def test_a_ppm_becomes_a_png() -> None:
@@ -75,6 +93,8 @@ def test_serial_bytes_pass_as_they_are() -> None:
 
 def test_cli_helpers() -> None:
     assert terminal_text(b"ok\r\n\x1b[31mred\x07\n") == "ok\n\\x1b[31mred\\x07\n"
+    # bidi overrides and line separators a guest prints are shown, not obeyed
+    assert terminal_text("a\u202eb\u2028c\x7f".encode()) == "a\\u202eb\\u2028c\\x7f"
     assert without_host(["--host", "h", "list", "--host=x", "-o", "f"]) == ["list", "-o", "f"]
     assert check_host("alice@server.example") == "alice@server.example"
     for bad in ("-oProxyCommand=x", "a b", "h;id", "", "x/y"):

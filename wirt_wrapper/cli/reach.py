@@ -54,8 +54,9 @@ def png_size(data: bytes) -> tuple[int, int] | None:
 def terminal_text(data: bytes) -> str:
     """A guest's serial output made safe for a terminal: lines kept, escapes shown."""
     text = data.decode("utf-8", "replace").replace("\r\n", "\n")
-    return "".join(c if c in "\n\t" or (c.isprintable() and c != "\x7f") else
-                   f"\\x{ord(c):02x}" if ord(c) < 0x100 else c for c in text)
+    return "".join(c if c in "\n\t" or c.isprintable() else
+                   f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"
+                   for c in text)
 
 
 def display_set() -> bool:

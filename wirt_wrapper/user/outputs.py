@@ -26,6 +26,9 @@ __all__ = ["BadOutput", "render"]
 
 # Pillow's own bomb check, at wirt's size: a bigger image is refused, not decoded.
 Image.MAX_IMAGE_PIXELS = MAX_SCREEN_SIDE * MAX_SCREEN_SIDE
+# Its PNG and PPM plugins now, in the spawner: open() and save() would import them (and
+# their imports) on first use, in a user side after the drop (nothing loads after it).
+Image.preinit()
 FORMATS = ("PNG", "PPM")  # what libvirt's screenshot stream holds
 
 
