@@ -61,3 +61,13 @@ def test_a_torn_or_odd_file_is_read_as_empty_entries(tmp_path: Path) -> None:
     index = OwnerIndex(folder)
     assert index.claims == {"u2": ("bob", None)} and index.seen == {"u2"}
     assert index.to_read(["u2"]) == ["u2"]  # no valid scan time: a rescan now
+
+
+def test_no_rescan_while_a_host_is_down(tmp_path: Path) -> None:
+    """A listing without a host that is down is not the whole host list: it never
+    counts as the daily rescan, whose time would then skip that host's domains."""
+    index = OwnerIndex(str(tmp_path))
+    now = 1_800_000_000.0
+    index.learn("u1", None)
+    assert index.to_read(["u1", "u2"], now, complete=False) == ["u2"]
+    assert index.to_read(["u1", "u2"], now) == ["u1", "u2"]

@@ -179,8 +179,10 @@ class Monitor:
         if self.hv.down:
             return
         names = self.hv.uuids()
-        index.keep_only(names)
-        for uuid, claim in self.hv.owner_claims(index.to_read(names)).items():
+        complete = self.hv.all_listed()  # else a host that is down keeps its domains
+        if complete:
+            index.keep_only(names)
+        for uuid, claim in self.hv.owner_claims(index.to_read(names, complete=complete)).items():
             index.learn(uuid, claim)
         self._uuid_of = {name: uuid for uuid, name in names.items()}
         self._by_folder = index.by_folder(names)
@@ -353,7 +355,7 @@ class Monitor:
                 outcome, message, status, output = self.reach(ctx, entry)
             else:
                 outcome, message, status = self.execute(ctx, entry)
-        self.audit_locks(ctx, entry["domain"])
+        self.audit_locks(ctx)
         reply = self._finish(cid, entry, outcome, message, started, status)
         if output is not None:  # console.json's password: in this answer alone
             reply["output"] = output
@@ -388,9 +390,9 @@ class Monitor:
             message = f"{message}; in {where}" if message else f"in {where}"
         return outcome, message, status, out[0] if outcome == "done" else None
 
-    def audit_locks(self, ctx: UserContext, domain: str) -> None:
-        """The console lock's change to *domain*'s definition, in the audit log (SPEC 10)."""
-        if self.hv.take_locked(domain):
+    def audit_locks(self, ctx: UserContext) -> None:
+        """The console lock's changes to definitions, in the audit log (SPEC 10)."""
+        for domain in self.hv.take_locked():
             self.audit.write("console-lock", user=ctx.user.pw_name, uid=ctx.user.pw_uid,
                              domain=domain, change="graphics passwd='' in the persistent "
                              "definition (closed from its next start)")
@@ -426,7 +428,9 @@ class Monitor:
         if call.op == "create":
             # per_user sums over the domains the user's VM folders could name (from the
             # pass's listing: no call per host domain), read fresh, this one apart
-            theirs = [name for name in self.hv.names() if name != domain and
+            prefix = self.config.domain_name.format(user=user, vm="\0").partition("\0")[0]
+            names = self.hv.names_from(prefix) if prefix else sorted(self.hv.names())
+            theirs = [name for name in names if name != domain and
                       any(member == user for member, _ in self.claimants.find(name))]
             try:
                 others = self.hv.snapshots_of(theirs) if theirs else {}

@@ -74,12 +74,14 @@ class OwnerIndex:
         return load_state(self._path(INDEX_FILE))
 
     # -- what to read ------------------------------------------------------------
-    def to_read(self, uuids: Iterable[str], now: float | None = None) -> list[str]:
+    def to_read(self, uuids: Iterable[str], now: float | None = None, *,
+                complete: bool = True) -> list[str]:
         """The UUIDs whose metadata this pass must read: those never seen, or all of
-        them when the last rescan is older than RESCAN_SECONDS."""
+        them when the last rescan is older than RESCAN_SECONDS and *uuids* is the whole
+        listing (*complete*: no host down, whose domains would miss the rescan)."""
         now = time.time() if now is None else now
         current = list(uuids)
-        if now - self.scanned >= RESCAN_SECONDS or now < self.scanned:
+        if complete and (now - self.scanned >= RESCAN_SECONDS or now < self.scanned):
             self._rescanned = now
             return current
         return [u for u in current if u not in self.seen]
