@@ -54,8 +54,8 @@ class StandInHypervisor:
     def prefetch(self, names: list[str]) -> None:
         pass
 
-    def take_locked(self, domain: str) -> bool:
-        return False  # the console lock closed no domain here
+    def take_locked(self) -> list[str]:
+        return []  # the console lock closed no domain here
 
     def exists(self, name: str) -> bool:
         return name in self.domains

@@ -70,7 +70,8 @@ class Channel:
 
     def send_fds(self, message: dict[str, Any], fds: list[int]) -> None:
         """One message with descriptors attached (SCM_RIGHTS, on its first byte)."""
-        data = _HEADER.pack(len(protocol.encode(message))) + protocol.encode(message)
+        body = protocol.encode(message)
+        data = _HEADER.pack(len(body)) + body
         self._arm()
         try:
             sent = socket.send_fds(self.sock, [data], fds)

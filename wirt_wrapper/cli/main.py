@@ -1260,9 +1260,7 @@ def run_remote(host: str, args: argparse.Namespace, argv: list[str]) -> int:
     if action is not None and action.output == SCREEN_FILE and args.output \
             and args.output != "-":
         local = args.output
-        index = max(i for i, w in enumerate(argv) if w in ("-o", "--output")
-                    or w.startswith("--output="))
-        argv = argv[:index] + ["--output=-"] + argv[index + (1 if "=" in argv[index] else 2):]
+        argv = [*argv, "--output=-"]  # the last -o wins: the PNG comes back on stdout
         proc = reach.remote(host, argv, capture=True)
         if proc.returncode == 0:
             with open(local, "wb") as handle:

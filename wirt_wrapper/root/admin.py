@@ -198,9 +198,9 @@ def assign(args: argparse.Namespace, config: Config, out: Out) -> int:
             named = domain_for(config.domain_name, user, vm)
             if named != args.domain:
                 try:
-                    other = conn.lookupByName(named)
-                    if parse_domain_xml(other.XMLDesc(0))[0] in (None, user) and \
-                            _folder_of(other.XMLDesc(0)) in (None, vm):
+                    other_xml = conn.lookupByName(named).XMLDesc(0)
+                    if parse_domain_xml(other_xml)[0] in (None, user) and \
+                            _folder_of(other_xml) in (None, vm):
                         named_other = named
                 except libvirt.libvirtError:
                     pass

@@ -170,7 +170,7 @@ class Hosts:
         for hv, mine in self._split(names):
             hv.request(mine)
 
-    def details_ready(self, names: Iterable[str] = ()) -> bool:
+    def details_ready(self, names: Iterable[str]) -> bool:
         if len(self.members) == 1:
             return bool(self.members[0].down) or self.members[0].details_ready(names)
         return all(hv.down or hv.details_ready(mine) for hv, mine in self._split(names))
@@ -333,14 +333,12 @@ class Hosts:
         outcome, message, info = self._route(name, trip)
         return outcome, message, info, output[0]
 
-    def take_locked(self, domain: str) -> bool:
-        """Whether the console lock closed *domain* since last asked (for the audit log),
-        asked after each command on it: the record names that command's user."""
-        found = False
+    def take_locked(self) -> list[str]:
+        """The domains the console lock closed since last asked (for the audit log)."""
+        found = []
         for hv in self.members:
-            if domain in hv.locked:
-                hv.locked.remove(domain)
-                found = True
+            found += hv.locked
+            hv.locked.clear()
         return found
 
     def open_consoles(self) -> list[tuple[str, str | None, dict[str, str]]]:

@@ -599,8 +599,8 @@ class Hypervisor:
         found: dict[str, tuple[str, str | None] | None] = {}
         if not uuids:
             return found  # the idle pass: nothing new
-        by_uuid = {dom.UUIDString(): dom for dom in self._doms.values()}
-        todo = [by_uuid[u] for u in uuids if u in by_uuid]
+        listed = self.uuids()  # made once per listing
+        todo = [self._doms[listed[u]] for u in uuids if u in listed]
 
         def read(part: list[Any]) -> dict[str, tuple[str, str | None] | None]:
             got: dict[str, tuple[str, str | None] | None] = {}
@@ -619,7 +619,7 @@ class Hypervisor:
             found.update(self._call(lambda part=part: read(part)))  # type: ignore[misc]
         return found
 
-    def details_ready(self, names: Iterable[str] = ()) -> bool:
+    def details_ready(self, names: Iterable[str]) -> bool:
         """Whether the details of *names* asked by :meth:`request` are read (prefetch
         will not wait for them)."""
         return all(self._jobs[n].done() for n in names if n in self._jobs)
