@@ -55,7 +55,7 @@ def test_command_served_at_once(host: Host) -> None:
                  and r["action"] == "autostart"]
     assert record["user"] == alice.name and record["outcome"] == "done"
     # the first full pass, then one record per mini pass that did something: the idle
-    # looks (after each turn's own moves, after the watches were placed) leave none
+    # looks (after the watches were placed, after the folders a first turn makes) leave none
     passes = [r for r in host.audit_records() if r["event"] == "pass"]
     assert [r["done"] for r in passes] == [0, 1, 1], passes
 
@@ -304,6 +304,74 @@ def test_event_masks_decide_the_re_arm(tmp_path: Path) -> None:
         os.close(fd)
 
 
+def test_a_turns_own_claims_are_not_hints(tmp_path: Path) -> None:
+    """not_own on a real inotify instance: a claim (a command file renamed out of its VM
+    folder) is one plain IN_MOVED_FROM, and only as many as the turn claimed are dropped;
+    a file made or moved in, or one more moved out, is still a hint."""
+    import ctypes
+
+    from wirt_wrapper.root.watch import not_own, read_masks
+    from wirt_wrapper.user.watch import FOLDER_EVENTS, IN_CLOEXEC, IN_NONBLOCK
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.inotify_init1(IN_CLOEXEC | IN_NONBLOCK)
+    assert fd >= 0
+    try:
+        folder, history = tmp_path / "vm", tmp_path / "history"
+        folder.mkdir()
+        history.mkdir()
+        for name in ("start", "stop", "autostart"):
+            (folder / name).write_text("")
+        assert libc.inotify_add_watch(fd, str(folder).encode(), FOLDER_EVENTS) >= 0
+        (folder / "start").rename(history / "start-1")  # two claims
+        (folder / "stop").rename(history / "stop-1")
+        claims = read_masks(fd) or []
+        assert len(claims) == 2 and not not_own(claims, 2)
+        assert not_own(claims, 1) == claims[:1]  # the user moved one more out: a hint
+        assert not_own(claims, 0) == claims
+        (folder / "autostart").rename(history / "autostart-1")
+        (folder / "suspend").write_text("")  # the user's new file, during the turn
+        mixed = read_masks(fd) or []
+        assert not_own(mixed, 1) and not_own(mixed, 5)
+        (folder / "sub").mkdir()
+        (folder / "sub").rename(history / "sub")  # a folder moved out: never discounted
+        assert not_own([m for m in read_masks(fd) or [] if m & 0x40], 9)
+    finally:
+        os.close(fd)
+
+
+def test_a_served_member_is_not_looked_at_again(host: Host) -> None:
+    """After a turn, no idle look follows for the command file it moved out itself: one
+    mini pass per command (before, every turn was followed by a second one, hinted by
+    its own claim).  A file the member removes afterwards is still a change hint."""
+    alice = setup(host, "web", "db")
+    alice.run("mkdir stage && : > stage/autostart && : > stage/.notes")
+    spool = alice.home / "wirt/service/vm"
+
+    def drop(name: str, vm: str = "web") -> None:  # one rename, as the member's mv makes it
+        os.rename(alice.home / "stage" / name, spool / vm / name)
+
+    with watching(host, "--verbose") as proc:
+        wait_for(lambda: "mini pass: 1 users served" in stderr_of(proc), QUICK, "the look")
+        drop("autostart")  # the first outcome makes ~/wirt/logs: a folder event, a look
+        outcome(alice, "web", "autostart")
+        time.sleep(1.5)
+        minis = stderr_of(proc).count("mini pass:")
+        alice.run(": > stage/autostart")
+        drop("autostart")
+        outcome(alice, "web", "autostart", 2)
+        time.sleep(1.5)  # what an idle look after the turn would take, and more
+        assert stderr_of(proc).count("mini pass:") == minis + 1, stderr_of(proc)
+        drop(".notes", "db")  # a dot name, as an editor leaves: no command, but a hint
+        wait_for(lambda: stderr_of(proc).count("mini pass:") >= minis + 2, QUICK,
+                 "the look after the member's own file")
+        time.sleep(0.5)
+        minis = stderr_of(proc).count("mini pass:")
+        alice.run("rm wirt/service/vm/db/.notes")  # removed: a hint as well
+        wait_for(lambda: stderr_of(proc).count("mini pass:") > minis, QUICK,
+                 "the look after the member removed a file")
+
+
 def test_says_so_in_syslog_and_an_idle_look_stays_quiet(host: Host,
                                                         syslog_sink: SyslogSink) -> None:
     """'watching' and 'stopped' reach syslog (a real datagram socket the test binds); the
@@ -319,7 +387,7 @@ def test_says_so_in_syslog_and_an_idle_look_stays_quiet(host: Host,
                              for x in received()), QUICK, f"syslog: {lines}")
         command(alice, "web", "suspend")
         outcome(alice, "web", "suspend")
-        time.sleep(1)  # the idle look after the turn's own move
+        time.sleep(1)  # any idle look after the turn (the folders it made: a re-arm)
     received()
     summaries = [x for x in lines if ": pass: " in x]
     assert len(summaries) == 2, lines  # the first full pass, the mini pass that ran it

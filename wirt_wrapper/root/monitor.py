@@ -129,6 +129,9 @@ class Monitor:
         self._vms: dict[str, tuple[str, str]] = {}  # user -> vms.json text and digest
         self.pass_id = f"{time.time_ns():x}"
         self.counter = 0
+        # per member: the command files this pass moved out of their VM folders (each
+        # 'run' follows its file's claim): the watch service's own-move count
+        self.claimed: dict[str, int] = {}
         self._catalogue: catalogue.Catalogue | None = None
         self._catalogue_read = False
         self._isos: tuple[str, str] | None = None
@@ -344,6 +347,7 @@ class Monitor:
 
     def on_run(self, ctx: UserContext, msg: dict[str, Any]) -> dict[str, Any]:
         cid, entry = self._entry(ctx, msg)
+        self.claimed[ctx.user.pw_name] = self.claimed.get(ctx.user.pw_name, 0) + 1
         started = time.monotonic()
         status: dict[str, Any] | None = None
         output: dict[str, Any] | None = None

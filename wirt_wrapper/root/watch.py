@@ -24,9 +24,16 @@ first mini pass, started by its first hint, runs: members hinted meanwhile
 *join* that pass (:meth:`Service.join`, polled by the pass between its
 steps: the same account checks, look and user side) instead of waiting for
 it to end and a second pass; the last ones hinted would otherwise wait
-for a whole pass of the others and then for the idle looks of everyone it
-served (hinted again by their own turn's moves).  A member joins a pass
-once; their next hint waits for the next mini pass.
+for a whole pass of the others.  A member joins a pass once; their next
+hint waits for the next mini pass.
+
+A turn's own claims (each command file renamed from its VM folder into
+history) queue ``IN_MOVED_FROM`` events on the member's descriptor.  Root
+knows how many (one per ``run`` request) and does not count that many as a
+hint when it next reads the descriptor (:func:`not_own`): without that,
+every served member was hinted by their own turn and had one more (idle)
+look, a mini pass of everyone after a burst.  Only plain files moved out
+are discounted; anything else the user did meanwhile is still a hint.
 
 Fairness: each user has a token bucket of ``watch.user_turns_per_second``;
 hints beyond it wait (the user's descriptor is not read meanwhile, so a
@@ -101,6 +108,23 @@ def read_masks(fd: int) -> list[int] | None:
             return None
         if len(masks) > 1 << 20:  # the kernel's queue is far smaller: something is odd
             return None
+
+
+def not_own(masks: list[int], own: int) -> list[int]:
+    """*masks* without *own* plain-file ``IN_MOVED_FROM`` events: those of the command files
+    the member's last turn moved out of their VM folders into history (one per claim,
+    :attr:`Monitor.claimed`).  A file leaving a folder is never new work, and anything the
+    user did besides (a file made, moved in, changed; a folder's event; one file more moved
+    out than the turn claimed) stays a hint."""
+    if own <= 0:
+        return masks
+    kept = []
+    for mask in masks:
+        if own and mask == IN_MOVED_FROM:
+            own -= 1
+        else:
+            kept.append(mask)
+    return kept
 
 
 def needs_rearm(mask: int) -> bool:
@@ -185,6 +209,9 @@ class Service:
         self.placing: dict[str, Placing] = {}
         self.pending: dict[str, float] = {}  # user -> when first hinted (not served yet)
         self.rearm: set[str] = set()
+        # user -> command files their turn in the last pass moved out of watched folders:
+        # those events are the turn's own, not hints (see not_own); for the next drain only
+        self.own_moves: dict[str, int] = {}
         self.joined: list[str] = []  # members who joined the mini pass under way
         self.join_at = 0.0  # when the pass under way may look for new hints again
         self.fallback: dict[str, str] = {}  # user -> why: served by the full pass only
@@ -292,7 +319,7 @@ class Service:
             masks = [IN_IGNORED]
         if any(needs_rearm(mask) for mask in masks):
             self.rearm.add(name)
-        if masks:
+        if not_own(masks, self.own_moves.pop(name, 0)):
             self.hint(name)
 
     def hint(self, name: str) -> None:
@@ -326,6 +353,8 @@ class Service:
             run.report.note(note)
         self.notes = []
         summary = run.run()
+        for name in run.in_pass:  # their turn's claims, still queued on their descriptor
+            self.own_moves[name] = run.monitor.claimed.get(name, 0)
         for name in run.unfinished:  # work left that no change will hint
             self.hint(name)
         if run.prober is None:  # it failed during the pass: full user sides from now on
@@ -345,6 +374,7 @@ class Service:
         self.sync_members()
 
     def drain_quietly(self, name: str) -> None:
+        self.own_moves.pop(name, None)  # read and dropped with the rest
         watched = self.watched.get(name)
         if watched is None:
             return
@@ -476,6 +506,7 @@ class Service:
         old = self.watched.get(name)
         uid = self.uids.get(name, -1)
         self.watched[name] = Watched(uid, fds[0], int(message["watches"]))
+        self.own_moves.pop(name, None)  # they were queued on the old descriptor
         if old is not None:
             with suppress(KeyError, ValueError):
                 self.selector.unregister(old.fd)
