@@ -253,6 +253,45 @@ def test_a_member_hinted_during_a_mini_pass_joins_it(host: Host) -> None:
     assert passes[-1]["done"] == len(vms) + 1, passes  # one mini pass served them all
 
 
+def test_a_member_whose_look_came_too_early_joins_again(host: Host) -> None:
+    """A command written the safe way (a dot file, then renamed into place) hints at the
+    dot file: the member joins the mini pass under way, and their look finds nothing yet.
+    The rename that follows still joins that pass (once more), instead of waiting for it
+    to end.  Without that, bob's command is served by a pass of its own, after alice's."""
+    alice, bob = host.add_user("alice"), host.add_user("bob")
+    vms = [f"v{i}" for i in range(50)]  # alice's turn: 100 commands, long enough
+    host.write_config({**{f"{alice.name}-{vm}": alice.name for vm in vms},
+                       f"{bob.name}-web": bob.name})
+    alice.run("mkdir -p " + " ".join(f"wirt/service/vm/{vm} stage/{vm}" for vm in vms))
+    for vm in vms:
+        alice.write(f"stage/{vm}/autostart")
+        alice.write(f"stage/{vm}/suspend")
+    bob.run("mkdir -p wirt/service/vm/web")
+    with watching(host, "--verbose") as proc:
+        wait_for(lambda: "mini pass: 2 users served" in stderr_of(proc), QUICK, "the looks")
+        spool = alice.home / "wirt/service/vm"
+        for vm in vms:
+            for action in ("autostart", "suspend"):
+                os.rename(alice.home / "stage" / vm / action, spool / vm / action)
+        wait_for(lambda: any(alice.vm_log(vm) for vm in vms), QUICK, "alice's first outcome")
+        web = bob.home / "wirt/service/vm/web"
+        bob.run(": > wirt/service/vm/web/.autostart")  # the hint; bob's look: nothing yet
+        time.sleep(0.1)
+        os.rename(web / ".autostart", web / "autostart")
+        outcome(bob, "web", "autostart")
+        wait_for(lambda: all(" suspend: " in alice.vm_log(vm) for vm in vms), QUICK * 3,
+                 "alice's outcomes")
+        wait_for(lambda: "mini pass: 2 users served" in stderr_of(proc).split("suspend: done")[-1],
+                 QUICK, "the end of the pass")  # counted once, though bob joined it twice
+        out = stderr_of(proc)
+    records = host.audit_records()
+    (bobs,) = [r for r in records if r["event"] == "command" and r["user"] == bob.name]
+    assert bobs["outcome"] == "done"
+    passes = [r for r in records if r["event"] == "pass"]
+    assert passes[-1]["done"] == 2 * len(vms) + 1, (passes, out)  # one mini pass for all
+    assert "mini pass: 2 users served, 0 skipped; commands: 101 done" in out, out
+
+
 def test_a_pass_for_some_users_serves_as_a_full_pass_does(host: Host) -> None:
     """``--user`` (and a watch's mini pass) takes no snapshot of the host's domains: each
     domain asked about is looked up alone.  The outcomes, status.xml and settings are

@@ -94,8 +94,12 @@ class Pass:
         # the watch service's mini pass: joining(in_pass) names members hinted while the
         # pass runs, served in it too (the same checks and path) instead of after it
         self.joining: Callable[[set[str]], list[str]] | None = None
+        # ... and looked_idle(name) is told when a member's look found nothing to do: the
+        # service may let them join once more (their hint came before the file it was for)
+        self.looked_idle: Callable[[str], bool] | None = None
         self.everyone: dict[str, pwd.struct_passwd] = {}  # the members, by name
         self.in_pass: set[str] = set()  # the members this pass serves (joined ones too)
+        self.counted: set[str] = set()  # the members counted in summary.users
 
     def say(self, text: str) -> None:
         self.monitor.say(text)
@@ -264,6 +268,8 @@ class Pass:
         if self.needs_turn(user, report):
             self.full.append(user)
             return
+        if self.looked_idle is not None and self.looked_idle(user.pw_name):
+            self.in_pass.discard(user.pw_name)  # may join again, once
         if self.hv.down:
             return  # nothing was read: nothing is confirmed
         for layout, look in report.items():
@@ -300,7 +306,9 @@ class Pass:
             self.audit.write("user-skipped", user=user.pw_name, uid=user.pw_uid, reason=problem)
             self.say(f"{user.pw_name}: skipped: {problem}")
             return
-        self.summary.users += 1
+        if user.pw_name not in self.counted:  # a member who joins a pass again: once
+            self.counted.add(user.pw_name)
+            self.summary.users += 1
         if self.prober is None or self.options.dry_run or self.journal.open_for(user.pw_uid):
             self.full.append(user)
         else:

@@ -25,7 +25,10 @@ first mini pass, started by its first hint, runs: members hinted meanwhile
 steps: the same account checks, look and user side) instead of waiting for
 it to end and a second pass; the last ones hinted would otherwise wait
 for a whole pass of the others.  A member joins a pass once; their next
-hint waits for the next mini pass.
+hint waits for the next mini pass.  Once more only when their look found
+nothing to do: the hint came a moment before the file it was for (a dot
+file written, then renamed into place), and that file joins the pass too
+(:meth:`Service.look_again`).
 
 A turn's own claims (each command file renamed from its VM folder into
 history) queue ``IN_MOVED_FROM`` events on the member's descriptor.  Root
@@ -213,6 +216,7 @@ class Service:
         # those events are the turn's own, not hints (see not_own); for the next drain only
         self.own_moves: dict[str, int] = {}
         self.joined: list[str] = []  # members who joined the mini pass under way
+        self.looked_again: set[str] = set()  # members listened to again during it (idle look)
         self.join_at = 0.0  # when the pass under way may look for new hints again
         self.fallback: dict[str, str] = {}  # user -> why: served by the full pass only
         self.told: set[str] = set()  # users the admin was told about (until it works again)
@@ -349,6 +353,7 @@ class Service:
         run = Pass(self.config, options, self.spawner, self.prober)
         if users is not None:  # a full pass serves everyone already
             run.joining = self.join
+            run.looked_idle = self.look_again
         for note in self.notes:
             run.report.note(note)
         self.notes = []
@@ -390,9 +395,10 @@ class Service:
             self.drain_quietly(name)  # served now: these hints are covered
         self.joined = []
         self.join_at = 0.0
+        self.looked_again = set()
         self.run_pass(frozenset(due))
         self.stats.mini += 1
-        served, self.joined = due + self.joined, []
+        served, self.joined = list(dict.fromkeys(due + self.joined)), []
         for name in served:
             self.stats.turns[name] = self.stats.turns.get(name, 0) + 1
             if name in self.rearm:
@@ -403,7 +409,8 @@ class Service:
 
     def join(self, in_pass: set[str]) -> list[str]:
         """Polled by the mini pass under way: the members hinted since it began whose turn
-        is due (their bucket has a token), taken as :meth:`mini_pass` takes its own.
+        is due (their bucket has a token, or their look came too early: :meth:`look_again`),
+        taken as :meth:`mini_pass` takes its own.
 
         Only change hints and libvirt events are read here; a placer's answer and SIGTERM
         wait for the end of the pass (as during any pass).  At most every JOIN_POLL s."""
@@ -419,14 +426,29 @@ class Service:
                 self.take_events()
         if self.stopping:
             return []
-        joining = [name for name in self.pending
-                   if name not in in_pass and self.bucket(name).ready_at(now) <= now]
+        # a member looked at again (look_again) rejoins without a token: the same turn, whose
+        # look came too early; that happens once per pass
+        joining = [name for name in self.pending if name not in in_pass and (
+            name in self.looked_again or self.bucket(name).ready_at(now) <= now)]
         for name in joining:
-            self.bucket(name).take(now)
+            if name not in self.looked_again:
+                self.bucket(name).take(now)
             del self.pending[name]
             self.drain_quietly(name)  # served now: these hints are covered
         self.joined += joining
         return joining
+
+    def look_again(self, name: str) -> bool:
+        """Told by the mini pass under way that *name*'s look found nothing to do: their
+        hint came a moment before the file it was for (an editor's or ``wirt``'s dot file,
+        then the rename into place).  Their descriptor is read again during this pass, so
+        that file joins it instead of waiting for the next; once per member and pass (a
+        pass stays bounded: each member joins it at most twice).  True if so."""
+        if name in self.looked_again or name not in self.watched or self.stopping:
+            return False
+        self.looked_again.add(name)
+        self.listen(name)
+        return True
 
     def listen(self, name: str) -> None:
         with suppress(KeyError, ValueError):
