@@ -8,9 +8,12 @@ refreshed at once, from libvirt's lifecycle event, not at the next full pass
 
 from __future__ import annotations
 
+import subprocess
+import time
+
 import libvirt
 import pytest
-from conftest import Host
+from conftest import BIN, Host
 from guest.fixtures import Guests
 from test_realvm import status
 from watching import wait_for, watching
@@ -18,6 +21,7 @@ from watching import wait_for, watching
 pytestmark = pytest.mark.realvm
 
 QUICK = 3.0
+WIRT = str(BIN / "wirt")
 
 
 def test_state_changed_behind_wirts_back_refreshes_status(realhost: Host,
@@ -42,3 +46,32 @@ def test_state_changed_behind_wirts_back_refreshes_status(realhost: Host,
     assert (bob.home / "wirt/info/vm/mail/status.xml").stat().st_mtime_ns == \
         bob_status.st_mtime_ns
     assert [r["action"] for r in realhost.commands()] == ["start"]
+
+
+def test_an_assigned_domain_that_changes_by_itself_refreshes_its_owner(
+        realhost: Host, guests: Guests) -> None:
+    """A domain assigned to a member's folder with ``wirt admin assign --as`` (its name is
+    another's: bob-shared) changes state behind wirt's back: the event hints its owner
+    by the owner index, not only the member its name points to.  Without that, alice's
+    status.xml for 'box' stayed "running" until the next full pass."""
+    alice, bob = realhost.add_user("alice"), realhost.add_user("bob")
+    shared = guests.define(bob, "shared")
+    alice.write("wirt/service/vm/box/status")  # a first outcome: the folders it makes
+    realhost.run()  # (and the folder is known: assign says nothing about it)
+    proc = subprocess.run([WIRT, "admin", "assign", shared.name, alice.name, "--as", "box",
+                           "--config", str(realhost.config)],
+                          capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr
+    with watching(realhost):
+        alice.write("wirt/service/vm/box/start")
+        wait_for(lambda: " box start: " in alice.vm_log("box"), QUICK + 5, "the start")
+        assert ": done" in alice.vm_log("box"), alice.vm_log("box")
+        wait_for(lambda: status((alice, "box"))["state"] == "running", QUICK,
+                 "status.xml: running")
+        time.sleep(1)  # no look of alice's is under way or due
+        shared.dom.destroy()  # not through wirt
+        wait_for(lambda: status((alice, "box")).get("state") == "shut off", QUICK,
+                 f"status.xml refreshed by the event: {status((alice, 'box'))}")
+    assert status((alice, "box"))["domain"] == shared.name
+    assert [(r["user"], r["action"]) for r in realhost.commands()] == [
+        (alice.name, "status"), (alice.name, "start")]

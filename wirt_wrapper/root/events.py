@@ -52,12 +52,13 @@ def _start_event_loop() -> None:
 
 
 class LifecycleEvents:
-    """Domain names libvirt reported a lifecycle event for, and 'reconnected'."""
+    """The domains (name and UUID) libvirt reported a lifecycle event for, and
+    'reconnected'."""
 
     def __init__(self, uri: str) -> None:
         _start_event_loop()
         self.uri = uri
-        self.names: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self.names: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()  # (name, UUID)
         self.reconnected = threading.Event()
         self.connected = threading.Event()
         self.lost = threading.Event()
@@ -78,7 +79,7 @@ class LifecycleEvents:
     # -- the event thread ---------------------------------------------------------------
     def _on_lifecycle(self, _conn: Any, dom: Any, _event: int, _detail: int,
                       _opaque: Any) -> None:
-        self.names.put(dom.name())  # held by the object: no call to libvirtd
+        self.names.put((dom.name(), dom.UUIDString()))  # held by the object: no call
         self._wake()
 
     def _on_close(self, _conn: Any, _reason: int, _opaque: Any) -> None:
@@ -121,12 +122,13 @@ class LifecycleEvents:
                 conn.close()
 
     # -- the service's side ---------------------------------------------------------------
-    def take(self) -> tuple[set[str], bool]:
-        """The domain names queued since the last call, and whether a reconnect happened."""
+    def take(self) -> tuple[set[tuple[str, str]], bool]:
+        """The domains (name, UUID) queued since the last call, and whether a reconnect
+        happened."""
         with suppress(OSError):
             while os.read(self.wake_r, 4096):
                 pass
-        names: set[str] = set()
+        names: set[tuple[str, str]] = set()
         while True:
             try:
                 names.add(self.names.get_nowait())

@@ -70,6 +70,7 @@ from wirt_wrapper.root import notify
 from wirt_wrapper.root.accounts import AccountChecker, group_lists, members
 from wirt_wrapper.root.audit import AuditLog
 from wirt_wrapper.root.monitor import Options, Summary
+from wirt_wrapper.root.owners import OwnerIndex
 from wirt_wrapper.root.scheduler import Pass
 from wirt_wrapper.rules import protocol
 from wirt_wrapper.rules.actions import Claimants, printable
@@ -336,15 +337,21 @@ class Service:
                 self.selector.unregister(watched.fd)
 
     def take_events(self) -> None:
-        """Domains libvirt told about (lifecycle events): hint every member who could own one."""
+        """Domains libvirt told about (lifecycle events): hint every member who could own one:
+        by its name, and the owner its metadata names (``wirt admin assign``, SPEC 4) as the
+        owner index holds it.  Only a hint: their mini pass decides ownership afresh."""
         domains, reconnected = self.events.take()
         if reconnected:
             self.next_full = time.monotonic()
         if domains:
             claimants = Claimants(self.config.domain_name, list(self.uids))
-            for domain in domains:
+            index = OwnerIndex(self.config.state_dir)  # assigned domains, whatever their name
+            for domain, uuid in domains:
                 for member, _ in claimants.find(domain):
                     self.hint(member)
+                claim = index.claim_of(uuid)
+                if claim is not None:
+                    self.hint(claim[0])
 
     # -- passes -----------------------------------------------------------------------
     def run_pass(self, users: frozenset[str] | None) -> Summary:
