@@ -116,8 +116,29 @@ _wirt() {
                 return
             fi ;;
         isos) ;;
-        admin)
-            COMPREPLY=($(compgen -W "assign unassign run audit quota" -- "$cur"))
+        admin)  # wirt admin VERB ...: the verb, then its options (root's parser)
+            local verb="" j
+            for ((j = i + 1; j < COMP_CWORD; j++)); do
+                case ${COMP_WORDS[j]} in
+                    --config|--layout|--host|--as|--user|-n|--lines) ((j++)) ;;
+                    -*) ;;
+                    *) verb=${COMP_WORDS[j]}; break ;;
+                esac
+            done
+            case $prev in
+                --as) return ;;
+                --user) COMPREPLY=($(compgen -u -- "$cur")); return ;;
+            esac
+            opts="--json --config --layout --help"
+            case $verb in
+                "")
+                    [[ $cur == -* ]] || opts="assign unassign run audit quota" ;;
+                assign) opts+=" --host --as" ;;
+                unassign) opts+=" --host" ;;
+                run) opts+=" --user --dry-run" ;;
+                audit) opts+=" --lines" ;;
+            esac
+            [[ $cur == -* || -z $verb ]] && COMPREPLY=($(compgen -W "$opts" -- "$cur"))
             return ;;
     esac
     if [[ $cur == -* ]]; then

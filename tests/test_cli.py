@@ -948,6 +948,16 @@ def test_bash_completion(site: Host) -> None:
             continue
         longs = {o for a in parser._actions for o in a.option_strings if o.startswith("--")}
         assert set(complete("wirt", name, "--")) == longs, name
+    # wirt admin: the verbs, then each verb's long options as root's parser has them
+    from wirt_wrapper.root.admin import build_parser as admin_parser
+
+    (verbs,) = [a for a in admin_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    assert complete("wirt", "admin", "") == sorted(verbs.choices)
+    for name, parser in verbs.choices.items():
+        longs = {o for a in parser._actions for o in a.option_strings if o.startswith("--")}
+        assert set(complete("wirt", "admin", name, "--")) == longs, name
+        assert set(complete("wirt", "admin", "--json", name, "x", "--")) == longs, name
+    assert complete("wirt", "admin", "assign", "dom", "alice", "--as", "") == []
 
 
 # -- admin verbs ---------------------------------------------------------------------------
