@@ -319,7 +319,7 @@ def test_event_masks_decide_the_re_arm(tmp_path: Path) -> None:
     import ctypes
 
     from wirt_wrapper.root.watch import is_inotify, needs_rearm, read_masks
-    from wirt_wrapper.user.watch import FOLDER_EVENTS, IN_CLOEXEC, IN_NONBLOCK
+    from wirt_wrapper.rules.inotify import FOLDER_EVENTS, IN_CLOEXEC, IN_NONBLOCK
 
     libc = ctypes.CDLL(None, use_errno=True)
     fd = libc.inotify_init1(IN_CLOEXEC | IN_NONBLOCK)
@@ -350,7 +350,7 @@ def test_a_turns_own_claims_are_not_hints(tmp_path: Path) -> None:
     import ctypes
 
     from wirt_wrapper.root.watch import not_own, read_masks
-    from wirt_wrapper.user.watch import FOLDER_EVENTS, IN_CLOEXEC, IN_NONBLOCK
+    from wirt_wrapper.rules.inotify import FOLDER_EVENTS, IN_CLOEXEC, IN_NONBLOCK
 
     libc = ctypes.CDLL(None, use_errno=True)
     fd = libc.inotify_init1(IN_CLOEXEC | IN_NONBLOCK)

@@ -76,12 +76,19 @@ from wirt_wrapper.rules import protocol
 from wirt_wrapper.rules.actions import Claimants, printable
 from wirt_wrapper.rules.config import Config
 from wirt_wrapper.rules.errors import ProtocolError
+from wirt_wrapper.rules.inotify import (
+    IN_CREATE,
+    IN_DELETE_SELF,
+    IN_IGNORED,
+    IN_ISDIR,
+    IN_MOVE_SELF,
+    IN_MOVED_FROM,
+    IN_MOVED_TO,
+    IN_Q_OVERFLOW,
+)
 
-__all__ = ["Service", "TurnBucket", "needs_rearm", "read_masks"]
+__all__ = ["Service", "TurnBucket", "needs_rearm", "not_own", "read_masks"]
 
-IN_CREATE, IN_MOVED_FROM, IN_MOVED_TO = 0x100, 0x40, 0x80
-IN_DELETE_SELF, IN_MOVE_SELF = 0x400, 0x800
-IN_Q_OVERFLOW, IN_IGNORED, IN_ISDIR = 0x4000, 0x8000, 0x40000000
 _EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len (then the name)
 READ_SIZE = 1 << 16
 PLACER_SECONDS = 10.0  # a placer that has not answered by then is given up (fallback)

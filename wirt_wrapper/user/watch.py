@@ -25,19 +25,18 @@ from typing import Any
 
 from wirt_wrapper.boundary.channel import Channel
 from wirt_wrapper.rules import spool as spool_rules
+from wirt_wrapper.rules.inotify import (
+    FOLDER_EVENTS,
+    IN_CLOEXEC,
+    IN_DONT_FOLLOW,
+    IN_NONBLOCK,
+    IN_ONLYDIR,
+)
 from wirt_wrapper.rules.layouts import LAYOUTS, Layout
 from wirt_wrapper.user import fs as userfs
 from wirt_wrapper.user.fs import Unsafe
 
-__all__ = ["FOLDER_EVENTS", "IN_CLOEXEC", "IN_NONBLOCK", "place", "watch_main"]
-
-IN_ACCESS, IN_MODIFY, IN_ATTRIB, IN_CLOSE_WRITE = 0x1, 0x2, 0x4, 0x8
-IN_MOVED_FROM, IN_MOVED_TO, IN_CREATE, IN_DELETE = 0x40, 0x80, 0x100, 0x200
-IN_DELETE_SELF, IN_MOVE_SELF = 0x400, 0x800
-IN_ONLYDIR, IN_DONT_FOLLOW = 0x01000000, 0x02000000
-IN_CLOEXEC, IN_NONBLOCK = 0o2000000, 0o4000
-FOLDER_EVENTS = (IN_CREATE | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE | IN_CLOSE_WRITE
-                 | IN_ATTRIB | IN_DELETE_SELF | IN_MOVE_SELF)
+__all__ = ["place", "watch_main"]
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
