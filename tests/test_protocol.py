@@ -182,3 +182,37 @@ class TestOrder:
         turn.allow("notices")
         turn.allow("bye")
         self.turn().allow("bye")
+
+
+# -- console.json (SPEC 10): what root hands over, and what the CLI reads back -------------
+CONSOLE = {"type": "vnc", "host": "127.0.0.1", "port": 5901, "password": "Ab3dEf7h",
+           "valid_until": "2026-12-01T18:00:00Z"}
+
+
+@pytest.mark.parametrize("change", [
+    {"password": "Ab3d\nx=1"},  # a second line in the viewer's file
+    {"host": "127.0.0.1\nproxy=http://evil"},
+    {"host": "a host"}, {"host": ""}, {"valid_until": "\x1b[2J"},
+    {"type": "rdp"}, {"port": 0}, {"port": 70000}, {"port": "5901"}, {"extra": "x"},
+])
+def test_a_console_that_is_not_one_is_refused(change: dict[str, Any]) -> None:
+    bad = {**CONSOLE, **change}
+    with pytest.raises(ProtocolError):
+        protocol.check_console(bad)
+    with pytest.raises(ProtocolError):  # the user side refuses it before writing the file
+        protocol.check_output({"file": "console.json", "console": bad})
+
+
+def test_console_json_is_read_strictly_by_the_cli() -> None:
+    from wirt_wrapper.cli.main import read_console
+    from wirt_wrapper.rules.errors import CliError
+
+    assert protocol.check_console(dict(CONSOLE)) == CONSOLE
+    where = "~/wirt/info/vm/web/console.json"
+    assert read_console(json.dumps(CONSOLE).encode(), where) == CONSOLE
+    twice = json.dumps(CONSOLE)[:-1] + ', "password": "Zz9yXw8v"}'
+    for raw in (twice.encode(), b"[]", b"{", json.dumps({**CONSOLE, "port": -1}).encode(),
+                json.dumps({**CONSOLE, "password": "a\nb"}).encode()):
+        with pytest.raises(CliError) as caught:
+            read_console(raw, where)
+        assert str(caught.value).startswith(f"{where}: not what a pass writes (")

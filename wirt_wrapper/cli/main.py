@@ -56,11 +56,12 @@ from wirt_wrapper.rules.errors import (
     ConfigError,
     NotAllowed,
     NotFound,
+    ProtocolError,
     UsageError,
 )
 from wirt_wrapper.rules.output import Out, shown
 from wirt_wrapper.rules.output import shown as shown_line
-from wirt_wrapper.rules.protocol import MAX_SCREEN, MAX_SERIAL
+from wirt_wrapper.rules.protocol import MAX_SCREEN, MAX_SERIAL, check_console
 
 __all__ = ["main"]
 
@@ -783,7 +784,7 @@ def reached(home: Home, args: argparse.Namespace, out: Out, base: dict[str, Any]
     data = {**base, "stage": result.stage, "outcome": result.outcome,
             "message": result.message, "file": where}
     if action.output == CONSOLE_FILE:
-        console = json.loads(home.info_file(ref, CONSOLE_FILE, 4096))
+        console = read_console(home.info_file(ref, CONSOLE_FILE, 4096), where)
         out.emit({**data, "console": console}, lambda: reach.console_lines(vm, console))
         if not out.as_json:
             reach.start_viewer(console["type"], console["host"], int(console["port"]),
@@ -806,6 +807,16 @@ def reached(home: Home, args: argparse.Namespace, out: Out, base: dict[str, Any]
         else:
             sys.stdout.write(text if text.endswith("\n") or not text else text + "\n")
     return EXIT_OK
+
+
+def read_console(raw: bytes, where: str) -> dict[str, Any]:
+    """console.json as a pass writes it (strict JSON, the console's shape), before its host
+    and password reach a viewer; CliError naming the file and the rule otherwise."""
+    try:
+        return check_console(strictjson.loads(raw, max_bytes=4096, max_depth=1))
+    except (strictjson.StrictJSONError, ProtocolError) as exc:
+        raise CliError(f"{where}: not what a pass writes ({exc}); ask for a console "
+                       "again") from None
 
 
 def report(out: Out, base: dict[str, Any], vm: str, shown: str, result: Outcome,
@@ -1279,9 +1290,10 @@ def remote_console(host: str, args: argparse.Namespace, argv: list[str]) -> int:
         return proc.returncode
     try:
         data = json.loads(proc.stdout)
-        console = data["console"]
-    except (ValueError, KeyError, TypeError):
-        raise CliError(f"wirt on {host} did not answer with a console") from None
+        console = check_console(data["console"])
+    except (ValueError, KeyError, TypeError, ProtocolError) as exc:
+        why = f": {exc}" if isinstance(exc, ProtocolError) else ""
+        raise CliError(f"wirt on {host} did not answer with a console{why}") from None
     tunnel, port = reach.tunnel_console(host, console)
     local = {**console, "host": "127.0.0.1", "port": port}
     try:

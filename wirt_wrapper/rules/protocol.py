@@ -42,7 +42,7 @@ __all__ = [
     "BYE", "INTEND", "INVENTORY", "MAX_DEPTH", "MAX_MESSAGE", "MAX_SETTINGS", "NOTICES",
     "RECOVERED", "REQUESTS", "RUN", "SETTINGS", "UNCLAIMED", "WATCHING", "Turn", "UserJob",
     "check_request", "check_watching", "decode", "encode", "MAX_SCREEN", "MAX_SCREEN_SIDE",
-    "MAX_SERIAL", "OUTPUT", "check_output",
+    "MAX_SERIAL", "OUTPUT", "check_output", "CONSOLE_TYPES", "check_console",
 ]
 
 MAX_MESSAGE = 4 << 20  # bytes of one framed message, either way
@@ -203,12 +203,36 @@ def check_watching(message: dict[str, Any]) -> str | None:
     return None if problem is None else str(problem)
 
 
+CONSOLE_TYPES = ("vnc", "spice")  # the graphics wirt gives a console password (SPEC 10)
+_CONSOLE_FIELDS: Check = record({"type": text(16), "host": text(255), "port": integer,
+                                 "password": text(8), "valid_until": text(32)})
+
+
+def _console(value: Any, where: str) -> None:
+    """console.json's fields: a known type, a TCP port, and host, password and time each
+    one word of printable characters (the CLI writes host and password into a viewer's
+    file, a line each: a newline there would add a line of its own)."""
+    _CONSOLE_FIELDS(value, where)
+    if value["type"] not in CONSOLE_TYPES:
+        raise _fail(f"{where}.type", "one of " + ", ".join(CONSOLE_TYPES))
+    if not 0 < value["port"] < 1 << 16:
+        raise _fail(f"{where}.port", "a TCP port")
+    for key in ("host", "password", "valid_until"):
+        if not value[key] or not value[key].isprintable() or " " in value[key]:
+            raise _fail(f"{where}.{key}", "one word of printable characters")
+
+
 # What a SPEC 10 action hands the user side (root's answer to 'run', key 'output').
 OUTPUT: Check = record(
     {"file": text(64)},
-    {"b64": text(_b64_chars(MAX_SCREEN)), "mime": text(64),
-     "console": record({"type": text(16), "host": text(255), "port": integer,
-                        "password": text(8), "valid_until": text(32)})})
+    {"b64": text(_b64_chars(MAX_SCREEN)), "mime": text(64), "console": _console})
+
+
+def check_console(value: Any) -> dict[str, Any]:
+    """*value* if it has the shape of a console (console.json, or a remote wirt's answer,
+    before the CLI hands it to a viewer); else ProtocolError."""
+    _console(value, "console")
+    return dict(value)
 
 
 def check_output(value: Any) -> dict[str, Any]:
