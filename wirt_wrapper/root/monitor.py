@@ -125,6 +125,7 @@ class Monitor:
         self._uuid_of: dict[str, str] = {}  # domain name -> UUID, from the snapshot
         self._by_folder: dict[Claim, list[str]] = {}  # (owner, folder) -> domains
         self._mapped: dict[tuple[str, str], tuple[str, str | None]] = {}
+        self._named: dict[str, list[tuple[str, str]]] = {}  # user -> named_for(user)
         self._by_owner: dict[str, list[tuple[str, str | None]]] = {}  # owner -> domains
         self._vms: dict[str, tuple[str, str]] = {}  # user -> vms.json text and digest
         self.pass_id = f"{time.time_ns():x}"
@@ -207,6 +208,8 @@ class Monitor:
     def named_for(self, user: str) -> list[tuple[str, str]]:
         """(domain, folder) of the domains named per domain_name for *user* and for no
         other member (the listing's names from the template's prefix: no XML)."""
+        if user in self._named:  # the listing and the members are the pass's: once each
+            return self._named[user]
         prefix = self.config.domain_name.format(user=user, vm="\0").partition("\0")[0]
         if not prefix or self.hv.down:
             return []
@@ -216,6 +219,7 @@ class Monitor:
             mine = [vm for member, vm in claims if member == user]
             if len(mine) == 1 and len(claims) == 1:
                 found.append((domain, mine[0]))
+        self._named[user] = found
         return found
 
     def owned_candidates(self, user: str) -> list[str]:
