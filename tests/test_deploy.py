@@ -158,7 +158,10 @@ def _names() -> Iterator[tuple[str, str]]:
         subprocess.run(["rm", "-f", "/etc/wirt/wirt.toml"], check=False)
         if not lock_dir_before:
             subprocess.run(["rm", "-rf", LOCK_DIR], check=False)
-        remove_user(wrapper)
+        # the wrapper user, and any member a test made (alice, carol): also when it was
+        # interrupted before its own cleanup
+        for user in [e.pw_name for e in pwd.getpwall() if e.pw_name.startswith(prefix)]:
+            remove_user(user)
         sh("groupdel", group, check=False)
 
 
