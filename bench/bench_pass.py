@@ -337,7 +337,7 @@ def setup_two_hosts(args: argparse.Namespace, uri: str, work: Path) -> TwoHosts:
     """A second group (prefix + 'h'), every other domain on *uri*, the rest on a session
     libvirtd of its own system user, and a [[hosts]] config naming both."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from second_libvirtd import SessionDaemon
+    from second_libvirtd import SessionDaemon  # type: ignore[import-not-found]  # tests/
 
     if not uri.startswith("qemu"):
         raise SystemExit("--hosts 2 needs a real libvirtd at --uri")

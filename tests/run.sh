@@ -6,6 +6,6 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 VENV=${WIRT_VENV:-/opt/wirt-test}
 bash "$REPO/tests/setup-host.sh"
 cd "$REPO"
-"$VENV/bin/ruff" check wirt_wrapper tests
-"$VENV/bin/mypy" wirt_wrapper
+"$VENV/bin/ruff" check wirt_wrapper tests bench
+"$VENV/bin/mypy" wirt_wrapper bench
 "$VENV/bin/python" -m pytest "$@"
