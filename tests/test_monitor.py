@@ -15,8 +15,15 @@ from typing import Any
 import pytest
 
 from wirt_wrapper.root.audit import AuditLog, Journal
-from wirt_wrapper.root.hypervisor import DomainInfo
-from wirt_wrapper.root.monitor import NOTICE_RECORDS, Monitor, Options, Summary, UserContext
+from wirt_wrapper.root.hypervisor import DomainInfo, Trip
+from wirt_wrapper.root.monitor import (
+    NOTICE_RECORDS,
+    Deferred,
+    Monitor,
+    Options,
+    Summary,
+    UserContext,
+)
 from wirt_wrapper.root.notify import Report
 from wirt_wrapper.root.records import MAX_IDLE_VMS, Records
 from wirt_wrapper.rules.actions import Action, Claimants
@@ -54,7 +61,7 @@ class StandInHypervisor:
     def prefetch(self, names: list[str]) -> None:
         pass
 
-    def take_locked(self) -> list[str]:
+    def take_locked(self, domain: str) -> list[str]:
         return []  # the console lock closed no domain here
 
     def exists(self, name: str) -> bool:
@@ -70,6 +77,10 @@ class StandInHypervisor:
             return "rejected", problem, None
         self.acted.append((name, action.name, params))
         return "done", "", self.domains[name]
+
+    def act_start(self, name: str, action: Action, params: dict[str, str],
+                  decide: Any) -> Trip:
+        return Trip.now(self.act(name, action, params, decide))
 
 
 def monitor(*, dry_run: bool = False, max_files: int = 100) -> tuple[Monitor, UserContext]:
@@ -91,8 +102,10 @@ def test_a_command_runs_once_through_the_table() -> None:
     mon, ctx = monitor()
     mon.answer(ctx, {"op": "inventory", "layout": "wirt", "vms": ["web"]})
     cid = mon.answer(ctx, INTEND)["id"]  # type: ignore[index]
-    reply = mon.answer(ctx, {"op": "run", "id": cid})
-    assert reply is not None and reply["outcome"] == "done"
+    answer = mon.answer(ctx, {"op": "run", "id": cid})
+    assert isinstance(answer, Deferred)  # sent once its trip to libvirt is done
+    reply = answer.wait()
+    assert reply["outcome"] == "done"
     assert mon.hv.acted == [("alice-web", "autostart", {})]  # type: ignore[attr-defined]
     with pytest.raises(ProtocolError, match="unknown or used command id"):
         mon.answer(ctx, {"op": "run", "id": cid})  # once only

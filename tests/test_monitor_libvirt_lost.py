@@ -19,7 +19,7 @@ import libvirt
 import pytest
 from conftest import Host
 
-from wirt_wrapper.root.hypervisor import Hypervisor, Interrupted, Unreachable
+from wirt_wrapper.root.hypervisor import Hypervisor, Interrupted, Trip, Unreachable
 from wirt_wrapper.root.monitor import UserContext
 from wirt_wrapper.root.scheduler import Options, Pass
 from wirt_wrapper.rules.actions import Action, Call, lookup_action
@@ -117,19 +117,16 @@ def run(host: Host) -> tuple[Pass, UserContext, dict[str, Any]]:
 def test_pass_records_interrupted_and_not_run(run: tuple[Pass, UserContext, dict[str, Any]],
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     pass_, ctx, entry = run
-
-    def raises(exc: Exception) -> Any:
-        def act(*_args: Any) -> Any:
-            raise exc
-        return act
-
-    monkeypatch.setattr(pass_.monitor.hv, "act", raises(Interrupted(LOST)))
-    outcome, message, status = pass_.monitor.execute(ctx, entry)
+    destroy = lookup_action(entry["action"])
+    outcome, message, status = pass_.monitor.acted(destroy, Trip.failing(Interrupted(LOST)))
     assert (outcome, status) == ("interrupted", None)
     assert message.startswith(f"libvirt: {LOST} while this command ran; it may or may not")
-
-    monkeypatch.setattr(pass_.monitor.hv, "act", raises(Unreachable(LOST)))
-    assert pass_.monitor.execute(ctx, entry) == (
+    assert pass_.monitor.acted(destroy, Trip.failing(Unreachable(LOST))) == (
+        "failed", f"libvirt: {LOST}; the command was not run: send it again", None)
+    # and a trip that cannot start (libvirt down) is one that fails so
+    pass_.hv.members[0].down = LOST
+    trip = pass_.hv.act_start(entry["domain"], destroy, {}, lambda *_: None)
+    assert pass_.monitor.acted(destroy, trip) == (
         "failed", f"libvirt: {LOST}; the command was not run: send it again", None)
 
 

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from wirt_wrapper.root.hypervisor import Decide, DomainInfo, Hypervisor, Unreachable
+from wirt_wrapper.root.hypervisor import Decide, DomainInfo, Hypervisor, Trip, Unreachable
 from wirt_wrapper.rules.actions import Action, ambiguous_domain, no_domain, on_a_host_down
 from wirt_wrapper.rules.config import Config, HostConfig
 
@@ -271,7 +271,9 @@ class Hosts:
                 raise
             raise Unreachable(self._why(found[0])) from None
 
-    def _route(self, name: str, trip: Callable[[Hypervisor], Outcome]) -> Outcome:
+    def _pick(self, name: str) -> Hypervisor | Outcome:
+        """The host that has *name*, or the outcome without one (two have it, none has);
+        Unreachable when its host (or the host that may have it) is down."""
         refusal = self.ambiguous(name)
         if refusal:
             return "rejected", refusal, None
@@ -284,18 +286,50 @@ class Hosts:
         hv = found[0]
         if hv.down:
             raise Unreachable(self._why(hv))
+        return hv
+
+    def _route(self, name: str, trip: Callable[[Hypervisor], Outcome]) -> Outcome:
+        hv = self._pick(name)
+        if not isinstance(hv, Hypervisor):
+            return hv
         try:
             outcome, message, info = trip(hv)
         except Unreachable as exc:  # Interrupted too: the same kind, naming the host
-            if not self.named:
-                raise
-            raise type(exc)(f"host {hv.host}: {exc}") from None
+            raise self._named_error(exc, hv) from None
         return outcome, message, self._label(info, hv)
 
     def act(self, name: str, action: Action, params: dict[str, str],
             decide: Decide) -> Outcome:
         """:meth:`Hypervisor.act` on the host that has *name*; ``rejected`` when two have it."""
-        return self._route(name, lambda hv: hv.act(name, action, params, decide))
+        return self.act_start(name, action, params, decide).wait()
+
+    def act_start(self, name: str, action: Action, params: dict[str, str],
+                  decide: Decide) -> Trip:
+        """:meth:`Hypervisor.act_start` on the host that has *name*, as :meth:`_route` picks
+        it; what _route would raise, completing the trip raises."""
+        try:
+            hv = self._pick(name)
+        except Unreachable as exc:
+            return Trip.failing(exc)
+        if not isinstance(hv, Hypervisor):
+            return Trip.now(hv)
+        try:
+            trip = hv.act_start(name, action, params, decide)
+        except Unreachable as exc:
+            return Trip.failing(self._named_error(exc, hv))
+
+        def complete(timeout: float) -> Outcome:
+            try:
+                outcome, message, info = trip.complete(timeout)
+            except Unreachable as exc:
+                raise self._named_error(exc, hv) from None
+            return outcome, message, self._label(info, hv)
+
+        return Trip(trip.future, trip.deadline, complete)
+
+    def _named_error(self, exc: Unreachable, hv: Hypervisor) -> Unreachable:
+        """*exc* naming its host, with several hosts (as :meth:`_route` says it)."""
+        return type(exc)(f"host {hv.host}: {exc}") if self.named else exc
 
     def configure(self, name: str, wanted: dict[str, Any], iso_path: str | None,
                   decide: Decide,
@@ -333,12 +367,14 @@ class Hosts:
         outcome, message, info = self._route(name, trip)
         return outcome, message, info, output[0]
 
-    def take_locked(self) -> list[str]:
-        """The domains the console lock closed since last asked (for the audit log)."""
+    def take_locked(self, domain: str) -> list[str]:
+        """*domain* once for each time the console lock closed it since last asked (for the
+        audit log; other domains' stay for their own commands' answers)."""
         found = []
         for hv in self.members:
-            found += hv.locked
-            hv.locked.clear()
+            with hv.locked_guard:
+                found += [name for name in hv.locked if name == domain]
+                hv.locked[:] = [name for name in hv.locked if name != domain]
         return found
 
     def open_consoles(self) -> list[tuple[str, str | None, dict[str, str]]]:

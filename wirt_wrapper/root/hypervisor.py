@@ -53,7 +53,7 @@ from wirt_wrapper.rules.protocol import MAX_SCREEN
 from wirt_wrapper.rules.settings import restart_needed
 
 __all__ = ["OWNER_NS", "SNAPSHOT_MARK", "Decide", "DomainInfo", "Hypervisor", "Interrupted",
-           "Unreachable", "owner_claim", "owner_vm_of", "snapshot_by"]
+           "Trip", "Unreachable", "owner_claim", "owner_vm_of", "snapshot_by"]
 
 # The owner of a domain: <metadata><wirt:owner xmlns:wirt=OWNER_NS>alice</wirt:owner>,
 # and optionally the owner's VM folder that drives it: <wirt:owner vm="box">alice</wirt:owner>
@@ -114,6 +114,40 @@ class Unreachable(Exception):
 
 class Interrupted(Unreachable):
     """libvirt went away while an action's call was in flight: its effect is unknown."""
+
+
+@dataclass
+class Trip:
+    """A trip to a libvirt thread under way (:meth:`Hypervisor.act_start`): the pass
+    answers other users' requests meanwhile and finishes this one when :meth:`done`.
+
+    *complete*(timeout) gives its (outcome, message, info after), on the pass's own
+    thread, and raises as the call it stands for would (Unreachable, Interrupted,
+    libvirtError); past *deadline* unfinished, libvirt counts as not answering.
+    """
+
+    future: concurrent.futures.Future[Any] | None  # None: decided without libvirt
+    deadline: float  # time.monotonic()
+    complete: Callable[[float], tuple[str, str, DomainInfo | None]]
+
+    def done(self) -> bool:
+        return self.future is None or self.future.done()
+
+    def wait(self) -> tuple[str, str, DomainInfo | None]:
+        """The outcome, waiting for it if need be (at most until the deadline)."""
+        return self.complete(max(0.0, self.deadline - time.monotonic()))
+
+    @classmethod
+    def now(cls, outcome: tuple[str, str, DomainInfo | None]) -> Trip:
+        """A trip that needs no libvirt call (refused before one)."""
+        return cls(None, 0.0, lambda _timeout: outcome)
+
+    @classmethod
+    def failing(cls, exc: Exception) -> Trip:
+        """A trip that could not start (libvirt down): completing it raises *exc*."""
+        def complete(_timeout: float) -> tuple[str, str, DomainInfo | None]:
+            raise exc
+        return cls(None, 0.0, complete)
 
 
 class _Worker:
@@ -386,6 +420,7 @@ class Hypervisor:
         self.host = host  # its [[hosts]] name (SPEC 13); root.hosts routes domains to it
         self.console_lock = console_lock  # [console] lock: see lock()
         self.locked: list[str] = []  # domains the lock closed this pass (for the audit log)
+        self.locked_guard = threading.Lock()  # appended on the libvirt thread, taken on ours
         self.timeout = timeout
         self.iso_dir = iso_dir  # settings.iso_dir: a CD from elsewhere shows as not catalogued
         self.conn: Any = None
@@ -416,13 +451,21 @@ class Hypervisor:
         self.wake_fd: int | None = None
 
     def _call(self, fn: Callable[[], T]) -> T:
+        return self._result(self._submit(fn), self.timeout)
+
+    def _submit(self, fn: Callable[[], T]) -> concurrent.futures.Future[T]:
+        """*fn* queued for the libvirt thread (Unreachable when libvirt is known down)."""
         if self.down:
             raise Unreachable(self.down)
         if threading.current_thread() is self._pool.thread:  # would wait for itself
             raise RuntimeError("a libvirt call from a callback on the libvirt thread")
-        future = self._pool.submit(fn)
+        return self._pool.submit(fn)
+
+    def _result(self, future: concurrent.futures.Future[T], timeout: float) -> T:
+        """What *future* gave, waiting at most *timeout* s: libvirt not answering by then
+        is libvirt down (Unreachable), as is a lost connection."""
         try:
-            return future.result(timeout=self.timeout)
+            return future.result(timeout=timeout)
         except concurrent.futures.TimeoutError:
             self.down = f"a libvirt call did not answer within {self.timeout:g} s"
             raise Unreachable(self.down) from None
@@ -722,7 +765,13 @@ class Hypervisor:
     def act(self, name: str, action: Action, params: dict[str, str],
             decide: Decide
             ) -> tuple[str, str, DomainInfo | None]:
-        """Check ownership, perform *action*, read the state back: one trip to the libvirt thread.
+        """:meth:`act_start`, waited for."""
+        return self.act_start(name, action, params, decide).wait()
+
+    def act_start(self, name: str, action: Action, params: dict[str, str],
+                  decide: Decide) -> Trip:
+        """Check ownership, perform *action*, read the state back: one trip to the libvirt
+        thread, started (the pass serves other users while it runs: :class:`Trip`).
 
         *decide* maps the domain's owner metadata (owner and VM folder, read fresh,
         never from the snapshot or the owner index) to a reason to refuse, or None.
@@ -753,13 +802,20 @@ class Hypervisor:
             return outcome, message, info
 
         # a refresh (status) reads everything again, the snapshot list too
-        return self._trip(name, decide, work, snapshots_change=action.call is None)
+        return self._trip_start(name, decide, work, snapshots_change=action.call is None)
 
     def _trip(self, name: str, decide: Decide,
               work: Callable[[Any, str | None, DomainInfo | None, threading.Event],
                              tuple[str, str, DomainInfo | None]],
               snapshots_change: bool = False
               ) -> tuple[str, str, DomainInfo | None]:
+        """:meth:`_trip_start`, waited for."""
+        return self._trip_start(name, decide, work, snapshots_change).wait()
+
+    def _trip_start(self, name: str, decide: Decide,
+                    work: Callable[[Any, str | None, DomainInfo | None, threading.Event],
+                                   tuple[str, str, DomainInfo | None]],
+                    snapshots_change: bool = False) -> Trip:
         """One trip to the libvirt thread for one domain: look it up, check its owner
         metadata (read fresh) with *decide*, then *work*(dom, owner, info before, sent),
         which sets *sent* just before it changes anything.  Unreachable before that,
@@ -804,15 +860,22 @@ class Hypervisor:
                 info.owner_vm = owner_vm
             return outcome, message, info
 
-        try:
-            outcome, message, info = self._call(job)
-        except Unreachable as exc:
-            if sent.is_set():
-                raise Interrupted(str(exc)) from None
-            raise
-        if info is not None:
-            self._info[name] = info
-        return outcome, message, info
+        future = self._submit(job)
+        if self.wake_fd is not None:
+            future.add_done_callback(self._wake)
+
+        def complete(timeout: float) -> tuple[str, str, DomainInfo | None]:
+            try:
+                outcome, message, info = self._result(future, timeout)
+            except Unreachable as exc:
+                if sent.is_set():
+                    raise Interrupted(str(exc)) from None
+                raise
+            if info is not None:
+                self._info[name] = info
+            return outcome, message, info
+
+        return Trip(future, time.monotonic() + self.timeout, complete)
 
     def configure(self, name: str, wanted: dict[str, Any], iso_path: str | None,
                   decide: Decide,
@@ -1007,7 +1070,8 @@ class Hypervisor:
             return False
         sent.set()
         self.conn.defineXML(new)
-        self.locked.append(name)
+        with self.locked_guard:
+            self.locked.append(name)
         return True
 
     def reach(self, name: str, action: Action, params: dict[str, str],

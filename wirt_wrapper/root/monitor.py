@@ -30,6 +30,7 @@ from wirt_wrapper.root.hypervisor import (
     Decide,
     DomainInfo,
     Interrupted,
+    Trip,
     Unreachable,
 )
 from wirt_wrapper.root.notify import Report
@@ -61,7 +62,7 @@ from wirt_wrapper.rules.errors import ProtocolError, WirtError
 from wirt_wrapper.rules.layouts import LAYOUTS
 from wirt_wrapper.rules.spool import OUTCOMES
 
-__all__ = ["HANDLERS", "Monitor", "Options", "Summary", "UserContext"]
+__all__ = ["HANDLERS", "Deferred", "Monitor", "Options", "Summary", "UserContext"]
 
 # What one user's turn may write into root's audit log: notices beyond this many
 # are one record with a count, and long user-chosen texts are cut.
@@ -107,6 +108,21 @@ class UserContext:
     problem: str | None = None
 
 
+@dataclass
+class Deferred:
+    """An answer that waits for a trip to libvirt (:class:`Trip`): the pass answers other
+    users meanwhile, and sends :attr:`finish`'s reply once the trip is done (or past its
+    deadline: then libvirt counts as not answering)."""
+
+    trip: Trip
+    finish: Callable[[], dict[str, Any]]
+
+    def wait(self) -> dict[str, Any]:
+        """The reply, waiting for the trip here (no other user is served meanwhile)."""
+        self.trip.wait()
+        return self.finish()
+
+
 class Monitor:
     """Answers one request at a time; raises ProtocolError to end that user's turn only."""
 
@@ -146,8 +162,10 @@ class Monitor:
                              self.config.limits.max_files_per_user)
         return UserContext(user, child, turn)
 
-    def answer(self, ctx: UserContext, message: dict[str, Any]) -> dict[str, Any] | None:
-        """The reply to *message*; None for 'bye', which ends the turn."""
+    def answer(self, ctx: UserContext, message: dict[str, Any]
+               ) -> dict[str, Any] | Deferred | None:
+        """The reply to *message* (Deferred: once a trip to libvirt is done); None for
+        'bye', which ends the turn."""
         op = protocol.check_request(message)
         layout = message.get("layout") if op in (protocol.INVENTORY, protocol.INTEND,
                                                  protocol.SETTINGS) else None
@@ -349,21 +367,46 @@ class Monitor:
         self.journal.record(cid, "closed")
         return {}
 
-    def on_run(self, ctx: UserContext, msg: dict[str, Any]) -> dict[str, Any]:
+    def on_run(self, ctx: UserContext, msg: dict[str, Any]) -> dict[str, Any] | Deferred:
+        """Run a claimed command.  A table action's trip to libvirt is started and the
+        answer deferred (the pass serves other users' requests while it runs, and sends
+        this one when it is done); console, screenshot, serial and snapshots are answered
+        at once."""
         cid, entry = self._entry(ctx, msg)
         self.claimed[ctx.user.pw_name] = self.claimed.get(ctx.user.pw_name, 0) + 1
         started = time.monotonic()
-        status: dict[str, Any] | None = None
-        output: dict[str, Any] | None = None
         if "rejected" in entry:
-            outcome, message = "rejected", entry["rejected"]
-        else:
-            self.journal.record(cid, "begin")
-            if lookup_action(entry["action"]).output:
-                outcome, message, status, output = self.reach(ctx, entry)
-            else:
-                outcome, message, status = self.execute(ctx, entry)
-        self.audit_locks(ctx)
+            return self._ran(ctx, cid, entry, started, "rejected", entry["rejected"], None)
+        self.journal.record(cid, "begin")
+        action = lookup_action(entry["action"])
+        if action.output:
+            outcome, message, status, output = self.reach(ctx, entry)
+            return self._ran(ctx, cid, entry, started, outcome, message, status, output)
+        params = parse_params(action, entry["tokens"])
+        user, vm, domain = ctx.user.pw_name, entry["vm"], entry["domain"]
+        if isinstance(action.call, SnapshotCall):
+            return self._ran(ctx, cid, entry, started,
+                             *self.snapshot(user, vm, domain, action, action.call, params))
+        trip = self.hv.act_start(domain, action, params, self._decider(user, vm, domain))
+        return Deferred(trip, lambda: self._ran(ctx, cid, entry, started,
+                                                *self.acted(action, trip)))
+
+    def acted(self, action: Action, trip: Trip) -> tuple[str, str, dict[str, Any] | None]:
+        """A table action's outcome, once its trip is done."""
+        outcome, message, status = self._outcome(
+            trip.wait,
+            interrupted=("while this command ran; it may or may not have taken effect and "
+                         "was not repeated: check the VM's state and send it again if needed"),
+            not_run="the command was not run: send it again")
+        if outcome == "done" and action.asks:  # done = delivered, not obeyed (SPEC 3)
+            message = asked(action, (status or {}).get("state"))
+        return outcome, message, status
+
+    def _ran(self, ctx: UserContext, cid: str, entry: dict[str, Any], started: float,
+             outcome: str, message: str, status: dict[str, Any] | None,
+             output: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The answer to 'run': the outcome journaled and audited."""
+        self.audit_locks(ctx, entry["domain"])
         reply = self._finish(cid, entry, outcome, message, started, status)
         if output is not None:  # console.json's password: in this answer alone
             reply["output"] = output
@@ -398,31 +441,12 @@ class Monitor:
             message = f"{message}; in {where}" if message else f"in {where}"
         return outcome, message, status, out[0] if outcome == "done" else None
 
-    def audit_locks(self, ctx: UserContext) -> None:
-        """The console lock's changes to definitions, in the audit log (SPEC 10)."""
-        for domain in self.hv.take_locked():
+    def audit_locks(self, ctx: UserContext, domain: str) -> None:
+        """The console lock's change to *domain*'s definition, in the audit log (SPEC 10)."""
+        for locked in self.hv.take_locked(domain):
             self.audit.write("console-lock", user=ctx.user.pw_name, uid=ctx.user.pw_uid,
-                             domain=domain, change="graphics passwd='' in the persistent "
+                             domain=locked, change="graphics passwd='' in the persistent "
                              "definition (closed from its next start)")
-
-    def execute(self, ctx: UserContext,
-                entry: dict[str, Any]) -> tuple[str, str, dict[str, Any] | None]:
-        domain = entry["domain"]
-        action = lookup_action(entry["action"])
-        params = parse_params(action, entry["tokens"])
-        user = ctx.user.pw_name
-        if isinstance(action.call, SnapshotCall):
-            return self.snapshot(user, entry["vm"], domain, action, action.call, params)
-
-        outcome, message, status = self._outcome(
-            lambda: self.hv.act(domain, action, params,
-                                self._decider(user, entry["vm"], domain)),
-            interrupted=("while this command ran; it may or may not have taken effect and "
-                         "was not repeated: check the VM's state and send it again if needed"),
-            not_run="the command was not run: send it again")
-        if outcome == "done" and action.asks:  # done = delivered, not obeyed (SPEC 3)
-            message = asked(action, (status or {}).get("state"))
-        return outcome, message, status
 
     def snapshot(self, user: str, vm: str, domain: str, action: Action, call: SnapshotCall,
                  params: dict[str, str]) -> tuple[str, str, dict[str, Any] | None]:
@@ -708,7 +732,7 @@ class Monitor:
         return {}
 
 
-Handler = Callable[[Monitor, UserContext, dict[str, Any]], dict[str, Any]]
+Handler = Callable[[Monitor, UserContext, dict[str, Any]], dict[str, Any] | Deferred]
 
 # Every request a user side may make (its shape and order: rules.protocol).
 HANDLERS: dict[str, Handler] = {

@@ -26,7 +26,7 @@ from wirt_wrapper.root.accounts import AccountChecker, group_lists, members
 from wirt_wrapper.root.audit import AuditLog, Journal
 from wirt_wrapper.root.hosts import Hosts
 from wirt_wrapper.root.hypervisor import Unreachable
-from wirt_wrapper.root.monitor import Monitor, Options, Summary, UserContext
+from wirt_wrapper.root.monitor import Deferred, Monitor, Options, Summary, UserContext
 from wirt_wrapper.root.owners import OwnerIndex
 from wirt_wrapper.root.records import Records, notice_key
 from wirt_wrapper.root.state import prepare_state
@@ -100,6 +100,8 @@ class Pass:
         self.everyone: dict[str, pwd.struct_passwd] = {}  # the members, by name
         self.in_pass: set[str] = set()  # the members this pass serves (joined ones too)
         self.counted: set[str] = set()  # the members counted in summary.users
+        # user sides (by channel descriptor) whose answer waits for a trip to libvirt
+        self.parked: dict[int, Deferred] = {}
 
     def say(self, text: str) -> None:
         self.monitor.say(text)
@@ -238,10 +240,15 @@ class Pass:
                     decided += 1
                 if decided:
                     continue
-            waits = [c.child.channel.deadline or 0.0 for c in active.values()]
-            fds: list[int] = list(active)
-            if self.deferred:  # the details may arrive any moment: woken when they do
+            # a user side whose answer waits for libvirt sends nothing meanwhile, and its
+            # time limit waits too: the trip's own deadline stands for it
+            waits = [c.child.channel.deadline or 0.0 for fd, c in active.items()
+                     if fd not in self.parked]
+            waits += [answer.trip.deadline for answer in self.parked.values()]
+            fds: list[int] = [fd for fd in active if fd not in self.parked]
+            if self.deferred or self.parked:  # libvirt's answers: woken when they come
                 fds.append(wake)
+            if self.deferred:
                 waits.append(time.monotonic() + self.config.limits.seconds_per_user)
             if self.looking and self.prober is not None:
                 waits.append(self.look_deadline)
@@ -256,8 +263,14 @@ class Pass:
                 self.take_look()
             elif self.looking and now >= self.look_deadline:
                 self.prober_failed("no answer within the time limit")
-            expired = [fd for fd, c in active.items() if now >= (c.child.channel.deadline or 0.0)]
-            for fd in (set(ready) | set(expired)) & set(active):
+            for fd, answer in list(self.parked.items()):  # in the order they were started
+                if answer.trip.done() or now >= answer.trip.deadline:
+                    del self.parked[fd]
+                    if self.resume(active[fd], answer):
+                        self.end(active.pop(fd))
+            expired = [fd for fd, c in active.items() if now >= (c.child.channel.deadline or 0.0)
+                       and fd not in self.parked]
+            for fd in (set(ready) | set(expired)) & set(active) - set(self.parked):
                 ctx = active[fd]
                 if self.step(ctx):
                     del active[fd]
@@ -401,11 +414,23 @@ class Pass:
         return privsep.Identity(user.pw_name, user.pw_uid, user.pw_gid, self.groups[user.pw_name])
 
     def step(self, ctx: UserContext) -> bool:
-        """Answer one request of *ctx*'s child; True when its turn is over."""
+        """Answer one request of *ctx*'s child (or start to: a Deferred answer is parked
+        until its trip to libvirt is done, see :meth:`resume`); True when its turn is over."""
+        return self._answering(ctx, lambda: self.monitor.answer(ctx, ctx.child.channel.recv()))
+
+    def resume(self, ctx: UserContext, answer: Deferred) -> bool:
+        """Send *ctx*'s parked answer, its trip done (or past its deadline)."""
+        return self._answering(ctx, answer.finish)
+
+    def _answering(self, ctx: UserContext,
+                   reply_of: Callable[[], dict[str, Any] | Deferred | None]) -> bool:
         try:
-            reply = self.monitor.answer(ctx, ctx.child.channel.recv())
+            reply = reply_of()
             if reply is None:
                 return True  # 'bye': the child is done
+            if isinstance(reply, Deferred):
+                self.parked[ctx.child.fileno()] = reply
+                return False
             ctx.child.channel.send(reply)
             return False
         except Timeout:
