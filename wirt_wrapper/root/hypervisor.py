@@ -627,8 +627,8 @@ class Hypervisor:
             job.add_done_callback(self._wake)
 
     def _wake(self, _job: object) -> None:
-        """A read :meth:`request` started is done: one byte on :attr:`wake_fd` (a
-        non-blocking pipe; full means the reader is woken already)."""
+        """A read :meth:`request` started, or a :class:`Trip`, is done: one byte on
+        :attr:`wake_fd` (a non-blocking pipe; full means the reader is woken already)."""
         try:
             os.write(self.wake_fd or -1, b".")
         except OSError:
