@@ -205,6 +205,33 @@ def wait_lines(logs: dict[Path, int], seconds: float) -> float:
     return time.perf_counter() - started
 
 
+def wait_burst(logs: dict[Path, int], audit_log: Path, count: int, seconds: float,
+               started_wall: float) -> float:
+    """Seconds from *started_wall* (time.time()) to the last of the burst's outcome lines:
+    the latest modification time of the logs, once each has its line.
+
+    While the burst is served it reads one file: the service's audit log, until it
+    holds *count* more command records (written just before each outcome line);
+    stat-ing 1,000 logs every 20 ms, as :func:`wait_lines` does, took a third of a
+    core from the service it measured.  Then every log is checked for its line."""
+    deadline = time.monotonic() + seconds
+    offset = audit_log.stat().st_size if audit_log.exists() else 0
+    done = 0
+    while done < count:
+        if time.monotonic() > deadline:
+            return float("inf")
+        time.sleep(0.01)
+        with open(audit_log, "rb") as handle:
+            handle.seek(offset)
+            chunk = handle.read()
+        complete = chunk[:chunk.rfind(b"\n") + 1]
+        offset += len(complete)
+        done += complete.count(b'"event":"command"')
+    if wait_lines(logs, max(0.0, deadline - time.monotonic())) == float("inf"):
+        return float("inf")
+    return max(path.stat().st_mtime for path in logs) - started_wall
+
+
 def passes_in(text: str) -> list[tuple[int, int, float]]:
     """(users, commands done, seconds) of each mini pass summary line in *text* (--verbose)."""
     found = []
@@ -307,11 +334,12 @@ def main() -> None:
         expect = {log_of(f): lines(log_of(f)) + 1 for f in folders}
         before = len(service.stderr())
         load = os.getloadavg()[0]
-        started = time.perf_counter()
+        started, started_wall = time.perf_counter(), time.time()
         for folder in folders:
             place(folder, owners[folder], "autostart")
         placed = time.perf_counter() - started
-        burst = wait_lines(expect, 120) + placed
+        burst = wait_burst(expect, work / "state" / "audit.log", len(folders), 120,
+                           started_wall)
         result["burst_s"] = burst
         # the mini passes that served it (each one's summary comes when it ends)
         deadline = time.monotonic() + 60
