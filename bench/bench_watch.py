@@ -205,17 +205,17 @@ def wait_lines(logs: dict[Path, int], seconds: float) -> float:
     return time.perf_counter() - started
 
 
-def wait_burst(logs: dict[Path, int], audit_log: Path, count: int, seconds: float,
-               started_wall: float) -> float:
+def wait_burst(logs: dict[Path, int], audit_log: Path, offset: int, count: int,
+               seconds: float, started_wall: float) -> float:
     """Seconds from *started_wall* (time.time()) to the last of the burst's outcome lines:
     the latest modification time of the logs, once each has its line.
 
     While the burst is served it reads one file: the service's audit log, until it
-    holds *count* more command records (written just before each outcome line);
+    holds *count* more command records after *offset* (its size before the burst;
+    each record is written just before its outcome line);
     stat-ing 1,000 logs every 20 ms, as :func:`wait_lines` does, took a third of a
     core from the service it measured.  Then every log is checked for its line."""
     deadline = time.monotonic() + seconds
-    offset = audit_log.stat().st_size if audit_log.exists() else 0
     done = 0
     while done < count:
         if time.monotonic() > deadline:
@@ -261,6 +261,9 @@ def main() -> None:
     parser.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
     args = parser.parse_args()
 
+    def stop(_sig: int, _frame: object) -> None:  # SIGTERM cleans up as Ctrl-C does
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, stop)
     work = Path(tempfile.mkdtemp(prefix="wirt-bench-watch-"))
     work.chmod(0o755)
     t0 = time.perf_counter()
@@ -334,12 +337,13 @@ def main() -> None:
         expect = {log_of(f): lines(log_of(f)) + 1 for f in folders}
         before = len(service.stderr())
         load = os.getloadavg()[0]
+        audit_log = work / "state" / "audit.log"
+        offset = audit_log.stat().st_size
         started, started_wall = time.perf_counter(), time.time()
         for folder in folders:
             place(folder, owners[folder], "autostart")
         placed = time.perf_counter() - started
-        burst = wait_burst(expect, work / "state" / "audit.log", len(folders), 120,
-                           started_wall)
+        burst = wait_burst(expect, audit_log, offset, len(folders), 120, started_wall)
         result["burst_s"] = burst
         # the mini passes that served it (each one's summary comes when it ends)
         deadline = time.monotonic() + 60
