@@ -105,3 +105,34 @@ def test_helpers_fork_only_before_libvirt_and_threads() -> None:
     assert "while one thread runs" in _helper_in_fresh_python(
         "import threading, time\nthreading.Thread(target=time.sleep, args=(5,), daemon=True)"
         ".start()")
+
+
+def test_the_spawner_collects_ended_user_sides_while_idle(host: Host) -> None:
+    """A user side that ended is reaped within REAP_SECONDS even when no request follows
+    (a watch service may be idle for minutes): no zombie of a member's stays behind.
+    In a fresh interpreter: the spawner forks only before libvirt is loaded."""
+    import subprocess
+    import sys
+
+    alice = host.add_user("alice")
+    code = f"""
+import contextlib, time, psutil
+from wirt_wrapper.boundary.privsep import REAP_SECONDS, Identity, Spawner
+spawner = Spawner()
+try:
+    me = Identity({alice.name!r}, {alice.uid}, {alice.gid}, ({alice.gid},))
+    child = spawner.spawn(me, {{"not": "a job"}})  # the side ends at once (a bad job)
+    with contextlib.suppress(EOFError, OSError):
+        child.channel.recv()
+    def children():  # the side, still ending, then a zombie until the spawner collects it
+        return psutil.Process(spawner.pid).children()
+    deadline = time.monotonic() + 10 * REAP_SECONDS + 2
+    while children() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    print("children", [p.status() for p in children()])
+finally:
+    spawner.close()
+"""
+    out = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "children []", out

@@ -172,6 +172,8 @@ def _fork_helper(serve: Callable[[socket.socket], None],
     return pid, mine
 
 
+REAP_SECONDS = 0.5  # how soon the spawner collects a user side that ended, when idle
+
 # The largest look the prober sends; a larger one (thousands of long names a user
 # chose) is answered "busy": that user gets a full user side, everyone else a look.
 MAX_LOOK = 1 << 20
@@ -213,7 +215,15 @@ def _serve_spawns(sock: socket.socket) -> None:  # pragma: no cover
     children: set[int] = set()
     try:
         while True:
-            data, fds, _, _ = socket.recv_fds(sock, MAX_MESSAGE, 1)
+            # with children about, wake now and then to collect those that ended: a
+            # watch service may send nothing for minutes, and they would stay zombies
+            sock.settimeout(REAP_SECONDS if children else None)
+            try:
+                data, fds, _, _ = socket.recv_fds(sock, MAX_MESSAGE, 1)
+            except TimeoutError:
+                children = set(reap(sorted(children), block=False))
+                numbers = {n: p for n, p in numbers.items() if p in children}
+                continue
             if not data:
                 return
             request = protocol.decode(data)
