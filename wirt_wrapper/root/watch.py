@@ -93,10 +93,6 @@ _EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len (t
 READ_SIZE = 1 << 16
 PLACER_SECONDS = 10.0  # a placer that has not answered by then is given up (fallback)
 JOIN_POLL = 0.005  # seconds between a mini pass's looks for members hinted meanwhile
-# A member's turn starts this long after their first hint: a command is written as a dot
-# file and renamed into place (wirt's CLI, an editor), files come in a row; looked at
-# on the first event, their look found nothing yet, or only the first file
-SETTLE = 0.02
 
 
 def read_masks(fd: int) -> list[int] | None:
@@ -274,7 +270,7 @@ class Service:
             if now >= self.next_full:
                 self.full_pass()
                 continue
-            due = [name for name in self.pending if self.ready_at(name, now) <= now]
+            due = [name for name in self.pending if self.bucket(name).ready_at(now) <= now]
             if due:
                 self.mini_pass(due)
         self.tell(notify.LOG_INFO, "watch stopped")
@@ -303,15 +299,10 @@ class Service:
             self.buckets[name] = TurnBucket(rate, max(1.0, rate))
         return self.buckets[name]
 
-    def ready_at(self, name: str, now: float) -> float:
-        """When pending member *name*'s turn may start: SETTLE after their first hint,
-        once their bucket has a token."""
-        return max(self.pending[name] + SETTLE, self.bucket(name).ready_at(now))
-
     def next_wake(self, now: float) -> float:
         wake = self.next_full
         for name in self.pending:
-            wake = min(wake, self.ready_at(name, now))
+            wake = min(wake, self.bucket(name).ready_at(now))
         for placing in self.placing.values():
             wake = min(wake, placing.deadline)
         return wake
@@ -452,7 +443,7 @@ class Service:
         # a member looked at again (look_again) rejoins without a token: the same turn, whose
         # look came too early; that happens once per pass
         joining = [name for name in self.pending if name not in in_pass and (
-            name in self.looked_again or self.ready_at(name, now) <= now)]
+            name in self.looked_again or self.bucket(name).ready_at(now) <= now)]
         for name in joining:
             if name not in self.looked_again:
                 self.bucket(name).take(now)
