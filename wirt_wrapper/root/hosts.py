@@ -298,15 +298,11 @@ class Hosts:
             raise self._named_error(exc, hv) from None
         return outcome, message, self._label(info, hv)
 
-    def act(self, name: str, action: Action, params: dict[str, str],
-            decide: Decide) -> Outcome:
-        """:meth:`Hypervisor.act` on the host that has *name*; ``rejected`` when two have it."""
-        return self.act_start(name, action, params, decide).wait()
-
     def act_start(self, name: str, action: Action, params: dict[str, str],
                   decide: Decide) -> Trip:
         """:meth:`Hypervisor.act_start` on the host that has *name*, as :meth:`_route` picks
-        it; what _route would raise, completing the trip raises."""
+        it (``rejected`` when two have it); what _route would raise, completing the trip
+        raises."""
         try:
             hv = self._pick(name)
         except Unreachable as exc:
