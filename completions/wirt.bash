@@ -126,8 +126,11 @@ _wirt() {
                 esac
             done
             case $prev in
-                --as) return ;;
+                --as|-n|--lines) return ;;
                 --user) COMPREPLY=($(compgen -u -- "$cur")); return ;;
+                --config) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --layout) COMPREPLY=($(compgen -W "wirt legacy" -- "$cur")); return ;;
+                --host) COMPREPLY=($(compgen -A hostname -- "$cur")); return ;;
             esac
             opts="--json --config --layout --help"
             case $verb in

@@ -958,6 +958,8 @@ def test_bash_completion(site: Host) -> None:
         assert set(complete("wirt", "admin", name, "--")) == longs, name
         assert set(complete("wirt", "admin", "--json", name, "x", "--")) == longs, name
     assert complete("wirt", "admin", "assign", "dom", "alice", "--as", "") == []
+    assert complete("wirt", "admin", "--layout", "") == ["legacy", "wirt"]
+    assert complete("wirt", "admin", "run", "--layout", "l") == ["legacy"]
 
 
 # -- admin verbs ---------------------------------------------------------------------------
