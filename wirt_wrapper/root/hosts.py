@@ -148,7 +148,7 @@ class Hosts:
 
     @property
     def wake_fd(self) -> int | None:
-        """Where every host tells that a read :meth:`request` started is done."""
+        """Where every host tells that a read :meth:`request` started, or a trip, is done."""
         return self.members[0].wake_fd
 
     @wake_fd.setter

@@ -202,18 +202,20 @@ class Pass:
 
         Full turns run a few at a time; each ends by 'bye', error or deadline.
         """
-        wake, self.hv.wake_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        wake, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.hv.wake_fd = wake_w
         try:
             self._serve_all(users, accounts, wake)
         finally:
+            self.hv.wake_fd = None  # before the close: a late callback must not write there
             os.close(wake)
-            os.close(self.hv.wake_fd)
-            self.hv.wake_fd = None
+            os.close(wake_w)
         self.mark_checked()
 
     def _serve_all(self, users: list[pwd.struct_passwd], accounts: AccountChecker,
                    wake: int) -> None:
-        """serve_all's loop; *wake* is readable when a read of domain details is done."""
+        """serve_all's loop; *wake* is readable when a read of domain details, or a parked
+        answer's trip, is done."""
         for user in users:
             self.start(user, accounts)
         active: dict[int, UserContext] = {}
@@ -240,8 +242,9 @@ class Pass:
                     decided += 1
                 if decided:
                     continue
-            # a user side whose answer waits for libvirt sends nothing meanwhile, and its
-            # time limit waits too: the trip's own deadline stands for it
+            # a user side whose answer waits for libvirt sends nothing meanwhile: its turn's
+            # time limit is checked again when the answer goes out (as when root waited for
+            # the call), the trip's own deadline (libvirt_timeout) is the one to wake for
             waits = [c.child.channel.deadline or 0.0 for fd, c in active.items()
                      if fd not in self.parked]
             waits += [answer.trip.deadline for answer in self.parked.values()]
