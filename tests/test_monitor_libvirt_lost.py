@@ -20,7 +20,7 @@ import pytest
 from conftest import Host
 
 from wirt_wrapper.root.hypervisor import Hypervisor, Interrupted, Trip, Unreachable
-from wirt_wrapper.root.monitor import UserContext
+from wirt_wrapper.root.monitor import Deferred, UserContext
 from wirt_wrapper.root.scheduler import Options, Pass
 from wirt_wrapper.rules.actions import Action, Call, lookup_action
 from wirt_wrapper.rules.config import load_config
@@ -116,18 +116,34 @@ def run(host: Host) -> tuple[Pass, UserContext, dict[str, Any]]:
 
 def test_pass_records_interrupted_and_not_run(run: tuple[Pass, UserContext, dict[str, Any]],
                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through 'run' as a user side sends it: the answer is deferred, and a trip that
+    libvirt broke off is 'interrupted', one that never reached it 'failed'."""
     pass_, ctx, entry = run
-    destroy = lookup_action(entry["action"])
-    outcome, message, status = pass_.monitor.acted(destroy, Trip.failing(Interrupted(LOST)))
-    assert (outcome, status) == ("interrupted", None)
-    assert message.startswith(f"libvirt: {LOST} while this command ran; it may or may not")
-    assert pass_.monitor.acted(destroy, Trip.failing(Unreachable(LOST))) == (
+    monitor = pass_.monitor
+
+    def run_with(trip: Trip | None) -> dict[str, Any]:
+        if trip is not None:
+            monkeypatch.setattr(monitor.hv, "act_start", lambda *_args: trip)
+        cid = f"{monitor.pass_id}-{len(ctx.ids) + 1}"
+        ctx.ids.add(cid)
+        monitor.journal.record(cid, "intent", uid=ctx.user.pw_uid, user=ctx.user.pw_name,
+                               layout="wirt", file="destroy", ino=1, hist="h", **entry)
+        answer = monitor.on_run(ctx, {"id": cid})
+        assert isinstance(answer, Deferred)
+        return answer.wait()
+
+    reply = run_with(Trip.failing(Interrupted(LOST)))
+    assert (reply["outcome"], reply["status"]) == ("interrupted", None)
+    assert reply["message"].startswith(f"libvirt: {LOST} while this command ran; it may or may not")
+    reply = run_with(Trip.failing(Unreachable(LOST)))
+    assert (reply["outcome"], reply["message"], reply["status"]) == (
         "failed", f"libvirt: {LOST}; the command was not run: send it again", None)
     # and a trip that cannot start (libvirt down) is one that fails so
+    monkeypatch.undo()
     pass_.hv.members[0].down = LOST
-    trip = pass_.hv.act_start(entry["domain"], destroy, {}, lambda *_: None)
-    assert pass_.monitor.acted(destroy, trip) == (
-        "failed", f"libvirt: {LOST}; the command was not run: send it again", None)
+    reply = run_with(None)
+    assert (reply["outcome"], reply["message"]) == (
+        "failed", f"libvirt: {LOST}; the command was not run: send it again")
 
 
 def test_pass_survives_losing_libvirt_during_an_inventory(

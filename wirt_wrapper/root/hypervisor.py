@@ -137,6 +137,13 @@ class Trip:
         """The outcome, waiting for it if need be (at most until the deadline)."""
         return self.complete(max(0.0, self.deadline - time.monotonic()))
 
+    def settle(self) -> None:
+        """Wait until :meth:`done` or the deadline, raising nothing (complete() says how
+        it went)."""
+        if self.future is not None:
+            concurrent.futures.wait([self.future],
+                                    timeout=max(0.0, self.deadline - time.monotonic()))
+
     @classmethod
     def now(cls, outcome: tuple[str, str, DomainInfo | None]) -> Trip:
         """A trip that needs no libvirt call (refused before one)."""

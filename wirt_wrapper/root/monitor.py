@@ -119,7 +119,7 @@ class Deferred:
 
     def wait(self) -> dict[str, Any]:
         """The reply, waiting for the trip here (no other user is served meanwhile)."""
-        self.trip.wait()
+        self.trip.settle()
         return self.finish()
 
 
