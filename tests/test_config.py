@@ -365,6 +365,30 @@ def test_code_users_cannot_read_is_refused(code_dir: Path, target: str, mode: in
     assert "config file /nonexistent" in later.stderr, later.stderr
 
 
+def test_a_pillow_users_cannot_read_is_refused(code_dir: Path) -> None:
+    """A user side loads Pillow after the drop (a screenshot): a Pillow (or the libraries
+    its wheel brings, pillow.libs) that users cannot read is refused at start."""
+    site = code_dir / "site"
+    (site / "PIL").mkdir(parents=True)
+    (site / "PIL" / "__init__.py").write_text("")
+    (site / "pillow.libs").mkdir()
+    for path in [code_dir, site, *site.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    check = ("import sys; sys.path.insert(0, sys.argv[1]); from wirt_wrapper.root import startup\n"
+             "try:\n    startup.check_readable()\nexcept Exception as exc:\n    print(exc)\n"
+             "else:\n    print('readable')\n")
+
+    def run() -> str:
+        return subprocess.run([sys.executable, "-I", "-c", check, str(site)], capture_output=True,
+                              text=True, check=True).stdout.strip()
+
+    assert run() == "readable"
+    for folder in (site / "PIL", site / "pillow.libs"):
+        folder.chmod(0o700)
+        assert f"{folder} is not readable by unprivileged users" in run()
+        folder.chmod(0o755)
+
+
 class TestSettings:
     """[settings] and [quota] (SPEC section 9)."""
 

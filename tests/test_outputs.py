@@ -32,21 +32,27 @@ def test_a_png_is_checked_and_written_again() -> None:
     assert data != raw and b"JUNK" not in data  # encoded again, not passed through
 
 
-def test_rendering_a_screen_loads_no_module() -> None:
-    """The user side imports nothing after the privilege drop: Pillow's plugins are
-    loaded when user.outputs is (Image.preinit), not by the first open or save."""
+def test_pillow_is_loaded_by_the_first_screen_whole() -> None:
+    """Pillow is loaded on first use (a user side with a screen to write, after the drop:
+    the spawner forks every other user side without it, see privsep.Spawner), then whole:
+    its plugins come with it (Image.preinit), so a second screen loads no module, and
+    wirt's bomb limit is set."""
     import subprocess
     import sys
 
     code = ("import sys, base64\n"
             "from wirt_wrapper.user import outputs\n"
             f"data = {image('PNG', (8, 8))!r}\n"
+            "print('PIL' in sys.modules)\n"
+            "shown = {'file': 'screen.png', 'b64': base64.b64encode(data).decode()}\n"
+            "outputs.render(shown)\n"
             "before = set(sys.modules)\n"
-            "outputs.render({'file': 'screen.png', 'b64': base64.b64encode(data).decode()})\n"
-            "print(sorted(set(sys.modules) - before))\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+            "outputs.render(shown)\n"
+            "from PIL import Image\n"
+            "print(sorted(set(sys.modules) - before), Image.MAX_IMAGE_PIXELS == 4096 ** 2)\n")
+    proc = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True,
                           check=True)
-    assert proc.stdout.strip() == "[]", proc.stdout
+    assert proc.stdout.split("\n")[:2] == ["False", "[] True"], proc.stdout
 
 
 def test_a_ppm_becomes_a_png() -> None:

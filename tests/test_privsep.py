@@ -136,3 +136,33 @@ finally:
     out = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "children []", out
+
+
+# Modules that register an at-fork handler (os.register_at_fork) when imported: Python runs
+# it in every child, and the spawner forks one per member with work.
+_AT_FORK = ("threading", "random", "logging", "concurrent.futures.thread", "PIL")
+
+
+def test_no_at_fork_work_in_the_spawners_children() -> None:
+    """What root imports before it forks the spawner, and what the spawner preloads for
+    the user sides, registers no at-fork handler: none of them would run in each user
+    side (threading's costs about 1 ms of CPU per fork on the project's machine)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "import wirt_wrapper.root.main as main\n"
+            # what main.run imports before Prober() and Spawner() ...
+            "from wirt_wrapper.boundary.privsep import Prober, Spawner\n"
+            "from wirt_wrapper.root.state import acquire_lock, prepare_state\n"
+            "from wirt_wrapper.rules.config import load_config\n"
+            "from wirt_wrapper.rules.layouts import LAYOUTS\n"
+            # ... and what the prober and the spawner preload
+            "from wirt_wrapper.user.probe import look\n"
+            "from wirt_wrapper.user.side import user_main\n"
+            "from wirt_wrapper.user.watch import watch_main\n"
+            f"print(sorted(m for m in {_AT_FORK!r} if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]", out
+

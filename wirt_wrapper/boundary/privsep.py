@@ -26,7 +26,6 @@ import os
 import signal
 import socket
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -103,7 +102,14 @@ class Spawner:
     The spawner holds nothing but this channel.  It alone forks and reaps the
     user sides, so a pid it is asked to kill is always its own live child.
     It imports the user side's code before it forks any (OpenSSH preloads the
-    same way): after the drop, a user may not be able to read a module.
+    same way), so a user side does not load it again after the drop (the
+    start-up check makes sure a user could: ``startup.check_readable``).
+    Pillow alone is loaded by the user side that needs it (a screenshot):
+    with it come ``logging`` and ``threading``, whose at-fork handlers Python
+    would run in every child, about 1.5 ms of CPU per user side on the
+    project's machine.  Neither the spawner nor root before forking it imports
+    a module that registers one (``threading``, ``random`` through
+    ``tempfile``, ``logging``); ``tests/test_privsep.py`` keeps it so.
     Requests are single packets (SOCK_SEQPACKET); a spawn request carries the
     user side's end of a fresh socketpair as SCM_RIGHTS.
     """
@@ -144,7 +150,9 @@ def check_fork_safe() -> None:
     """A helper is forked from a process that holds nothing it could leak or deadlock on."""
     if "libvirt" in sys.modules or "libvirtmod" in sys.modules:
         raise WirtError("internal error: a root helper must be forked before libvirt is loaded")
-    if threading.active_count() != 1:
+    # counted by the kernel (not threading.active_count(): importing threading here would
+    # give every fork of the spawner its at-fork handler to run, see _serve_spawns)
+    if len(os.listdir("/proc/self/task")) != 1:
         raise WirtError("internal error: a root helper must be forked while one thread runs")
 
 

@@ -64,10 +64,17 @@ def check_readable(package: Path = PACKAGE) -> None:
     Python lists a folder before it imports from it, so the folders that hold
     modules need read and search, their parents search.
     """
-    lxml = importlib.util.find_spec("lxml")  # found, not imported: the prober forks without it
     roots = [package, Path(os.__file__).resolve().parent]
-    if lxml is not None and lxml.origin:
-        roots.append(Path(lxml.origin).resolve().parent)
+    # found, not imported: the prober forks without lxml, and a user side loads Pillow
+    # itself, after the drop (a screenshot; see privsep.Spawner), with the libraries its
+    # wheel brings beside it (pillow.libs)
+    for name, libs in (("lxml", None), ("PIL", "pillow.libs")):
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.origin:
+            found = Path(spec.origin).resolve().parent
+            roots.append(found)
+            if libs is not None and (found.parent / libs).is_dir():
+                roots.append(found.parent / libs)
     for root in roots:
         for parent in root.parents:
             _readable(parent, stat.S_IXOTH, "folder")

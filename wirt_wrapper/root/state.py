@@ -18,7 +18,6 @@ import fcntl
 import json
 import os
 import stat
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +106,8 @@ def open_root_file(path: str, flags: int, what: str) -> int:
 
 def replace_root_file(path: str, data: bytes) -> None:
     """Write a root-only file whole: a fresh O_EXCL file beside it, fsync, rename over *path*."""
+    import tempfile  # here: imported before the spawner forks, its random would run in each child
+
     folder, name = os.path.split(path)
     fd, temp = tempfile.mkstemp(prefix=f".{name}.", dir=folder)  # O_EXCL, mode 0600
     try:

@@ -15,21 +15,32 @@ import base64
 import binascii
 import io
 import json
-from typing import Any
-
-from PIL import Image
+from typing import TYPE_CHECKING, Any
 
 from wirt_wrapper.rules.actions import CONSOLE_FILE, SCREEN_FILE, SERIAL_FILE
 from wirt_wrapper.rules.protocol import MAX_SCREEN, MAX_SCREEN_SIDE, MAX_SERIAL, check_output
 
+if TYPE_CHECKING:
+    from types import ModuleType
+
 __all__ = ["BadOutput", "render"]
 
-# Pillow's own bomb check, at wirt's size: a bigger image is refused, not decoded.
-Image.MAX_IMAGE_PIXELS = MAX_SCREEN_SIDE * MAX_SCREEN_SIDE
-# Its PNG and PPM plugins now, in the spawner: open() and save() would import them (and
-# their imports) on first use, in a user side after the drop (nothing loads after it).
-Image.preinit()
 FORMATS = ("PNG", "PPM")  # what libvirt's screenshot stream holds
+
+
+def _pillow() -> ModuleType:
+    """Pillow's Image, loaded by the user side that has a screen to write, after the drop.
+
+    Not preloaded by the spawner (``privsep.Spawner``): its ``logging`` and
+    ``threading`` would add at-fork work to every user side; the start-up
+    check makes sure a user may read it (``startup.check_readable``).
+    """
+    from PIL import Image
+
+    # Pillow's own bomb check, at wirt's size: a bigger image is refused, not decoded.
+    Image.MAX_IMAGE_PIXELS = MAX_SCREEN_SIDE * MAX_SCREEN_SIDE
+    Image.preinit()  # the PNG and PPM plugins (and others it knows), now
+    return Image
 
 
 class BadOutput(Exception):
@@ -48,6 +59,10 @@ def _bytes(output: dict[str, Any], limit: int) -> bytes:
 
 def screen_png(data: bytes) -> tuple[bytes, tuple[int, int]]:
     """*data* (PNG or PPM) checked and re-encoded as PNG; (png, (width, height))."""
+    try:
+        Image = _pillow()  # noqa: N806 - the module, under its usual name
+    except ImportError as exc:  # an install the start-up check did not see broken
+        raise BadOutput(f"Pillow cannot be loaded ({exc}); please tell the admin") from None
     try:
         with Image.open(io.BytesIO(data), formats=FORMATS) as image:
             width, height = image.size
