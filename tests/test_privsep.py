@@ -166,3 +166,24 @@ def test_no_at_fork_work_in_the_spawners_children() -> None:
                          check=True).stdout
     assert out.strip() == "[]", out
 
+
+
+def test_the_spawners_rehearsal_touches_no_file() -> None:
+    """user.warm.rehearse runs in the spawner, as root, before any fork: it may run the
+    rules and send messages round its own socket pair, and nothing else (every file
+    opened, renamed, listed or removed, every process or connection, is an audit event)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from wirt_wrapper.user.warm import rehearse\n"
+            "seen = []\n"
+            "watched = ('open', 'os.', 'shutil.', 'subprocess.', 'socket.connect',"
+            " 'socket.bind', 'pty.', 'ctypes.')\n"
+            "sys.addaudithook(lambda event, args: seen.append(event)"
+            " if event.startswith(watched) else None)\n"
+            "rehearse()\n"
+            "print(sorted(set(seen)))\n")
+    out = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]", out

@@ -215,7 +215,11 @@ def _serve_looks(sock: socket.socket) -> None:  # pragma: no cover
 
 def _serve_spawns(sock: socket.socket) -> None:  # pragma: no cover
     from wirt_wrapper.user.side import user_main  # and all it imports: before any drop
+    from wirt_wrapper.user.warm import rehearse
     from wirt_wrapper.user.watch import watch_main
+
+    with suppress(Exception):  # only ever slower without it: never a reason to stop serving
+        rehearse()  # so that the children start warm (see user.warm)
 
     targets: dict[str, Target] = {"side": user_main, "watch": watch_main}
 
