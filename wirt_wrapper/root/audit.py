@@ -36,7 +36,8 @@ class AuditLog:
 
     def write(self, event: str, **fields: Any) -> int:
         """Append one record; returns the file offset where it starts."""
-        record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "event": event, **fields}
+        record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(time.time())),
+                  "event": event, **fields}
         if self.path is None:
             self.kept.append(record)
         if self.fd < 0:

@@ -170,7 +170,7 @@ class Syslog:
         """Hand over one line; False if it was dropped (full) or syslog is off."""
         if self.broken:
             return False
-        now = time.localtime()
+        now = time.localtime(time.time())  # not C's coarse time(): see logline.now_text
         stamp = f"{time.strftime('%b', now)} {now.tm_mday:2d} {time.strftime('%H:%M:%S', now)}"
         line = f"<{LOG_DAEMON | severity}>{stamp} {IDENT}[{os.getpid()}]: {printable(text, 1800)}"
         data = line.encode("ascii")[:SYSLOG_LIMIT]
@@ -511,7 +511,7 @@ def _mail_all(config: Config, summary: PassSummary, report: Report, audit: Audit
     throttle = Throttle(config.state_dir, mail.repeat_hours, time.time())
     mailer = Mailer(mail)
     host = printable(socket.gethostname(), 64)
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S %z")
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(time.time()))
     by_user: dict[str, list[Problem]] = {}
     for p in report.problems:
         if throttle.due(p.key(p.user)):

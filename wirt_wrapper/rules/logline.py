@@ -35,7 +35,11 @@ STAMP = "%Y-%m-%dT%H:%M:%S%z"
 
 
 def now_text() -> str:
-    return time.strftime(STAMP)
+    """Now, as a log line holds it.  From time.time(), as every other time wirt writes:
+    time.strftime() without a time asks C's time(), a coarse clock that can still show the
+    last second a few ms after time.time() shows the next, so a line could say it came a
+    second before the state it follows was read (``<read-at>``)."""
+    return time.strftime(STAMP, time.localtime(time.time()))
 
 
 def seconds(stamp: str) -> float | None:
