@@ -15,7 +15,7 @@ from pathlib import Path
 
 from conftest import VIRSH_WRAPPER, Host, SyslogSink, User
 from outcomes import Identity, check_exactly_once
-from watching import stderr_of, wait_for, watching
+from watching import listings_of, stderr_of, wait_for, watching
 
 QUICK = 3.0  # seconds: the bound for "at once" on a loaded 2-core machine
 
@@ -275,8 +275,9 @@ def test_a_member_whose_look_came_too_early_joins_again(host: Host) -> None:
                 os.rename(alice.home / "stage" / vm / action, spool / vm / action)
         wait_for(lambda: any(alice.vm_log(vm) for vm in vms), QUICK, "alice's first outcome")
         web = bob.home / "wirt/service/vm/web"
-        bob.run(": > wirt/service/vm/web/.autostart")  # the hint; bob's look: nothing yet
-        time.sleep(0.1)
+        with listings_of(web) as listed:
+            bob.run(": > wirt/service/vm/web/.autostart")  # the hint
+            listed(QUICK, "bob's look")  # it listed the folder: nothing in it to do yet
         os.rename(web / ".autostart", web / "autostart")
         outcome(bob, "web", "autostart")
         wait_for(lambda: all(" suspend: " in alice.vm_log(vm) for vm in vms), QUICK * 3,
@@ -290,6 +291,7 @@ def test_a_member_whose_look_came_too_early_joins_again(host: Host) -> None:
     passes = [r for r in records if r["event"] == "pass"]
     assert passes[-1]["done"] == 2 * len(vms) + 1, (passes, out)  # one mini pass for all
     assert "mini pass: 2 users served, 0 skipped; commands: 101 done" in out, out
+    assert f"{bob.name} joins the mini pass under way again (their look came before" in out, out
 
 
 def test_a_pass_for_some_users_serves_as_a_full_pass_does(host: Host) -> None:

@@ -6,15 +6,24 @@ SIGTERM in teardown (it finishes its pass, releases the lock and exits 0).
 
 from __future__ import annotations
 
+import ctypes
 import os
+import select
 import signal
+import struct
 import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from conftest import VIRSH_WRAPPER, Host
+
+from wirt_wrapper.rules.inotify import IN_CLOEXEC, IN_ISDIR, IN_ONLYDIR
+
+IN_CLOSE_NOWRITE = 0x10  # not in rules.inotify: wirt never asks for it
+_EVENT = struct.Struct("iIII")  # struct inotify_event, before its name
 
 
 @contextmanager
@@ -83,3 +92,33 @@ def wait_for(check: Callable[[], object], seconds: float, what: str) -> float:
             raise AssertionError(f"waited {seconds:g} s for {what}")
         time.sleep(0.01)
     return time.monotonic() - started
+
+
+@contextmanager
+def listings_of(folder: Path) -> Iterator[Callable[[float, str], None]]:
+    """A wait for the next time a process that opened *folder* itself (to list it, as the
+    prober's look and a user side do) closes it again: the listing is done by then."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.inotify_init1(IN_CLOEXEC)
+    assert fd >= 0
+    try:
+        assert libc.inotify_add_watch(fd, str(folder).encode(),
+                                      IN_CLOSE_NOWRITE | IN_ONLYDIR) >= 0
+
+        def wait(seconds: float, what: str) -> None:
+            deadline = time.monotonic() + seconds
+            while True:
+                left = deadline - time.monotonic()
+                ready, _, _ = select.select([fd], [], [], max(0.0, left))
+                if not ready:
+                    raise AssertionError(f"waited {seconds:g} s for {what}")
+                data, offset = os.read(fd, 4096), 0
+                while offset < len(data):
+                    _, mask, _, size = _EVENT.unpack_from(data, offset)
+                    offset += _EVENT.size + size
+                    if size == 0 and mask & IN_ISDIR:  # the folder itself, not a file in it
+                        return
+
+        yield wait
+    finally:
+        os.close(fd)

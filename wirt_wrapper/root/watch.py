@@ -447,6 +447,9 @@ class Service:
         for name in joining:
             if name not in self.looked_again:
                 self.bucket(name).take(now)
+            elif self.verbose:
+                print(f"virsh_wrapper: {name} joins the mini pass under way again (their "
+                      "look came before the file it was hinted for)", flush=True)
             del self.pending[name]
             self.drain_quietly(name)  # served now: these hints are covered
         self.joined += joining
