@@ -120,6 +120,34 @@ def test_sigterm_stops_it_and_a_restart_serves(host: Host) -> None:
         outcome(alice, "web", "suspend")
 
 
+def test_a_member_waiting_for_a_turn_when_a_full_pass_begins_keeps_their_hints(
+        host: Host) -> None:
+    """A member hinted but waiting for a turn (their bucket empty) when a full pass begins:
+    the full pass serves what waited, and the member's change hints go on after it (they
+    were not being read while the member waited).  One turn per 5 s here, a full pass
+    every 4 s: the third command is served by its hint about a second after it is written,
+    not by the next full pass four seconds on."""
+    alice = setup(host, "web", extra="[watch]\nfull_pass_seconds = 4\n"
+                                     "user_turns_per_second = 0.2\n")
+    host.run()  # the folders a first turn makes: no idle look (a turn) after the first pass
+    with watching(host, "--verbose") as proc:
+        def served(count: int, seconds: float, what: str) -> float:
+            return wait_for(lambda: alice.vm_log("web").count(" web autostart") >= count,
+                            seconds, what)
+
+        command(alice, "web", "autostart")
+        served(1, QUICK, "the first")  # her turn: the next is due in 5 s
+        command(alice, "web", "autostart", "--disable")  # waits; the full pass comes first
+        served(2, 6, "the full pass")
+        full = "full pass: 1 users served, 0 skipped; commands: 1 done"
+        wait_for(lambda: full in stderr_of(proc), QUICK, "the full pass's summary")
+        command(alice, "web", "autostart")
+        took = served(3, 6, "the hint")
+        wait_for(lambda: "mini pass: 1 users served" in stderr_of(proc).split(full)[-1],
+                 QUICK, "a mini pass after the full pass")
+    assert took < 2.5, took
+
+
 def test_no_hints_falls_back_to_the_full_pass_and_says_so_once(host: Host) -> None:
     """The member has used up their own inotify instances: the placer gets EMFILE.  Their
     commands are served by the full pass; the admin is told once; others are unaffected."""

@@ -253,10 +253,14 @@ class Service:
         _raise_fd_limit()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self.stop)
-        self.full_pass()
-        while self.placing and not self.stopping:  # the first watches, before saying so
+        # the first watches before the first full pass: it covers whatever came before they
+        # were in (placed() hints each member for that; the pass takes those hints), so no
+        # member needs a look of their own right after it
+        self.sync_members()
+        while self.placing and not self.stopping:
             self.wait(max(0.0, min(p.deadline for p in self.placing.values()) - time.monotonic()))
             self.expire_placers(time.monotonic())
+        self.full_pass()
         self.tell(notify.LOG_INFO, f"watching the spools of {len(self.uids)} members of "
                   f"{self.config.group} ({len(self.watched)} with change hints); a full pass "
                   f"every {self.config.watch.full_pass_seconds:g} s")
@@ -386,6 +390,7 @@ class Service:
     def full_pass(self) -> None:
         for name in list(self.watched):  # what happened before this pass, it covers
             self.drain_quietly(name)
+            self.listen(name)  # one hinted and waiting for a turn was not being read
         self.pending.clear()
         self.run_pass(None)
         self.stats.passes += 1
