@@ -172,6 +172,10 @@ def test_no_import_cycles() -> None:
 # Code that runs after the drop to a user, where the interpreter's library may be
 # unreadable: the spawner imports these modules before it forks (issue 9.5).
 AFTER_DROP = ("rules", "user", "boundary.channel")
+# ... all but Pillow, loaded by the user side that writes a screenshot (its logging and
+# threading would add at-fork work to every user side: privsep.Spawner); the start-up
+# check makes sure users can read it (startup.check_readable)
+LATE_ON_PURPOSE = {("wirt_wrapper.user.outputs", "from PIL import Image")}
 
 
 @pytest.mark.parametrize("module", sorted(m for m in modules()
@@ -182,7 +186,8 @@ def test_code_run_after_the_drop_imports_nothing_late(module: str) -> None:
     for node in ast.walk(ast.parse(modules()[module].read_text())):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             late += [f"line {sub.lineno}: {ast.unparse(sub)}" for sub in ast.walk(node)
-                     if isinstance(sub, (ast.Import, ast.ImportFrom))]
+                     if isinstance(sub, (ast.Import, ast.ImportFrom))
+                     and (module, ast.unparse(sub)) not in LATE_ON_PURPOSE]
     assert late == []
 
 
