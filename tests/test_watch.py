@@ -11,11 +11,16 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
+import psutil
 from conftest import VIRSH_WRAPPER, Host, SyslogSink, User
 from outcomes import Identity, check_exactly_once
 from watching import listings_of, stderr_of, wait_for, watching
+
+T = TypeVar("T")
 
 QUICK = 3.0  # seconds: the bound for "at once" on a loaded 2-core machine
 
@@ -281,6 +286,34 @@ def test_a_member_hinted_during_a_mini_pass_joins_it(host: Host) -> None:
     assert passes[-1]["done"] == len(vms) + 1, passes  # one mini pass served them all
 
 
+def side_of(user: User) -> psutil.Process | None:
+    """The user's user side (the one process running as the user), if there is one now."""
+    found = []
+    for proc in psutil.process_iter(["uids"]):
+        uids = proc.info["uids"]
+        if uids is not None and uids.real == user.uid:
+            found.append(proc)
+    return found[0] if len(found) == 1 else None
+
+
+def stopped(proc: psutil.Process | None) -> psutil.Process | None:
+    """*proc*, stopped (SIGSTOP); None if there is none or it has just ended."""
+    try:
+        if proc is not None:
+            proc.suspend()
+            return proc
+    except psutil.NoSuchProcess:
+        pass
+    return None
+
+
+def wait_for_value(get: Callable[[], T | None], seconds: float, what: str) -> T:
+    """Poll *get* until it gives something (AssertionError after *seconds*)."""
+    found: list[T] = []
+    wait_for(lambda: (value := get()) is not None and not found.append(value), seconds, what)
+    return found[0]
+
+
 def test_a_member_whose_look_came_too_early_joins_again(host: Host) -> None:
     """A command written the safe way (a dot file, then renamed into place) hints at the
     dot file: the member joins the mini pass under way, and their look finds nothing yet.
@@ -301,13 +334,19 @@ def test_a_member_whose_look_came_too_early_joins_again(host: Host) -> None:
         for vm in vms:
             for action in ("autostart", "suspend"):
                 os.rename(alice.home / "stage" / vm / action, spool / vm / action)
+        # alice's turn, held still (SIGSTOP) while bob comes and goes: the pass stays under
+        # way however fast the machine serves her 100 commands
         wait_for(lambda: any(alice.vm_log(vm) for vm in vms), QUICK, "alice's first outcome")
-        web = bob.home / "wirt/service/vm/web"
-        with listings_of(web) as listed:
-            bob.run(": > wirt/service/vm/web/.autostart")  # the hint
-            listed(QUICK, "bob's look")  # it listed the folder: nothing in it to do yet
-        os.rename(web / ".autostart", web / "autostart")
-        outcome(bob, "web", "autostart")
+        turn = wait_for_value(lambda: stopped(side_of(alice)), QUICK, "alice's turn to stop")
+        try:
+            web = bob.home / "wirt/service/vm/web"
+            with listings_of(web) as listed:
+                bob.run(": > wirt/service/vm/web/.autostart")  # the hint
+                listed(QUICK, "bob's look")  # it listed the folder: nothing to do yet
+            os.rename(web / ".autostart", web / "autostart")
+            outcome(bob, "web", "autostart")
+        finally:
+            turn.resume()
         wait_for(lambda: all(" suspend: " in alice.vm_log(vm) for vm in vms), QUICK * 3,
                  "alice's outcomes")
         wait_for(lambda: "mini pass: 2 users served" in stderr_of(proc).split("suspend: done")[-1],

@@ -94,6 +94,12 @@ class Pass:
         # the watch service's mini pass: joining(in_pass) names members hinted while the
         # pass runs, served in it too (the same checks and path) instead of after it
         self.joining: Callable[[set[str]], list[str]] | None = None
+        # join_fd: readable when a hint may be waiting for joining (the service's selector),
+        # so that a pass whose user sides are all quiet (one stalled, say) still asks it,
+        # at most every join_every s
+        self.join_fd: int | None = None
+        self.join_every = 0.0
+        self.asked_join = 0.0
         # ... and looked_idle(name) is told when a member's look found nothing to do: the
         # service may let them join once more (their hint came before the file it was for)
         self.looked_idle: Callable[[str], bool] | None = None
@@ -221,6 +227,7 @@ class Pass:
         active: dict[int, UserContext] = {}
         while self.full or active or self.looking or self.to_look or self.deferred:
             if self.joining is not None:
+                self.asked_join = time.monotonic()
                 for name in self.joining(self.in_pass):
                     if name in self.everyone and name not in self.in_pass:
                         self.in_pass.add(name)
@@ -256,7 +263,12 @@ class Pass:
             if self.looking and self.prober is not None:
                 waits.append(self.look_deadline)
                 fds.append(self.prober.fileno())
-            if not fds:
+            if self.join_fd is not None:  # hints meanwhile: woken for them, not more often
+                if time.monotonic() >= self.asked_join + self.join_every:
+                    fds.append(self.join_fd)
+                else:
+                    waits.append(self.asked_join + self.join_every)
+            if not fds and not waits:
                 continue
             ready, _, _ = select.select(fds, [], [], max(0.0, min(waits) - time.monotonic()))
             now = time.monotonic()

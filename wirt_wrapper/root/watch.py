@@ -371,6 +371,7 @@ class Service:
         run = Pass(self.config, options, self.spawner, self.prober)
         if users is not None:  # a full pass serves everyone already
             run.joining = self.join
+            run.join_fd, run.join_every = self.selector.fileno(), JOIN_POLL
             run.looked_idle = self.look_again
         for note in self.notes:
             run.report.note(note)
