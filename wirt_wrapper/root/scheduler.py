@@ -270,7 +270,8 @@ class Pass:
                     waits.append(self.asked_join + self.join_every)
             if not fds and not waits:
                 continue
-            ready, _, _ = select.select(fds, [], [], max(0.0, min(waits) - time.monotonic()))
+            timeout = max(0.0, min(waits) - time.monotonic()) if waits else None  # join_fd alone
+            ready, _, _ = select.select(fds, [], [], timeout)
             now = time.monotonic()
             if wake in ready:
                 drain(wake)
