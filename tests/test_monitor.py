@@ -104,7 +104,7 @@ def test_a_command_runs_once_through_the_table() -> None:
     cid = mon.answer(ctx, INTEND)["id"]  # type: ignore[index]
     answer = mon.answer(ctx, {"op": "run", "id": cid})
     assert isinstance(answer, Deferred)  # sent once its trip to libvirt is done
-    reply = answer.wait()
+    reply = answer.finish()
     assert reply["outcome"] == "done"
     assert mon.hv.acted == [("alice-web", "autostart", {})]  # type: ignore[attr-defined]
     with pytest.raises(ProtocolError, match="unknown or used command id"):

@@ -61,7 +61,7 @@ def mine(_owner: str | None, _vm: str | None) -> None:
 def test_hung_after_the_call_was_sent_is_interrupted(hv: Any) -> None:
     hung = action(lambda dom, p: time.sleep(3))  # stand-in: libvirtd stops answering
     with pytest.raises(Interrupted, match="did not answer within 0.5 s"):
-        hv.act(hv.name, hung, {}, mine)
+        hv.act_start(hv.name, hung, {}, mine).wait()
 
 
 def test_hung_before_the_call_is_not_interrupted(hv: Any) -> None:
@@ -69,7 +69,7 @@ def test_hung_before_the_call_is_not_interrupted(hv: Any) -> None:
         time.sleep(3)  # stand-in: stuck before anything was sent
 
     with pytest.raises(Unreachable) as caught:
-        hv.act(hv.name, action(lambda dom, p: dom.destroy()), {}, slow_owner_check)
+        hv.act_start(hv.name, action(lambda dom, p: dom.destroy()), {}, slow_owner_check).wait()
     assert not isinstance(caught.value, Interrupted)
 
 
@@ -80,13 +80,13 @@ def test_connection_dropped_during_the_call_is_interrupted(
         raise libvirt.libvirtError("End of file while reading data")
 
     with pytest.raises(Interrupted, match="lost the connection to libvirt"):
-        hv.act(hv.name, action(dropped), {}, mine)
+        hv.act_start(hv.name, action(dropped), {}, mine).wait()
     assert hv.down
 
 
 def test_libvirt_saying_no_is_still_failed(hv: Any) -> None:
     """The connection is fine: libvirt's own error is the outcome, nothing more."""
-    outcome, message, info = hv.act(hv.name, lookup_action("start"), {}, mine)
+    outcome, message, info = hv.act_start(hv.name, lookup_action("start"), {}, mine).wait()
     assert (outcome, hv.down) == ("failed", None)
     assert "already running" in message and info is not None
 
@@ -98,7 +98,7 @@ def test_connection_dropped_after_the_call_keeps_done(
         monkeypatch.setattr(hv, "_alive", lambda: False)  # stand-in: then libvirtd dies
         dom.state = lambda: (_ for _ in ()).throw(libvirt.libvirtError("Broken pipe"))
 
-    assert hv.act(hv.name, action(destroy_then_drop), {}, mine) == ("done", "", None)
+    assert hv.act_start(hv.name, action(destroy_then_drop), {}, mine).wait() == ("done", "", None)
     assert hv.down  # the next command stays pending instead of failing
 
 
@@ -130,7 +130,7 @@ def test_pass_records_interrupted_and_not_run(run: tuple[Pass, UserContext, dict
                                layout="wirt", file="destroy", ino=1, hist="h", **entry)
         answer = monitor.on_run(ctx, {"id": cid})
         assert isinstance(answer, Deferred)
-        return answer.wait()
+        return answer.finish()
 
     reply = run_with(Trip.failing(Interrupted(LOST)))
     assert (reply["outcome"], reply["status"]) == ("interrupted", None)

@@ -237,7 +237,7 @@ def test_configure_running(lab: Lab) -> None:
         assert info.memory_kib == 96 * 1024  # status' memory stays what runs
 
         # an explicit `status` reads the persistent definition too: restart still needed
-        _, _, info = hv.act(dom.name(), lookup_action("status"), {}, alice)
+        _, _, info = hv.act_start(dom.name(), lookup_action("status"), {}, alice).wait()
         assert info is not None and info.settings is not None
         assert info.settings["restart_needed"] is True
 

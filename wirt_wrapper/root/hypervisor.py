@@ -137,13 +137,6 @@ class Trip:
         """The outcome, waiting for it if need be (at most until the deadline)."""
         return self.complete(max(0.0, self.deadline - time.monotonic()))
 
-    def settle(self) -> None:
-        """Wait until :meth:`done` or the deadline, raising nothing (complete() says how
-        it went)."""
-        if self.future is not None:
-            concurrent.futures.wait([self.future],
-                                    timeout=max(0.0, self.deadline - time.monotonic()))
-
     @classmethod
     def now(cls, outcome: tuple[str, str, DomainInfo | None]) -> Trip:
         """A trip that needs no libvirt call (refused before one)."""
@@ -769,12 +762,6 @@ class Hypervisor:
         return DomainInfo(name, state_name, reason_name, autostart, persistent,
                           memory, vcpus, owner, graphics, settings, owner_vm_of(root))
 
-    def act(self, name: str, action: Action, params: dict[str, str],
-            decide: Decide
-            ) -> tuple[str, str, DomainInfo | None]:
-        """:meth:`act_start`, waited for."""
-        return self.act_start(name, action, params, decide).wait()
-
     def act_start(self, name: str, action: Action, params: dict[str, str],
                   decide: Decide) -> Trip:
         """Check ownership, perform *action*, read the state back: one trip to the libvirt
@@ -888,7 +875,8 @@ class Hypervisor:
                   decide: Decide,
                   check: Callable[[dict[str, Any]], None]
                   ) -> tuple[str, str, DomainInfo | None]:
-        """Apply a VM's settings file (SPEC 9): one trip to the libvirt thread, like :meth:`act`.
+        """Apply a VM's settings file (SPEC 9): one trip to the libvirt thread, as
+        :meth:`act_start` makes.
 
         *wanted* is :func:`wirt_wrapper.rules.settings.parse`'s dict (only the
         keys the file names); *iso_path* is root's own path of the catalogue
@@ -903,7 +891,7 @@ class Hypervisor:
         Writes the new persistent definition (defineXML) when it differs,
         and on a running domain changes the CD live as well.  Returns
         (outcome, message, info after, with ``settings`` and a known
-        ``restart_needed``).  Raises Unreachable / Interrupted as :meth:`act`.
+        ``restart_needed``).  Raises Unreachable / Interrupted as :meth:`act_start`.
         """
         iso_dir = self.iso_dir
 
@@ -967,7 +955,7 @@ class Hypervisor:
                  decide: Decide,
                  check: Callable[[list[dict[str, Any]]], None]
                  ) -> tuple[str, str, DomainInfo | None]:
-        """A snapshot action (SPEC 11) on domain *name*: one trip, like :meth:`act`.
+        """A snapshot action (SPEC 11) on domain *name*: one trip, like :meth:`act_start`.
 
         *op* is ``create``, ``revert`` or ``delete``; *snap* the snapshot's name
         (already held to the table's pattern); *user* the member asking.  *check*
@@ -976,7 +964,7 @@ class Hypervisor:
         must not call this Hypervisor).  Only the user's own snapshots (marked
         with :data:`SNAPSHOT_MARK`) are reverted to or deleted.  Internal
         snapshots only: every disk must be qcow2.  Raises Unreachable /
-        Interrupted as :meth:`act`.
+        Interrupted as :meth:`act_start`.
         """
         iso_dir = self.iso_dir
 
@@ -1084,7 +1072,7 @@ class Hypervisor:
     def reach(self, name: str, action: Action, params: dict[str, str],
               decide: Decide
               ) -> tuple[str, str, DomainInfo | None, dict[str, Any] | None]:
-        """A SPEC 10 action (console, screenshot, serial): one trip like :meth:`act`.
+        """A SPEC 10 action (console, screenshot, serial): one trip like :meth:`act_start`.
 
         Returns (outcome, message, info after, output): *output* is what the user
         side writes into the VM's info folder (rules.protocol.OUTPUT), only when

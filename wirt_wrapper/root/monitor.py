@@ -115,12 +115,7 @@ class Deferred:
     deadline: then libvirt counts as not answering)."""
 
     trip: Trip
-    finish: Callable[[], dict[str, Any]]
-
-    def wait(self) -> dict[str, Any]:
-        """The reply, waiting for the trip here (no other user is served meanwhile)."""
-        self.trip.settle()
-        return self.finish()
+    finish: Callable[[], dict[str, Any]]  # called before the trip is done, it waits for it
 
 
 class Monitor:
