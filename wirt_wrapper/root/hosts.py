@@ -292,9 +292,14 @@ class Hosts:
         hv = self._pick(name)
         if not isinstance(hv, Hypervisor):
             return hv
+        return self._named(hv, lambda: trip(hv))
+
+    def _named(self, hv: Hypervisor, call: Callable[[], Outcome]) -> Outcome:
+        """*call*'s outcome on *hv*: its info labelled with the host, its Unreachable
+        (Interrupted too: the same kind) naming it, with several hosts."""
         try:
-            outcome, message, info = trip(hv)
-        except Unreachable as exc:  # Interrupted too: the same kind, naming the host
+            outcome, message, info = call()
+        except Unreachable as exc:
             raise self._named_error(exc, hv) from None
         return outcome, message, self._label(info, hv)
 
@@ -314,14 +319,8 @@ class Hosts:
         except Unreachable as exc:
             return Trip.failing(self._named_error(exc, hv))
 
-        def complete(timeout: float) -> Outcome:
-            try:
-                outcome, message, info = trip.complete(timeout)
-            except Unreachable as exc:
-                raise self._named_error(exc, hv) from None
-            return outcome, message, self._label(info, hv)
-
-        return Trip(trip.future, trip.deadline, complete)
+        return Trip(trip.future, trip.deadline,
+                    lambda timeout: self._named(hv, lambda: trip.complete(timeout)))
 
     def _named_error(self, exc: Unreachable, hv: Hypervisor) -> Unreachable:
         """*exc* naming its host, with several hosts (as :meth:`_route` says it)."""
