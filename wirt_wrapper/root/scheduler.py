@@ -94,9 +94,8 @@ class Pass:
         # the watch service's mini pass: joining(in_pass) names members hinted while the
         # pass runs, served in it too (the same checks and path) instead of after it
         self.joining: Callable[[set[str]], list[str]] | None = None
-        # join_fd: readable when a hint may be waiting for joining (the service's selector),
-        # so that a pass whose user sides are all quiet (one stalled, say) still asks it,
-        # at most every join_every s
+        # asked at most every join_every s, and when join_fd (the service's selector) is
+        # readable: a pass whose user sides are all quiet (one stalled, say) still asks
         self.join_fd: int | None = None
         self.join_every = 0.0
         self.asked_join = 0.0
@@ -226,7 +225,7 @@ class Pass:
             self.start(user, accounts)
         active: dict[int, UserContext] = {}
         while self.full or active or self.looking or self.to_look or self.deferred:
-            if self.joining is not None:
+            if self.joining is not None and time.monotonic() >= self.asked_join + self.join_every:
                 self.asked_join = time.monotonic()
                 for name in self.joining(self.in_pass):
                     if name in self.everyone and name not in self.in_pass:

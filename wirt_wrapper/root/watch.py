@@ -225,7 +225,6 @@ class Service:
         self.own_moves: dict[str, int] = {}
         self.joined: list[str] = []  # members who joined the mini pass under way
         self.looked_again: set[str] = set()  # members listened to again during it (idle look)
-        self.join_at = 0.0  # when the pass under way may look for new hints again
         self.fallback: dict[str, str] = {}  # user -> why: served by the full pass only
         self.told: set[str] = set()  # users the admin was told about (until it works again)
         self.notes: list[str] = []  # for the next pass's digest
@@ -391,7 +390,8 @@ class Service:
     def full_pass(self) -> None:
         for name in list(self.watched):  # what happened before this pass, it covers
             self.drain_quietly(name)
-            self.listen(name)  # one hinted and waiting for a turn was not being read
+        for name in self.pending:  # not read while they waited for a turn (hint): again now
+            self.listen(name)
         self.pending.clear()
         self.run_pass(None)
         self.stats.passes += 1
@@ -414,7 +414,6 @@ class Service:
             del self.pending[name]
             self.drain_quietly(name)  # served now: these hints are covered
         self.joined = []
-        self.join_at = 0.0
         self.looked_again = set()
         self.run_pass(frozenset(due))
         self.stats.mini += 1
@@ -433,11 +432,9 @@ class Service:
         taken as :meth:`mini_pass` takes its own.
 
         Only change hints and libvirt events are read here; a placer's answer and SIGTERM
-        wait for the end of the pass (as during any pass).  At most every JOIN_POLL s."""
+        wait for the end of the pass (as during any pass).  The pass asks at most every
+        JOIN_POLL s (Pass.join_every), and when its join_fd, this selector, is readable."""
         now = time.monotonic()
-        if now < self.join_at:
-            return []
-        self.join_at = now + JOIN_POLL
         for key, _ in self.selector.select(0):
             kind, name = key.data
             if kind == "inotify":
