@@ -218,13 +218,11 @@ def _serve_spawns(sock: socket.socket) -> None:  # pragma: no cover
     from wirt_wrapper.user.warm import rehearse
     from wirt_wrapper.user.watch import watch_main
 
-    with suppress(Exception):  # only ever slower without it: never a reason to stop serving
-        rehearse()  # so that the children start warm (see user.warm)
-
     targets: dict[str, Target] = {"side": user_main, "watch": watch_main}
 
     numbers: dict[int, int] = {}  # root's number -> pid, for live children only
     children: set[int] = set()
+    rehearsed = False
     try:
         while True:
             # with children about, wake now and then to collect those that ended: a
@@ -241,6 +239,10 @@ def _serve_spawns(sock: socket.socket) -> None:  # pragma: no cover
             request = protocol.decode(data)
             op = request.get("op")
             if op == "spawn" and len(fds) == 1 and request.get("target", "side") in targets:
+                if not rehearsed:  # before the first child: an idle pass forks none
+                    rehearsed = True
+                    with suppress(Exception):  # only ever slower without it: serve anyway
+                        rehearse()  # so that the children start warm (see user.warm)
                 name, uid, gid, groups = request["user"]
                 identity = Identity(name, uid, gid, tuple(groups))
                 pid = _fork_user(identity, request["job"], fds[0],

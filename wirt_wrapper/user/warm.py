@@ -1,4 +1,4 @@
-"""A rehearsal the spawner runs once, before it forks any user side: the pure rules a turn uses.
+"""A rehearsal the spawner runs once, before it forks its first user side: a turn's pure work.
 
 Python 3.11 specializes code as it runs it, writing into the code objects,
 and libxml2 and the json module set themselves up on first use.  Done in a
